@@ -1,0 +1,1 @@
+"""Grafana dashboards as code, their generated JSON, provisioning files and alert rules."""

@@ -1,0 +1,1 @@
+"""Zero-code OpenAI instrumentation: one OpenTelemetry GenAI span per call."""

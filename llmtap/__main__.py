@@ -1,0 +1,3 @@
+from llmtap.cli import main
+
+main()

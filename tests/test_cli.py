@@ -1,0 +1,52 @@
+"""`llmtap --help` and every subcommand's `--help` work; nothing prints a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from llmtap.cli import SUBCOMMANDS, main
+
+
+def test_top_level_help_lists_every_subcommand() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for name in SUBCOMMANDS:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("name", list(SUBCOMMANDS))
+def test_subcommand_help(name: str) -> None:
+    result = CliRunner().invoke(main, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_version_matches_the_distribution() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(main, ["version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == version("llmtap")
+
+
+def test_unknown_subcommand_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["nope"])
+    assert result.exit_code == 2
+    assert "No such command" in result.output
+
+
+def test_console_script_runs_without_importing_heavy_extras() -> None:
+    """`llmtap --help` must not import chdb, grpc or openai (base install, fast start)."""
+    code = (
+        "import sys; from llmtap.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('chdb', 'grpc', 'openai', 'clickhouse_connect', 'grafana_foundation_sdk') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert "HEAVY []" in out

@@ -1,0 +1,109 @@
+"""The wheel carries every subpackage and asset, and both wheel and editable installs import from anywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PACKAGE_DIRS: dict[str, str] = PYPROJECT["tool"]["setuptools"]["package-dir"]
+ASSET_SUFFIXES = {".sql", ".json", ".yaml", ".yml", ".csv"}
+
+
+def _source_files() -> dict[str, Path]:
+    """Map wheel paths (llmtap/...) to the repo files that must ship, read from the package-dir mapping."""
+    shipped: dict[str, Path] = {}
+    for package, folder in PACKAGE_DIRS.items():
+        prefix = package.replace(".", "/")
+        for path in (ROOT / folder).rglob("*"):
+            if "__pycache__" in path.parts or not path.is_file():
+                continue
+            if path.suffix == ".py" or path.suffix in ASSET_SUFFIXES:
+                shipped[f"{prefix}/{path.relative_to(ROOT / folder).as_posix()}"] = path
+    return shipped
+
+
+def test_every_python_folder_is_a_listed_package() -> None:
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    for package, folder in PACKAGE_DIRS.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            name = ".".join([package, *rel.parts]) if rel.parts else package
+            assert name in listed, f"{init.parent} is a package but is missing from pyproject packages"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        check=True,
+        cwd=out,
+    )
+    (built,) = out.glob("llmtap-*.whl")
+    return built
+
+
+def test_wheel_contains_every_module_and_asset(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    missing = sorted(path for path in _source_files() if path not in names)
+    assert not missing, f"not in the wheel: {missing}"
+
+
+def _import_check_script() -> str:
+    modules = sorted(PACKAGE_DIRS)
+    return (
+        "import importlib, importlib.resources, json, sys\n"
+        f"mods = {modules!r}\n"
+        "files = {m: importlib.import_module(m).__file__ for m in mods}\n"
+        "assets = sorted(str(p) for m in mods for p in importlib.resources.files(m).rglob('*')\n"
+        f"                if p.suffix in {sorted(ASSET_SUFFIXES)!r})\n"
+        "print(json.dumps({'files': files, 'assets': len(assets)}))\n"
+    )
+
+
+def test_wheel_installs_into_a_fresh_venv_and_imports_from_elsewhere(wheel: Path, tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
+        check=True,
+    )
+    # Dependencies come from this environment as a plain path (a .pth line, so the editable hook is not loaded).
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [str(python), "-c", _import_check_script()], cwd=elsewhere, check=True, capture_output=True, text=True
+    )
+    report = __import__("json").loads(result.stdout)
+    for module, path in report["files"].items():
+        assert path.startswith(site), f"{module} imported from {path}, not from the installed wheel"
+    shipped_assets = [p for p in _source_files().values() if p.suffix in ASSET_SUFFIXES]
+    assert report["assets"] == len(shipped_assets)
+    help_text = subprocess.run(
+        [str(venv / "bin" / "llmtap"), "--help"], cwd=elsewhere, check=True, capture_output=True, text=True
+    ).stdout
+    assert "serve" in help_text
+
+
+def test_editable_install_maps_every_subpackage_to_its_folder(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _import_check_script()], cwd=tmp_path, check=True, capture_output=True, text=True
+    )
+    report = __import__("json").loads(result.stdout)
+    for module, path in report["files"].items():
+        folder = PACKAGE_DIRS[module]
+        assert Path(path) == ROOT / folder / "__init__.py", f"{module} -> {path}"

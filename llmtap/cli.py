@@ -60,8 +60,11 @@ def _missing_extra(name: str, short_help: str, exc: ImportError) -> click.Comman
         context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     )
     def unavailable() -> None:
-        click.echo(f"llmtap {name}: needs a dependency that is not installed ({exc}); "
-                   "install it with: pip install 'llmtap[all]'", err=True)
+        click.echo(
+            f"llmtap {name}: needs a dependency that is not installed ({exc}); "
+            "install it with: pip install 'llmtap[all]'",
+            err=True,
+        )
         raise SystemExit(2)
 
     return unavailable
@@ -70,8 +73,12 @@ def _missing_extra(name: str, short_help: str, exc: ImportError) -> click.Comman
 def not_built_yet(name: str, short_help: str) -> click.Command:
     """A placeholder for a subcommand whose issue is still open: one line, exit status 2."""
 
-    @click.command(name, short_help=short_help, help=f"{short_help}\n\n(Not built yet.)",
-                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.command(
+        name,
+        short_help=short_help,
+        help=f"{short_help}\n\n(Not built yet.)",
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    )
     def placeholder() -> None:
         click.echo(f"llmtap {name}: not built yet", err=True)
         raise SystemExit(2)

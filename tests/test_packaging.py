@@ -5,11 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -43,7 +43,18 @@ def test_every_python_folder_is_a_listed_package() -> None:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
         check=True,
         cwd=out,
     )
@@ -80,7 +91,9 @@ def test_wheel_installs_into_a_fresh_venv_and_imports_from_elsewhere(wheel: Path
     # Dependencies come from this environment as a plain path (a .pth line, so the editable hook is not loaded).
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     elsewhere = tmp_path / "elsewhere"
@@ -101,7 +114,11 @@ def test_wheel_installs_into_a_fresh_venv_and_imports_from_elsewhere(wheel: Path
 
 def test_editable_install_maps_every_subpackage_to_its_folder(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", _import_check_script()], cwd=tmp_path, check=True, capture_output=True, text=True
+        [sys.executable, "-c", _import_check_script()],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     report = __import__("json").loads(result.stdout)
     for module, path in report["files"].items():

@@ -1,0 +1,154 @@
+"""Open a ClickHouse client from a DSN: embedded chDB (`chdb:///path`) or a server (`http(s)://…`).
+
+Everything that touches ClickHouse (serve, the CLI, the tests) goes through :func:`connect`, so one DSN string
+decides the store and the rest of the code never cares which kind it is. Both kinds are clickhouse-connect
+clients with the same query/insert API.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+#: The database every llmtap table lives in, like the exporter's default `database: otel`.
+DEFAULT_DATABASE = "otel"
+DSN_ENV = "LLMTAP_DSN"
+_SCHEMES = ("chdb", "http", "https")
+
+
+class StoreError(RuntimeError):
+    """The store named by a DSN cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ParsedDSN:
+    """What a DSN names, without secrets in its string form."""
+
+    scheme: str
+    path: str  # chDB data directory ('' for a server)
+    database: str
+    display: str  # the DSN with any password masked, for messages and logs
+
+    @property
+    def is_chdb(self) -> bool:
+        return self.scheme == "chdb"
+
+
+def user_data_dir() -> Path:
+    """The per-user data directory (XDG on Linux, Application Support on macOS, LOCALAPPDATA on Windows)."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+def default_dsn() -> str:
+    """`$LLMTAP_DSN`, else the embedded store `chdb://<user data dir>/llmtap/chdb`."""
+    env = os.environ.get(DSN_ENV, "").strip()
+    if env:
+        return env
+    return "chdb://" + (user_data_dir() / "llmtap" / "chdb").as_posix()
+
+
+def parse_dsn(dsn: str) -> ParsedDSN:
+    """Validate a DSN and say what it names; raises StoreError with the accepted forms when it is wrong."""
+    parsed = urlparse(dsn.strip())
+    scheme = parsed.scheme.lower()
+    usage = (
+        f"invalid DSN {_mask(dsn)!r}: expected chdb:///absolute/path (embedded) or "
+        "http(s)://user:password@host:port/database (ClickHouse server)"
+    )
+    if scheme not in _SCHEMES:
+        raise StoreError(usage)
+    query = parse_qs(parsed.query)
+    if scheme == "chdb":
+        if parsed.netloc or not parsed.path or parsed.path == "/":
+            raise StoreError(
+                usage + " — a chDB DSN needs an absolute directory path, e.g. chdb:///var/lib/llmtap"
+            )
+        database = query.get("database", [DEFAULT_DATABASE])[0]
+        return ParsedDSN("chdb", unquote(parsed.path), database, dsn.strip())
+    if not parsed.hostname:
+        raise StoreError(usage + " — the server DSN has no host")
+    try:
+        parsed.port  # noqa: B018 - validates the port number
+    except ValueError as exc:
+        raise StoreError(f"{usage} — {exc}") from None
+    database = unquote(parsed.path.strip("/")) or query.get("database", [DEFAULT_DATABASE])[0]
+    return ParsedDSN(scheme, "", database, _mask(dsn))
+
+
+def connect(dsn: str, *, create_database: bool = False, **settings: Any) -> Client:
+    """A clickhouse-connect client on the DSN's store whose current database is the DSN's (default `otel`).
+
+    With ``create_database`` the database is created when missing (the migration runner does this); otherwise
+    a missing database is left to fail on first query with ClickHouse's own message. Extra keyword arguments
+    are passed to ``clickhouse_connect.get_client`` (e.g. ``settings=``, ``connect_timeout=``).
+    """
+    target = parse_dsn(dsn)
+    client = _open(dsn, target, settings)
+    try:
+        exists = client.query(
+            "SELECT count() FROM system.databases WHERE name = {db:String}",
+            parameters={"db": target.database},
+        ).result_rows[0][0]
+        if not exists and create_database:
+            client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(target.database)}")
+            exists = 1
+        if exists:
+            client.database = target.database
+    except Exception as exc:
+        client.close()
+        raise StoreError(f"cannot use the database {target.database!r} on {target.display}: {exc}") from exc
+    return client
+
+
+def _open(dsn: str, target: ParsedDSN, settings: dict[str, Any]) -> Client:
+    try:
+        import clickhouse_connect
+    except ImportError as exc:  # the `server` extra is missing
+        raise StoreError(f"{exc}; install the store dependencies with: pip install 'llmtap[server]'") from exc
+    try:
+        if target.is_chdb:
+            Path(target.path).mkdir(parents=True, exist_ok=True)
+            return clickhouse_connect.get_client(dsn=f"chdb://{target.path}", **settings)
+        # Connect without a database: the DSN's may not exist yet (connect() switches to it afterwards).
+        parsed = urlparse(dsn.strip())
+        server_dsn = parsed._replace(path="/default").geturl()
+        settings.setdefault("connect_timeout", 5)
+        return clickhouse_connect.get_client(dsn=server_dsn, **settings)
+    except StoreError:
+        raise
+    except OSError as exc:
+        raise StoreError(f"cannot open the chDB store at {target.path}: {exc}") from exc
+    except Exception as exc:
+        if target.is_chdb:
+            raise StoreError(
+                f"cannot open the chDB store at {target.path}: {exc}. Only one process can hold a chDB "
+                "directory: if `llmtap serve` is running on it, query through serve (llmtap uses its local "
+                "query API automatically) or stop it first."
+            ) from exc
+        raise StoreError(
+            f"ClickHouse at {target.display} is not reachable or refused the login: {exc}"
+        ) from exc
+
+
+def quote_identifier(name: str) -> str:
+    """Backtick-quote an identifier the way ClickHouse expects (for database names from DSNs)."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _mask(dsn: str) -> str:
+    parsed = urlparse(dsn.strip())
+    if parsed.password:
+        netloc = parsed.netloc.replace(":" + parsed.password + "@", ":***@", 1)
+        return parsed._replace(netloc=netloc).geturl()
+    return dsn.strip()

@@ -1,0 +1,157 @@
+"""The schema migration runner: applies `migrations/NNNN_<name>.sql` in order and records them.
+
+Why a runner and not "CREATE IF NOT EXISTS on start": later migrations (views, rollups, prices) depend on
+earlier ones, a ClickHouse server may be shared with a contrib collector, and `llmtap db` must be able to say
+what is applied. Rules for migration files:
+
+* named ``NNNN_<name>.sql`` (four digits, applied in numeric order, never renumbered once released);
+* statements are separated by ``;`` at the end of a line; ``--`` comment lines are ignored;
+* table names are unqualified: every statement runs in the target database (``otel`` by default);
+* every statement is idempotent (``IF NOT EXISTS``), so a migration interrupted half-way simply runs again.
+
+Applied migrations are recorded in ``llmtap_migrations`` (version, name, checksum, time). The same files run
+unchanged on chDB and on a ClickHouse server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+MIGRATIONS_TABLE = "llmtap_migrations"
+_FILE_NAME = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
+_STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
+
+_CREATE_MIGRATIONS_TABLE = f"""
+CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
+    Version UInt32,
+    Name String,
+    Checksum String,
+    AppliedAt DateTime64(3, 'UTC')
+) ENGINE = ReplacingMergeTree(AppliedAt)
+ORDER BY Version
+"""
+
+
+class MigrationError(RuntimeError):
+    """A migration file is malformed or one of its statements failed."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One migration file."""
+
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self) -> list[str]:
+        return split_statements(self.sql)
+
+
+@dataclass
+class MigrationReport:
+    """What a run did: which versions it applied, which were already there, which changed since applied."""
+
+    database: str
+    applied: list[Migration] = field(default_factory=list)
+    already_applied: list[Migration] = field(default_factory=list)
+    changed_since_applied: list[Migration] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if not self.applied:
+            return f"schema up to date in {self.database} ({len(self.already_applied)} migrations)"
+        names = ", ".join(f"{m.version:04d}_{m.name}" for m in self.applied)
+        return f"applied {len(self.applied)} migration(s) in {self.database}: {names}"
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """All migration files in version order; a misnamed .sql file or a duplicate version is an error."""
+    migrations: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILE_NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: migration files must be named NNNN_<name>.sql")
+        version = int(match.group(1))
+        if version in migrations:
+            raise MigrationError(f"{path.name}: version {version:04d} is used twice")
+        migrations[version] = Migration(version, match.group(2), path)
+    return [migrations[v] for v in sorted(migrations)]
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split on `;` at line end, dropping comment-only lines and empty statements."""
+    code = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [stmt.strip() for stmt in _STATEMENT_END.split(code) if stmt.strip()]
+
+
+def applied_versions(client: Client) -> dict[int, str]:
+    """Version -> checksum of what the database has recorded as applied (empty when never migrated)."""
+    exists = client.query(
+        "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
+        parameters={"t": MIGRATIONS_TABLE},
+    ).result_rows[0][0]
+    if not exists:
+        return {}
+    rows = client.query(
+        f"SELECT Version, argMax(Checksum, AppliedAt) FROM {MIGRATIONS_TABLE} GROUP BY Version"
+    )
+    return {int(version): checksum for version, checksum in rows.result_rows}
+
+
+def migrate(
+    client: Client, *, directory: Path = MIGRATIONS_DIR, target: int | None = None
+) -> MigrationReport:
+    """Apply every migration not yet recorded (up to ``target``), in order, in the client's current database.
+
+    Idempotent: a second run applies nothing. The caller creates the database first
+    (``connect(dsn, create_database=True)``).
+    """
+    database = client.database or "default"
+    report = MigrationReport(database=database)
+    client.command(_CREATE_MIGRATIONS_TABLE)
+    done = applied_versions(client)
+    for migration in discover(directory):
+        if target is not None and migration.version > target:
+            break
+        if migration.version in done:
+            report.already_applied.append(migration)
+            if done[migration.version] != migration.checksum:
+                report.changed_since_applied.append(migration)
+            continue
+        for number, statement in enumerate(migration.statements(), 1):
+            try:
+                client.command(statement)
+            except Exception as exc:
+                raise MigrationError(
+                    f"migration {migration.path.name}, statement {number} failed in {database}: {exc}"
+                ) from exc
+        client.insert(
+            MIGRATIONS_TABLE,
+            [[migration.version, migration.name, migration.checksum, datetime.now(timezone.utc)]],
+            column_names=["Version", "Name", "Checksum", "AppliedAt"],
+        )
+        report.applied.append(migration)
+    return report
+
+
+def status(client: Client, *, directory: Path = MIGRATIONS_DIR) -> list[tuple[Migration, bool]]:
+    """Every known migration with whether the database has it applied (for `llmtap db status`)."""
+    done = applied_versions(client)
+    return [(migration, migration.version in done) for migration in discover(directory)]

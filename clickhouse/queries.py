@@ -1,0 +1,364 @@
+"""The one query layer over the LLM tables: what the CLI, ``serve``'s API and the dashboard tests ask ClickHouse.
+
+Each function takes a clickhouse-connect client (``chdb://``, ``http://``, or ``serve``'s query API — see
+:mod:`llmtap.clickhouse.store`) and a :class:`~llmtap.clickhouse.filters.CallFilter`, runs one statement
+with bound parameters, and returns frozen dataclasses, so callers never see SQL rows or column positions.
+
+Sources: single calls come from ``llm_calls``; aggregates with cost from ``llm_calls_costed``; time series
+from the per-minute rollup ``llm_calls_1m_costed`` whenever the filter only uses the rollup's dimensions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from llmtap.clickhouse.filters import CallFilter, where_clause
+
+if TYPE_CHECKING:
+    from clickhouse_connect.driver.client import Client
+
+#: ``--by`` choices of stats and time series -> the SQL expression of the group key.
+GROUPINGS: dict[str, str] = {
+    "model": "Model",
+    "service": "ServiceName",
+    "project": "Project",
+    "provider": "Provider",
+    "operation": "Operation",
+    "user": "UserId",
+    "day": "toString(toDate(Timestamp, 'UTC'))",
+}
+ROLLUP_GROUPINGS = ("model", "service", "project", "provider", "operation")
+LATENCY_LEVELS = (0.5, 0.9, 0.95, 0.99)
+_SPAN_ID = re.compile(r"^[0-9a-fA-F]{16}$")
+_TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+
+# The preview of a call's prompt: the text parts of its last input message (semconv gen_ai.input.messages is
+# a JSON array of {role, parts: [{type, content}]}), else the raw start of the column.
+_PROMPT_PREVIEW = """substring(if(
+        (arrayStringConcat(arrayMap(p -> JSONExtractString(p, 'content'),
+            JSONExtractArrayRaw(arrayElement(JSONExtractArrayRaw(InputMessages), -1), 'parts')), ' ') AS _parts) != '',
+        _parts, InputMessages), 1, {preview_chars:UInt32})"""
+
+
+@dataclass(frozen=True)
+class CallSummary:
+    """One call as a line of ``llmtap logs``."""
+
+    timestamp: datetime
+    trace_id: str
+    span_id: str
+    project: str
+    service: str
+    operation: str
+    model: str
+    duration_ms: float
+    input_tokens: int
+    output_tokens: int
+    is_error: bool
+    error_type: str
+    status_message: str
+    is_stream: bool
+    user_id: str
+    prompt_preview: str
+
+    @property
+    def status(self) -> str:
+        return (self.error_type or "error") if self.is_error else "ok"
+
+
+@dataclass(frozen=True)
+class CallDetail:
+    """Everything recorded about one call (``llmtap logs show``)."""
+
+    timestamp: datetime
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    project: str
+    service: str
+    span_name: str
+    operation: str
+    provider: str
+    request_model: str
+    response_model: str
+    model: str
+    response_id: str
+    server_address: str
+    duration_ms: float
+    status_code: str
+    status_message: str
+    is_error: bool
+    error_type: str
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    finish_reasons: list[str]
+    is_stream: bool
+    time_to_first_chunk_ms: float | None
+    user_id: str
+    session_id: str
+    tags: list[str]
+    prompt_hash: str
+    redaction_count: int
+    content_truncated: bool
+    attributes: dict[str, str]
+    metadata: dict[str, str]
+    input_messages: str
+    output_messages: str
+    system_instructions: str
+    tool_definitions: str
+    price_model: str
+    cost: float | None
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Latency of a group of calls in milliseconds (quantiles approximate on very large groups)."""
+
+    min: float
+    avg: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+
+
+@dataclass(frozen=True)
+class StatsRow:
+    """Aggregates of one group (a model, service, user, day…) of calls."""
+
+    key: str
+    calls: int
+    errors: int
+    latency: Latency
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cost: float | None  # sum over priced calls; None when no call of the group has a price
+    unpriced_calls: int
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.calls if self.calls else 0.0
+
+
+@dataclass(frozen=True)
+class TimeseriesPoint:
+    """One time bucket of one series (``key`` is '' when the series are not split)."""
+
+    bucket: datetime
+    key: str
+    calls: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    cost: float | None
+    p50_ms: float
+    p95_ms: float
+
+
+# ---------------------------------------------------------------- single calls
+
+
+def search_calls(
+    client: Client, flt: CallFilter, *, limit: int = 50, oldest_first: bool = False, preview_chars: int = 120
+) -> list[CallSummary]:
+    """The newest (or, for ``--follow``, oldest) ``limit`` calls matching ``flt``."""
+    where, params = where_clause(flt)
+    order = "ASC" if oldest_first else "DESC"
+    sql = f"""
+    SELECT toDateTime64(Timestamp, 9, 'UTC'), TraceId, SpanId, Project, ServiceName, Operation, Model,
+           Duration / 1e6, InputTokens, OutputTokens, IsError, ErrorType, StatusMessage, IsStream, UserId,
+           {_PROMPT_PREVIEW}
+    FROM llm_calls
+    {where}
+    ORDER BY Timestamp {order}, SpanId {order}
+    LIMIT {{limit:UInt32}}"""
+    rows = client.query(
+        sql, parameters={**params, "limit": limit, "preview_chars": preview_chars}
+    ).result_rows
+    return [
+        CallSummary(_utc(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], bool(r[10]), r[11], r[12],
+                    bool(r[13]), r[14], _one_line(r[15]))
+        for r in rows
+    ]  # fmt: skip
+
+
+def get_calls(client: Client, call_id: str) -> list[CallDetail]:
+    """The call with span id ``call_id`` (16 hex digits), or every call of trace ``call_id`` (32 hex digits)."""
+    if _SPAN_ID.match(call_id):
+        condition, params = "SpanId = {id:String}", {"id": call_id.lower()}
+    elif _TRACE_ID.match(call_id):
+        condition, params = "TraceId = {id:String}", {"id": call_id.lower()}
+    else:
+        raise ValueError(f"{call_id!r} is neither a span id (16 hex digits) nor a trace id (32 hex digits)")
+    names = [f.name for f in dataclasses.fields(CallDetail)]
+    sql = f"""
+    SELECT toDateTime64(Timestamp, 9, 'UTC'), TraceId, SpanId, ParentSpanId, Project, ServiceName, SpanName,
+           Operation, Provider, RequestModel, ResponseModel, Model, ResponseId, ServerAddress, DurationMs,
+           StatusCode, StatusMessage, IsError, ErrorType, InputTokens, OutputTokens, CachedTokens,
+           ReasoningTokens, FinishReasons, IsStream, TimeToFirstChunkMs, UserId, SessionId, Tags, PromptHash,
+           RedactionCount, ContentTruncated, Attributes, Metadata, InputMessages, OutputMessages,
+           SystemInstructions, ToolDefinitions, PriceModel, Cost
+    FROM llm_calls_costed
+    WHERE {condition}
+    ORDER BY Timestamp"""
+    details = []
+    for row in client.query(sql, parameters=params).result_rows:
+        values = dict(zip(names, row, strict=True))
+        values["timestamp"] = _utc(values["timestamp"])
+        for flag in ("is_error", "is_stream", "content_truncated"):
+            values[flag] = bool(values[flag])
+        values["finish_reasons"], values["tags"] = list(values["finish_reasons"]), list(values["tags"])
+        values["attributes"], values["metadata"] = dict(values["attributes"]), dict(values["metadata"])
+        details.append(CallDetail(**values))
+    return details
+
+
+# ---------------------------------------------------------------- aggregates
+
+
+def call_stats(
+    client: Client, flt: CallFilter, *, by: str = "model", limit: int | None = None
+) -> list[StatsRow]:
+    """Calls, errors, latency, tokens and cost per group, biggest groups first (days in date order)."""
+    key = _group_expression(by)
+    where, params = where_clause(flt)
+    order = "Key" if by == "day" else "Calls DESC, Key"
+    limit_clause = "LIMIT {limit:UInt32}" if limit else ""
+    sql = f"""
+    SELECT {key} AS Key, {_AGGREGATES}
+    FROM llm_calls_costed
+    {where}
+    GROUP BY Key
+    ORDER BY {order}
+    {limit_clause}"""
+    result = client.query(sql, parameters={**params, "limit": limit or 0})
+    return [_stats_row(row) for row in result.result_rows]
+
+
+def total_stats(client: Client, flt: CallFilter) -> StatsRow:
+    """The same aggregates over every call matching ``flt`` (key 'total')."""
+    where, params = where_clause(flt)
+    row = client.query(f"SELECT 'total', {_AGGREGATES} FROM llm_calls_costed {where}", parameters=params)
+    return _stats_row(row.result_rows[0])
+
+
+def latency_by_model(client: Client, flt: CallFilter) -> list[tuple[str, int, Latency]]:
+    """``(model, calls, latency)`` per model, slowest p90 first: the min/avg/p90/max table teams build by hand."""
+    where, params = where_clause(flt)
+    sql = f"""
+    SELECT Model, count(), {_LATENCY}
+    FROM llm_calls
+    {where}
+    GROUP BY Model
+    ORDER BY P[2] DESC, Model"""
+    return [(r[0], r[1], _latency(r[2:])) for r in client.query(sql, parameters=params).result_rows]
+
+
+def call_timeseries(
+    client: Client, flt: CallFilter, *, step: timedelta = timedelta(minutes=1), by: str | None = None
+) -> list[TimeseriesPoint]:
+    """Calls, errors, tokens, cost and latency per time bucket (and per group ``by``), oldest first.
+
+    Reads the per-minute rollup when the filter, the grouping and the step allow (whole minutes), else
+    llm_calls; both give the same counts and sums, latency quantiles differ only by the t-digest's error.
+    """
+    seconds = int(step.total_seconds())
+    if seconds < 1 or seconds != step.total_seconds():
+        raise ValueError(f"step must be a whole number of seconds, got {step}")
+    use_rollup = flt.rollup_compatible and seconds % 60 == 0 and (by is None or by in ROLLUP_GROUPINGS)
+    key = _group_expression(by) if by else "''"
+    params: dict[str, Any] = {"step": seconds}
+    if use_rollup:
+        where, filter_params = where_clause(flt, time_column="Minute", rollup=True)
+        sql = f"""
+        SELECT toStartOfInterval(Minute, toIntervalSecond({{step:UInt32}}), 'UTC') AS Bucket, {key} AS Key,
+               sum(Calls), sum(Errors), sum(InputTokens), sum(OutputTokens), sum(Cost),
+               quantileTDigestMerge(0.5)(DurationMsQuantiles), quantileTDigestMerge(0.95)(DurationMsQuantiles)
+        FROM llm_calls_1m_costed
+        {where}
+        GROUP BY Bucket, Key
+        ORDER BY Bucket, Key"""
+    else:
+        where, filter_params = where_clause(flt)
+        sql = f"""
+        SELECT toStartOfInterval(Timestamp, toIntervalSecond({{step:UInt32}}), 'UTC') AS Bucket, {key} AS Key,
+               count(), sum(IsError), sum(InputTokens), sum(OutputTokens), sum(Cost),
+               quantile(0.5)(DurationMs), quantile(0.95)(DurationMs)
+        FROM llm_calls_costed
+        {where}
+        GROUP BY Bucket, Key
+        ORDER BY Bucket, Key"""
+    rows = client.query(sql, parameters={**params, **filter_params}).result_rows
+    return [TimeseriesPoint(_utc(r[0]), str(r[1]), *r[2:]) for r in rows]
+
+
+def distinct_values(
+    client: Client, by: str, flt: CallFilter | None = None, *, limit: int = 1000
+) -> list[str]:
+    """The values of a grouping column (models, services, users…) seen in ``flt``'s range, most calls first."""
+    where, params = where_clause(flt or CallFilter())
+    sql = f"SELECT {_group_expression(by)} AS Key FROM llm_calls {where} GROUP BY Key ORDER BY count() DESC, Key LIMIT {{limit:UInt32}}"
+    return [str(r[0]) for r in client.query(sql, parameters={**params, "limit": limit}).result_rows]
+
+
+# ---------------------------------------------------------------- helpers
+
+_LATENCY = f"""min(DurationMs), avg(DurationMs), quantiles({", ".join(map(str, LATENCY_LEVELS))})(DurationMs) AS P,
+    max(DurationMs)"""
+_AGGREGATES = f"""count() AS Calls, sum(IsError), {_LATENCY},
+    sum(InputTokens), sum(OutputTokens), sum(CachedTokens), sum(ReasoningTokens), sum(Cost), countIf(Cost IS NULL)"""
+
+
+def _group_expression(by: str) -> str:
+    try:
+        return GROUPINGS[by]
+    except KeyError:
+        raise ValueError(f"cannot group by {by!r}: choose one of {', '.join(GROUPINGS)}") from None
+
+
+def _latency(values: Sequence[Any]) -> Latency:
+    low, mean, levels, high = values
+    return Latency(min=low, avg=mean, p50=levels[0], p90=levels[1], p95=levels[2], p99=levels[3], max=high)
+
+
+def _stats_row(row: Sequence[Any]) -> StatsRow:
+    key, calls, errors = row[0], row[1], row[2]
+    inputs, outputs, cached, reasoning, cost, unpriced = row[7:13]
+    return StatsRow(
+        str(key), calls, errors, _latency(row[3:7]), inputs, outputs, cached, reasoning, cost, unpriced
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses (and lists of them) as JSON-ready dicts: ISO times, tuples as lists, properties included."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        data = {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        for name in ("status", "error_rate"):
+            if hasattr(type(value), name):
+                data[name] = getattr(value, name)
+        return data
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
+        return [to_jsonable(v) for v in value]
+    return value

@@ -16,10 +16,13 @@ from urllib.parse import urlsplit
 
 from llmtap.fake_openai.call import Call
 from llmtap.fake_openai.chat import chat_completions
+from llmtap.fake_openai.completions import completions
+from llmtap.fake_openai.embeddings import embeddings
 from llmtap.fake_openai.errors import APIError, invalid
 from llmtap.fake_openai.knobs import KnobError, Knobs
 from llmtap.fake_openai.models import list_models, retrieve_model
 from llmtap.fake_openai.reply import Event, Reply, json_reply, stream_reply
+from llmtap.fake_openai.responses import responses
 from llmtap.fake_openai.text import short_hash
 
 Handler = Callable[[Call], "dict | list[Event]"]
@@ -30,6 +33,9 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     (method, re.compile(_PREFIX + suffix + "/?"), handler)
     for method, suffix, handler in (
         ("POST", "/chat/completions", chat_completions),
+        ("POST", "/responses", responses),
+        ("POST", "/embeddings", embeddings),
+        ("POST", "/completions", completions),
         ("GET", "/models", list_models),
         ("GET", "/models/(?P<model>[^/]+)", retrieve_model),
     )

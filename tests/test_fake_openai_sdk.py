@@ -7,9 +7,10 @@ versions share.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Literal
 
 import openai
+import pydantic
 import pytest
 from llmtap.fake_openai import FakeOpenAIServer
 
@@ -71,7 +72,9 @@ async def test_chat_plain(client) -> None:
     words = choice.message.content.split()
     assert 8 <= len(words) <= 24
     usage = completion.usage
-    assert usage.prompt_tokens == len(["user", "What", "is", "the", "weather", "like", "in", "Paris", "today?"])
+    assert usage.prompt_tokens == len(
+        ["user", "What", "is", "the", "weather", "like", "in", "Paris", "today?"]
+    )
     assert usage.completion_tokens == len(words)
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert usage.prompt_tokens_details.cached_tokens == 0
@@ -235,3 +238,217 @@ async def test_chat_bad_request_is_a_clear_400(client) -> None:
     assert caught.value.status_code == 400
     assert caught.value.body["param"] == "messages"
     assert "empty array" in caught.value.message
+
+
+# ---- structured outputs -------------------------------------------------------------------------------------------
+
+
+class Address(pydantic.BaseModel):
+    street: str
+    city: str
+    postcode: str | None
+
+
+class Person(pydantic.BaseModel):
+    name: str
+    age: int
+    height_m: float
+    member: bool
+    role: Literal["admin", "editor", "viewer"]
+    address: Address
+    tags: list[str]
+
+
+def chat_parse(client: Any) -> Any:
+    """``chat.completions.parse`` (openai >= 1.92) or its older home under ``beta``."""
+    completions = client.chat.completions
+    return completions.parse if hasattr(completions, "parse") else client.beta.chat.completions.parse
+
+
+async def test_chat_parse_yields_the_pydantic_model(client) -> None:
+    completion = await resolve(chat_parse(client)(model="gpt-4o", messages=USER, response_format=Person))
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, Person)
+    assert isinstance(parsed.address, Address)
+    assert parsed.role in ("admin", "editor", "viewer")
+    again = await resolve(chat_parse(client)(model="gpt-4o", messages=USER, response_format=Person))
+    assert again.choices[0].message.parsed == parsed
+
+
+async def test_chat_json_object_mode(client) -> None:
+    import json
+
+    completion = await resolve(
+        client.chat.completions.create(model="gpt-4o", messages=USER, response_format={"type": "json_object"})
+    )
+    assert isinstance(json.loads(completion.choices[0].message.content), dict)
+
+
+# ---- responses ----------------------------------------------------------------------------------------------------
+
+
+async def test_responses_plain(client) -> None:
+    response = await resolve(
+        client.responses.create(model="gpt-4.1", input="Tell me a story", instructions="Be brief")
+    )
+    assert response.object == "response" and response.id.startswith("resp_")
+    assert response.status == "completed" and response.model == "gpt-4.1"
+    assert response.instructions == "Be brief"
+    (message,) = response.output
+    assert message.type == "message" and message.role == "assistant"
+    words = response.output_text.split()
+    assert 8 <= len(words) <= 24
+    usage = response.usage
+    assert usage.input_tokens == len(["user", "Tell", "me", "a", "story", "Be", "brief"])
+    assert usage.output_tokens == len(words)
+    assert usage.total_tokens == usage.input_tokens + usage.output_tokens
+    assert usage.input_tokens_details.cached_tokens == 0
+    assert usage.output_tokens_details.reasoning_tokens == 0
+
+
+async def test_responses_reasoning_model(client) -> None:
+    response = await resolve(client.responses.create(model="gpt-5-mini", input="Think about it"))
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    reasoning = response.usage.output_tokens_details.reasoning_tokens
+    assert reasoning > 0
+    assert response.usage.output_tokens == len(response.output_text.split()) + reasoning
+
+
+async def test_responses_max_output_tokens_is_incomplete(client) -> None:
+    response = await resolve(
+        client.responses.create(model="gpt-4o", input="Tell me a story", max_output_tokens=2)
+    )
+    assert response.status == "incomplete"
+    assert response.incomplete_details.reason == "max_output_tokens"
+    assert len(response.output_text.split()) == 2
+
+
+async def test_responses_function_call(client) -> None:
+    tool = {
+        "type": "function",
+        "name": "get_weather",
+        **{k: v for k, v in WEATHER_TOOL["function"].items() if k != "name"},
+    }
+    response = await resolve(client.responses.create(model="gpt-4o", input="Weather in Paris?", tools=[tool]))
+    (call,) = response.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.call_id.startswith("call_")
+    follow_up = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny"},
+    ]
+    answer = await resolve(client.responses.create(model="gpt-4o", input=follow_up, tools=[tool]))
+    assert answer.output[0].type == "message" and answer.output_text
+
+
+async def test_responses_stream_events(client) -> None:
+    events = await collect(client.responses.create(model="gpt-4o", input="Tell me a story", stream=True))
+    plain = await resolve(client.responses.create(model="gpt-4o", input="Tell me a story"))
+    types = [event.type for event in events]
+    assert types[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert types[-5:] == [
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    text = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    assert text == plain.output_text
+    completed = events[-1].response
+    assert completed.status == "completed"
+    assert completed.usage.model_dump() == plain.usage.model_dump()
+    assert events[0].response.status == "in_progress" and events[0].response.usage is None
+
+
+async def test_responses_stream_helper(client) -> None:
+    manager = client.responses.stream(model="gpt-4o", input="Tell me a story")
+    if hasattr(manager, "__aenter__"):
+        async with manager as stream:
+            events = [event async for event in stream]
+            final = await stream.get_final_response()
+    else:
+        with manager as stream:
+            events = list(stream)
+            final = stream.get_final_response()
+    deltas = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    assert final.output_text == deltas
+    assert final.usage.output_tokens == len(deltas.split())
+
+
+async def test_responses_parse(client) -> None:
+    response = await resolve(client.responses.parse(model="gpt-4o", input="Who is it?", text_format=Person))
+    assert isinstance(response.output_parsed, Person)
+
+
+# ---- embeddings, legacy completions, models ------------------------------------------------------------------------
+
+
+async def test_embeddings_float_and_base64_agree(client) -> None:
+    texts = ["the quick brown fox", "jumps"]
+    as_float = await resolve(
+        client.embeddings.create(model="text-embedding-3-small", input=texts, encoding_format="float")
+    )
+    as_base64 = await resolve(
+        client.embeddings.create(model="text-embedding-3-small", input=texts, encoding_format="base64")
+    )
+    assert [item.index for item in as_float.data] == [0, 1]
+    assert len(as_float.data[0].embedding) == 1536
+    assert sum(value * value for value in as_float.data[0].embedding) == pytest.approx(1.0, rel=1e-5)
+    assert as_float.data[0].embedding != as_float.data[1].embedding
+    decoded = as_base64.data[0].embedding
+    if isinstance(decoded, str):  # older SDKs hand base64 through undecoded
+        import base64
+        import struct
+
+        raw = base64.b64decode(decoded)
+        decoded = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    assert decoded == as_float.data[0].embedding
+    assert as_float.usage.prompt_tokens == 5 == as_float.usage.total_tokens
+    assert as_float.model == "text-embedding-3-small"
+
+
+async def test_embeddings_dimensions(client) -> None:
+    result = await resolve(
+        client.embeddings.create(model="text-embedding-3-large", input="x", dimensions=256)
+    )
+    assert len(result.data[0].embedding) == 256
+
+
+async def test_legacy_completions(client) -> None:
+    completion = await resolve(
+        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Write a haiku", max_tokens=5)
+    )
+    assert completion.object == "text_completion" and completion.id.startswith("cmpl-")
+    (choice,) = completion.choices
+    assert choice.finish_reason == "length" and len(choice.text.split()) == 5
+    assert completion.usage.prompt_tokens == 3 and completion.usage.completion_tokens == 5
+    chunks = await collect(
+        client.completions.create(
+            model="gpt-3.5-turbo-instruct",
+            prompt="Write a haiku",
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == choice.text
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == 5
+
+
+async def test_models(client) -> None:
+    page = await resolve(client.models.list())
+    ids = [model.id for model in page.data]
+    assert "gpt-4o" in ids and "text-embedding-3-small" in ids
+    model = await resolve(client.models.retrieve("gpt-4o-mini"))
+    assert model.id == "gpt-4o-mini" and model.object == "model"
+    with pytest.raises(openai.NotFoundError) as caught:
+        await resolve(client.models.retrieve("no-such-model"))
+    assert caught.value.code == "model_not_found"

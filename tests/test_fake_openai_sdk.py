@@ -6,17 +6,15 @@ versions share.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Literal
 
 import openai
 import pydantic
 import pytest
+from fake_openai_helpers import USER, collect, open_client, resolve
 from llmtap.fake_openai import FakeOpenAIServer
 
 pytestmark = pytest.mark.anyio
-
-USER = [{"role": "user", "content": "What is the weather like in Paris today?"}]
 
 
 @pytest.fixture
@@ -32,28 +30,8 @@ def server():
 
 @pytest.fixture(params=["sync", "async"])
 async def client(request: pytest.FixtureRequest, server: FakeOpenAIServer):
-    """An OpenAI or AsyncOpenAI client; tests call it through ``resolve``/``collect`` so one body covers both."""
-    if request.param == "sync":
-        with openai.OpenAI(base_url=server.base_url, api_key="test-key", max_retries=0) as sync_client:
-            yield sync_client
-    else:
-        async with openai.AsyncOpenAI(
-            base_url=server.base_url, api_key="test-key", max_retries=0
-        ) as async_client:
-            yield async_client
-
-
-async def resolve(value: Any) -> Any:
-    """The result of a sync call, or of an awaited async one."""
-    return await value if inspect.isawaitable(value) else value
-
-
-async def collect(stream: Any) -> list:
-    """All items of a sync or async SDK stream."""
-    stream = await resolve(stream)
-    if hasattr(stream, "__aiter__"):
-        return [item async for item in stream]
-    return list(stream)
+    async with open_client(request.param, server.base_url) as opened:
+        yield opened
 
 
 # ---- chat completions ---------------------------------------------------------------------------------------------

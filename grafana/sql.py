@@ -1,0 +1,156 @@
+"""SQL shared by the dashboards and alert rules: the LLM-layer tables, the variable filters and the few
+expressions (message text, percentiles, rates) that several panels need.
+
+Every query reads the LLM layer (`llm_calls`, `llm_calls_costed`), never the raw `SpanAttributes` maps, and uses
+the ClickHouse plugin's macros so Grafana's time picker and interval drive it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+CALLS = "llm_calls"
+COSTED = "llm_calls_costed"  # llm_calls + Cost (USD, NULL when the model has no price)
+
+TIME_FILTER = "$__timeFilter(Timestamp)"
+
+# Dashboard variable -> the condition it adds. Wrapped in $__conditionalAll so "All" costs nothing (1=1).
+VARIABLE_CONDITIONS: dict[str, str] = {
+    "project": "Project IN (${project:singlequote})",
+    "service": "ServiceName IN (${service:singlequote})",
+    "model": "Model IN (${model:singlequote})",
+    "user": "UserId IN (${user:singlequote})",
+    "tag": "hasAny(Tags, [${tag:singlequote}])",
+    "session": "SessionId = ${session:singlequote}",
+    "status": "IsError IN (${status:singlequote})",
+    "search": (
+        "(positionCaseInsensitiveUTF8(InputMessages, ${search:singlequote}) > 0"
+        " OR positionCaseInsensitiveUTF8(OutputMessages, ${search:singlequote}) > 0)"
+    ),
+}
+
+# The filters every call panel applies, in the order the variables appear on the dashboards.
+CALL_FILTERS = ("project", "service", "model", "user", "tag")
+
+
+def conditional(variable: str) -> str:
+    """The filter of one variable, dropped by the plugin when the variable is All or empty."""
+    return f"$__conditionalAll({VARIABLE_CONDITIONS[variable]}, ${variable})"
+
+
+def where(*extra: str, filters: Sequence[str] = CALL_FILTERS) -> str:
+    """`WHERE` with the time range, the variable filters and any extra conditions."""
+    conditions = [TIME_FILTER, *(conditional(name) for name in filters), *extra]
+    return "WHERE " + "\n  AND ".join(conditions)
+
+
+def time_series(
+    metrics: Sequence[tuple[str, str]],
+    *,
+    by: str | None = None,
+    label: str | None = None,
+    table: str = CALLS,
+    extra: Sequence[str] = (),
+) -> str:
+    """One row per `$__timeInterval` bucket (and per value of the `by` expression, named `label`).
+
+    `metrics` are (expression, alias) pairs; with `by`, the plugin pivots the long result into one series per
+    label value.
+    """
+    label = label or by
+    dimension = "" if by is None else (f", {by}" if by == label else f", {by} AS {label}")
+    group = f", {label}" if label else ""
+    values = ",\n  ".join(f"{expression} AS {alias}" for expression, alias in metrics)
+    return (
+        f"SELECT\n  $__timeInterval(Timestamp) AS time{dimension},\n  {values}\n"
+        f"FROM {table}\n{where(*extra)}\n"
+        f"GROUP BY time{group}\nORDER BY time{group}"
+    )
+
+
+def per_second(expression: str) -> str:
+    """A per-interval sum turned into a rate, so values do not change with the zoom level."""
+    return f"{expression} / $__interval_s"
+
+
+def error_ratio() -> str:
+    return "countIf(IsError = 1) / count()"
+
+
+def message_text(messages: str, fallback: str | None = None) -> str:
+    """The text of a GenAI messages JSON array (`[{role, parts: [{type, content}]}]`; bare parts, as in system
+    instructions, work too). When it holds no text parts the `fallback` (by default the JSON itself) is shown, so
+    truncated or unusual content is never hidden from the reader."""
+    parts = (
+        f"arrayFilter(x -> x != '', arrayFlatten(arrayMap(m -> if(JSONHas(m, 'parts'),"
+        f" arrayMap(p -> JSONExtractString(p, 'content'), JSONExtractArrayRaw(m, 'parts')),"
+        f" [JSONExtractString(m, 'content')]), JSONExtractArrayRaw({messages}))))"
+    )
+    return f"if(empty({parts}), {fallback or messages}, arrayStringConcat({parts}, '\\n'))"
+
+
+def preview(column: str, length: int = 160) -> str:
+    """A one-line preview of the last message of a messages column (the latest turn), for tables."""
+    last = f"concat('[', arrayElement(JSONExtractArrayRaw({column}), -1), ']')"
+    return f"leftUTF8(replaceRegexpAll({message_text(last, column)}, '\\\\s+', ' '), {length})"
+
+
+def quoted_array(values: Sequence[str]) -> str:
+    """A ClickHouse array literal of strings."""
+    escaped = (value.replace("\\", "\\\\").replace("'", "\\'") for value in values)
+    return "[" + ", ".join(f"'{value}'" for value in escaped) + "]"
+
+
+# Phrases that mark an answer as uncertain: a case-insensitive substring match on the response text. Edit this
+# list and run `llmtap grafana build` to change both the "uncertain answers" panels and the alert rule (the rule's
+# SQL cannot read a Grafana or environment variable: Grafana does not interpolate alert query models).
+UNCERTAIN_PHRASES = (
+    "i'm not sure",
+    "i’m not sure",
+    "i am not sure",
+    "i'm not certain",
+    "i’m not certain",
+    "i don't know",
+    "i don’t know",
+    "i do not know",
+    "i cannot be certain",
+    "i can't be certain",
+    "i don't have enough information",
+    "i do not have enough information",
+    "it is unclear",
+    "it's unclear",
+)
+
+ANSWER_OPERATIONS = "Operation IN ('chat', 'text_completion', 'generate_content')"
+
+
+def is_uncertain(column: str = "OutputMessages") -> str:
+    """1 when the response text contains one of `UNCERTAIN_PHRASES`."""
+    return f"multiSearchAnyCaseInsensitiveUTF8({message_text(column)}, {quoted_array(UNCERTAIN_PHRASES)})"
+
+
+def trace_spans(trace_id: str) -> str:
+    """Every span of one trace in the plugin's trace format, for Grafana's trace view.
+
+    The one query that reads `otel_traces` itself: a trace also holds the application's non-LLM spans, and the
+    trace view shows each span's attributes. The trace's time bounds come from the exporter's
+    `otel_traces_trace_id_ts` lookup table, so the query needs no dashboard time range.
+    """
+    return f"""WITH (
+  SELECT (min(Start), max(End) + INTERVAL 1 SECOND) FROM otel_traces_trace_id_ts WHERE TraceId = {trace_id}
+) AS bounds
+SELECT
+  TraceId AS traceID,
+  SpanId AS spanID,
+  ParentSpanId AS parentSpanID,
+  ServiceName AS serviceName,
+  SpanName AS operationName,
+  toUnixTimestamp64Nano(Timestamp) / 1000000 AS startTime,
+  Duration / 1000000 AS duration,
+  arrayMap(key -> map('key', key, 'value', SpanAttributes[key]), mapKeys(SpanAttributes)) AS tags,
+  arrayMap(key -> map('key', key, 'value', ResourceAttributes[key]), mapKeys(ResourceAttributes)) AS serviceTags,
+  if(StatusCode IN ('Error', 'STATUS_CODE_ERROR'), 2, 0) AS statusCode,
+  StatusMessage AS statusMessage
+FROM otel_traces
+WHERE TraceId = {trace_id} AND Timestamp >= bounds.1 AND Timestamp <= bounds.2
+ORDER BY startTime"""

@@ -1,0 +1,392 @@
+"""OpenAI request/response content → the GenAI conventions' message "parts" structures.
+
+Input and output shapes follow gen-ai-input-messages.json / gen-ai-output-messages.json of
+open-telemetry/semantic-conventions-genai: ``{"role", "parts": [{"type": "text", "content"}, {"type": "tool_call",
+"id", "name", "arguments"}, {"type": "tool_call_response", "id", "response"}, {"type": "reasoning", ...}, ...]}``.
+Everything here accepts both what the app passed (dicts, or SDK models handed back) and what came back (SDK models,
+or the decoded JSON of a raw response), hence ``get`` instead of attribute access. Every string that may carry
+user content goes through ``scrub`` (redaction) on its way in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+Scrub = Callable[[Any], Any]
+Message = dict[str, Any]
+
+# OpenAI finish reasons → the conventions' FinishReason enum (inside output messages only; the span attribute
+# gen_ai.response.finish_reasons keeps the provider's own values).
+_FINISH_REASONS = {"tool_calls": "tool_call", "function_call": "tool_call"}
+
+
+def get(obj: Any, key: str, default: Any = None) -> Any:
+    """``obj[key]`` for mappings, ``obj.key`` for objects; ``default`` when missing or None."""
+    value = obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+    return default if value is None else value
+
+
+def _text(content: Any, scrub: Scrub) -> dict[str, Any]:
+    return {"type": "text", "content": scrub(content if isinstance(content, str) else str(content))}
+
+
+def _arguments(raw: Any, scrub: Scrub) -> Any:
+    """Tool arguments arrive as a JSON string: recorded as the decoded value when it is valid JSON."""
+    if not isinstance(raw, str):
+        return raw
+    raw = scrub(raw)
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _data_url_blob(url: str, modality: str, scrub: Scrub) -> dict[str, Any]:
+    header, _, data = url.partition(",")
+    mime = header[5:].split(";", 1)[0] or None
+    part = {"type": "blob", "modality": modality, "content": data}
+    if mime:
+        part["mime_type"] = mime
+    return part
+
+
+def _chat_content_parts(content: Any, scrub: Scrub) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [_text(content, scrub)]
+    parts = []
+    for item in content:
+        kind = get(item, "type")
+        if kind == "text":
+            parts.append(_text(get(item, "text", ""), scrub))
+        elif kind == "image_url":
+            url = get(get(item, "image_url"), "url", "")
+            if url.startswith("data:"):
+                parts.append(_data_url_blob(url, "image", scrub))
+            else:
+                parts.append({"type": "uri", "modality": "image", "uri": url})
+        elif kind == "input_audio":
+            audio = get(item, "input_audio")
+            fmt = get(audio, "format")
+            parts.append(
+                {
+                    "type": "blob",
+                    "modality": "audio",
+                    "mime_type": f"audio/{fmt}",
+                    "content": get(audio, "data", ""),
+                }
+            )
+        elif kind == "file":
+            file = get(item, "file")
+            if get(file, "file_id"):
+                parts.append({"type": "file", "modality": "document", "file_id": get(file, "file_id")})
+            else:
+                parts.append({"type": "blob", "modality": "document", "content": get(file, "file_data", "")})
+        elif kind == "refusal":
+            parts.append({"type": "refusal", "content": scrub(get(item, "refusal", ""))})
+        else:
+            parts.append({"type": str(kind)})
+    return parts
+
+
+def _tool_call_parts(tool_calls: Any, scrub: Scrub) -> list[dict[str, Any]]:
+    parts = []
+    for call in tool_calls or ():
+        function = get(call, "function")
+        if function is None:  # custom tools carry `custom: {name, input}`
+            custom = get(call, "custom")
+            parts.append(
+                {
+                    "type": "tool_call",
+                    "id": get(call, "id"),
+                    "name": get(custom, "name", ""),
+                    "arguments": scrub(get(custom, "input")),
+                }
+            )
+            continue
+        parts.append(
+            {
+                "type": "tool_call",
+                "id": get(call, "id"),
+                "name": get(function, "name", ""),
+                "arguments": _arguments(get(function, "arguments"), scrub),
+            }
+        )
+    return parts
+
+
+def _reasoning_part(message: Any, scrub: Scrub) -> list[dict[str, Any]]:
+    # Not in OpenAI's own schema, but OpenAI-compatible servers (vLLM, DeepSeek, OpenRouter) return it.
+    reasoning = get(message, "reasoning_content") or get(message, "reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        return [{"type": "reasoning", "content": scrub(reasoning)}]
+    return []
+
+
+def chat_input(messages: Any, scrub: Scrub) -> list[Message]:
+    """Chat Completions ``messages=`` → input messages (system/developer messages stay in the history)."""
+    result = []
+    for message in messages or ():
+        role = get(message, "role", "user")
+        if role in ("tool", "function"):
+            part = {
+                "type": "tool_call_response",
+                "id": get(message, "tool_call_id"),
+                "response": scrub(_plain_text(get(message, "content"))),
+            }
+            entry: Message = {"role": "tool", "parts": [part]}
+        else:
+            parts = _reasoning_part(message, scrub) + _chat_content_parts(get(message, "content"), scrub)
+            refusal = get(message, "refusal")
+            if refusal:
+                parts.append({"type": "refusal", "content": scrub(refusal)})
+            parts += _tool_call_parts(get(message, "tool_calls"), scrub)
+            function_call = get(message, "function_call")
+            if function_call is not None:
+                parts.append(
+                    {
+                        "type": "tool_call",
+                        "name": get(function_call, "name", ""),
+                        "arguments": _arguments(get(function_call, "arguments"), scrub),
+                    }
+                )
+            entry = {"role": role, "parts": parts}
+        name = get(message, "name")
+        if name:
+            entry["name"] = name
+        result.append(entry)
+    return result
+
+
+def _plain_text(content: Any) -> Any:
+    if isinstance(content, list):
+        return "".join(get(item, "text", "") for item in content)
+    return content
+
+
+def chat_output_message(
+    text: str | None,
+    tool_calls: Any,
+    finish_reason: str | None,
+    scrub: Scrub,
+    refusal: str | None = None,
+    reasoning: str | None = None,
+    audio_transcript: str | None = None,
+) -> Message:
+    """One choice → one output message (also used for streams, from the accumulated pieces)."""
+    parts: list[dict[str, Any]] = []
+    if reasoning:
+        parts.append({"type": "reasoning", "content": scrub(reasoning)})
+    if text:
+        parts.append(_text(text, scrub))
+    if audio_transcript:
+        parts.append(_text(audio_transcript, scrub))
+    if refusal:
+        parts.append({"type": "refusal", "content": scrub(refusal)})
+    parts += _tool_call_parts(tool_calls, scrub)
+    return {"role": "assistant", "parts": parts, "finish_reason": map_finish_reason(finish_reason)}
+
+
+def map_finish_reason(reason: str | None) -> str:
+    if not reason:
+        return "error"
+    return _FINISH_REASONS.get(reason, reason)
+
+
+def chat_output(choices: Any, scrub: Scrub) -> list[Message]:
+    result = []
+    for choice in choices or ():
+        message = get(choice, "message")
+        reasoning = get(message, "reasoning_content") or get(message, "reasoning")
+        function_call = get(message, "function_call")
+        tool_calls = get(message, "tool_calls")
+        if function_call is not None and not tool_calls:
+            tool_calls = [{"function": function_call}]
+        result.append(
+            chat_output_message(
+                get(message, "content"),
+                tool_calls,
+                get(choice, "finish_reason"),
+                scrub,
+                refusal=get(message, "refusal"),
+                reasoning=reasoning if isinstance(reasoning, str) else None,
+                audio_transcript=get(get(message, "audio"), "transcript"),
+            )
+        )
+    return result
+
+
+def tool_definitions(tools: Any) -> list[dict[str, Any]]:
+    """Chat (``{"type": "function", "function": {...}}``) and Responses (flat) tool definitions."""
+    result = []
+    for tool in tools or ():
+        kind = get(tool, "type", "function")
+        function = get(tool, "function")
+        source = function if function is not None else tool
+        name = get(source, "name") or kind
+        entry: dict[str, Any] = {"type": kind, "name": name}
+        description = get(source, "description")
+        if description is not None:
+            entry["description"] = description
+        parameters = get(source, "parameters")
+        if parameters is not None:
+            entry["parameters"] = parameters
+        result.append(entry)
+    return result
+
+
+# --- Responses API -------------------------------------------------------------------------------------------
+
+
+def system_instructions(instructions: Any, scrub: Scrub) -> list[dict[str, Any]]:
+    if isinstance(instructions, str):
+        return [_text(instructions, scrub)] if instructions else []
+    return _responses_content_parts(instructions, scrub)
+
+
+def _responses_content_parts(content: Any, scrub: Scrub) -> list[dict[str, Any]]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [_text(content, scrub)]
+    parts = []
+    for item in content:
+        kind = get(item, "type")
+        if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
+            parts.append(_text(get(item, "text", ""), scrub))
+        elif kind == "refusal":
+            parts.append({"type": "refusal", "content": scrub(get(item, "refusal", ""))})
+        elif kind == "input_image":
+            url = get(item, "image_url")
+            if get(item, "file_id"):
+                parts.append({"type": "file", "modality": "image", "file_id": get(item, "file_id")})
+            elif isinstance(url, str) and url.startswith("data:"):
+                parts.append(_data_url_blob(url, "image", scrub))
+            else:
+                parts.append({"type": "uri", "modality": "image", "uri": url or ""})
+        elif kind == "input_file":
+            if get(item, "file_id"):
+                parts.append({"type": "file", "modality": "document", "file_id": get(item, "file_id")})
+            elif get(item, "file_url"):
+                parts.append({"type": "uri", "modality": "document", "uri": get(item, "file_url")})
+            else:
+                parts.append({"type": "blob", "modality": "document", "content": get(item, "file_data", "")})
+        elif kind == "input_audio":
+            audio = get(item, "input_audio", item)
+            parts.append(
+                {
+                    "type": "blob",
+                    "modality": "audio",
+                    "mime_type": f"audio/{get(audio, 'format')}",
+                    "content": get(audio, "data", ""),
+                }
+            )
+        else:
+            parts.append({"type": str(kind)})
+    return parts
+
+
+def _responses_item_parts(item: Any, scrub: Scrub) -> tuple[str, list[dict[str, Any]]]:
+    """One Responses input/output item → (role, parts)."""
+    kind = get(item, "type", "message")
+    if kind == "message" or (kind is None and get(item, "role")):
+        return get(item, "role", "user"), _responses_content_parts(get(item, "content"), scrub)
+    if kind in ("function_call", "custom_tool_call"):
+        arguments = get(item, "arguments") if kind == "function_call" else get(item, "input")
+        return "assistant", [
+            {
+                "type": "tool_call",
+                "id": get(item, "call_id"),
+                "name": get(item, "name", ""),
+                "arguments": _arguments(arguments, scrub),
+            }
+        ]
+    if kind in ("function_call_output", "custom_tool_call_output"):
+        return "tool", [
+            {
+                "type": "tool_call_response",
+                "id": get(item, "call_id"),
+                "response": scrub(_plain_text(get(item, "output"))),
+            }
+        ]
+    if kind == "reasoning":
+        texts = [get(s, "text", "") for s in get(item, "content", ()) or get(item, "summary", ())]
+        return "assistant", [{"type": "reasoning", "content": scrub("\n".join(texts))}]
+    # Built-in tools (web_search_call, file_search_call, code_interpreter_call, ...) run on OpenAI's side.
+    return "assistant", [
+        {
+            "type": "server_tool_call",
+            "id": get(item, "id"),
+            "name": str(kind),
+            "server_tool_call": {"type": str(kind)},
+        }
+    ]
+
+
+def responses_input(input_value: Any, scrub: Scrub) -> list[Message]:
+    if input_value is None:
+        return []
+    if isinstance(input_value, str):
+        return [{"role": "user", "parts": [_text(input_value, scrub)]}]
+    result: list[Message] = []
+    for item in input_value:
+        role, parts = _responses_item_parts(item, scrub)
+        if result and result[-1]["role"] == role and role != "user" and get(item, "type") != "message":
+            result[-1]["parts"].extend(parts)  # consecutive tool calls belong to one assistant turn
+        else:
+            result.append({"role": role, "parts": parts})
+    return result
+
+
+def responses_output(response: Any, finish_reason: str | None, scrub: Scrub) -> list[Message]:
+    """The whole ``response.output`` list is one answer: one assistant message with all its parts."""
+    parts: list[dict[str, Any]] = []
+    for item in get(response, "output", ()) or ():
+        parts += _responses_item_parts(item, scrub)[1]
+    return [{"role": "assistant", "parts": parts, "finish_reason": map_finish_reason(finish_reason)}]
+
+
+def responses_finish_reason(response: Any) -> str | None:
+    """Responses have a status, not a finish reason: map it onto the Chat Completions vocabulary."""
+    status = get(response, "status")
+    if status == "completed":
+        for item in get(response, "output", ()) or ():
+            if get(item, "type") in ("function_call", "custom_tool_call"):
+                return "tool_calls"
+        return "stop"
+    if status == "incomplete":
+        reason = get(get(response, "incomplete_details"), "reason")
+        return "length" if reason == "max_output_tokens" else (reason or "incomplete")
+    if status == "failed":
+        return "error"
+    return status
+
+
+# --- Legacy completions ---------------------------------------------------------------------------------------
+
+
+def completion_input(prompt: Any, scrub: Scrub) -> list[Message]:
+    if prompt is None:
+        return []
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if prompts and not isinstance(prompts[0], str):  # token arrays
+        return [{"role": "user", "parts": [{"type": "tokens", "content": to_token_text(prompts)}]}]
+    return [{"role": "user", "parts": [_text(p, scrub)]} for p in prompts]
+
+
+def to_token_text(tokens: Any) -> str:
+    return json.dumps(tokens)[:1000]
+
+
+def completion_output(choices: Any, scrub: Scrub) -> list[Message]:
+    return [
+        {
+            "role": "assistant",
+            "parts": [_text(get(choice, "text", ""), scrub)],
+            "finish_reason": map_finish_reason(get(choice, "finish_reason")),
+        }
+        for choice in choices or ()
+    ]

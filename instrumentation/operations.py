@@ -1,0 +1,480 @@
+"""What each OpenAI API means as a GenAI span: request attributes, response attributes, content, stream chunks.
+
+One ``Operation`` per API family (Chat Completions, Responses, Embeddings, legacy Completions). Functions take
+the call's keyword arguments and the returned object (an SDK model, or the decoded JSON of a raw response) and
+return plain attribute dicts; ``calls.LLMCall`` puts them on the span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from llmtap.instrumentation import messages as msg
+from llmtap.instrumentation import semconv as sc
+from llmtap.instrumentation.messages import Message, Scrub, get
+
+Attributes = dict[str, Any]
+
+# openai's "argument not given" sentinels (NotGiven, Omit); filled in by the instrumentor once openai is imported.
+SENTINEL_TYPES: tuple[type, ...] = ()
+
+
+def given(value: Any) -> bool:
+    return value is not None and not isinstance(value, SENTINEL_TYPES)
+
+
+def _set_float(attrs: Attributes, key: str, value: Any) -> None:
+    if given(value) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        attrs[key] = float(value)
+
+
+def _set_int(attrs: Attributes, key: str, value: Any) -> None:
+    if given(value) and isinstance(value, int) and not isinstance(value, bool):
+        attrs[key] = value
+
+
+def _set_str(attrs: Attributes, key: str, value: Any) -> None:
+    if given(value) and isinstance(value, str):
+        attrs[key] = value
+
+
+def _common_request(kw: dict[str, Any], attrs: Attributes) -> None:
+    _set_float(attrs, sc.REQUEST_TEMPERATURE, kw.get("temperature"))
+    _set_float(attrs, sc.REQUEST_TOP_P, kw.get("top_p"))
+    _set_float(attrs, sc.REQUEST_FREQUENCY_PENALTY, kw.get("frequency_penalty"))
+    _set_float(attrs, sc.REQUEST_PRESENCE_PENALTY, kw.get("presence_penalty"))
+    _set_int(attrs, sc.REQUEST_SEED, kw.get("seed"))
+    stop = kw.get("stop")
+    if given(stop):
+        if isinstance(stop, str):
+            attrs[sc.REQUEST_STOP_SEQUENCES] = (stop,)
+        elif isinstance(stop, (list, tuple)):
+            attrs[sc.REQUEST_STOP_SEQUENCES] = tuple(str(s) for s in stop)
+    n = kw.get("n")
+    if given(n) and isinstance(n, int) and n != 1:
+        attrs[sc.REQUEST_CHOICE_COUNT] = n
+    attrs[sc.REQUEST_STREAM] = kw.get("stream") is True
+    _set_str(attrs, sc.OPENAI_REQUEST_SERVICE_TIER, kw.get("service_tier"))
+    metadata = kw.get("metadata")
+    if given(metadata) and isinstance(metadata, dict):
+        for key, value in metadata.items():
+            attrs[sc.METADATA_PREFIX + str(key)] = value if isinstance(value, str) else str(value)
+    user = kw.get("user")
+    if given(user) and isinstance(user, str):
+        attrs[sc.USER_ID] = user
+
+
+def _usage(
+    attrs: Attributes, usage: Any, input_key: str, output_key: str, input_details: str, output_details: str
+):
+    if usage is None:
+        return
+    _set_int(attrs, sc.USAGE_INPUT_TOKENS, get(usage, input_key))
+    _set_int(attrs, sc.USAGE_OUTPUT_TOKENS, get(usage, output_key))
+    _set_int(attrs, sc.USAGE_CACHE_READ_INPUT_TOKENS, get(get(usage, input_details), "cached_tokens"))
+    _set_int(attrs, sc.USAGE_REASONING_OUTPUT_TOKENS, get(get(usage, output_details), "reasoning_tokens"))
+
+
+def _response_identity(attrs: Attributes, response: Any) -> None:
+    _set_str(attrs, sc.RESPONSE_ID, get(response, "id"))
+    _set_str(attrs, sc.RESPONSE_MODEL, get(response, "model"))
+    _set_str(attrs, sc.OPENAI_RESPONSE_SERVICE_TIER, get(response, "service_tier"))
+    _set_str(attrs, sc.OPENAI_RESPONSE_SYSTEM_FINGERPRINT, get(response, "system_fingerprint"))
+
+
+@dataclass
+class RequestContent:
+    system: list[dict[str, Any]] | None = None
+    input: list[Message] | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+# --- Chat Completions -----------------------------------------------------------------------------------------
+
+
+def chat_request(kw: dict[str, Any]) -> Attributes:
+    attrs: Attributes = {sc.OPENAI_API_TYPE: "chat_completions"}
+    _common_request(kw, attrs)
+    max_tokens = kw.get("max_completion_tokens")
+    _set_int(attrs, sc.REQUEST_MAX_TOKENS, max_tokens if given(max_tokens) else kw.get("max_tokens"))
+    response_format = kw.get("response_format")
+    if given(response_format):
+        kind = get(response_format, "type") if isinstance(response_format, dict) else "json_schema"
+        attrs[sc.OUTPUT_TYPE] = "json" if kind in ("json_schema", "json_object") else "text"
+    return attrs
+
+
+def chat_request_content(kw: dict[str, Any], scrub: Scrub) -> RequestContent:
+    tools = kw.get("tools")
+    functions = kw.get("functions")
+    definitions = msg.tool_definitions(tools) if given(tools) else None
+    if given(functions):
+        definitions = (definitions or []) + [
+            {"type": "function", **{k: get(f, k) for k in ("name", "description", "parameters") if get(f, k)}}
+            for f in functions
+        ]
+    return RequestContent(input=msg.chat_input(kw.get("messages"), scrub), tools=definitions)
+
+
+def chat_response(response: Any) -> Attributes:
+    attrs: Attributes = {}
+    _response_identity(attrs, response)
+    choices = get(response, "choices", ())
+    attrs[sc.RESPONSE_FINISH_REASONS] = tuple(get(c, "finish_reason") or "" for c in choices)
+    _usage(
+        attrs,
+        get(response, "usage"),
+        "prompt_tokens",
+        "completion_tokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
+    )
+    return attrs
+
+
+def chat_response_content(response: Any, scrub: Scrub) -> list[Message]:
+    return msg.chat_output(get(response, "choices"), scrub)
+
+
+class _ChoiceAccumulator:
+    __slots__ = ("finish_reason", "reasoning", "refusal", "text", "tool_calls")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.refusal: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+
+
+class ChatStreamAccumulator:
+    """Rebuilds the answer from ``ChatCompletionChunk``s; kept minimal because it runs once per chunk."""
+
+    __slots__ = ("capture", "choices", "head", "usage")
+
+    def __init__(self, capture: bool) -> None:
+        self.capture = capture
+        self.head: Any = None
+        self.usage: Any = None
+        self.choices: dict[int, _ChoiceAccumulator] = {}
+
+    def add(self, chunk: Any) -> None:
+        if self.head is None:
+            self.head = chunk
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self.usage = usage
+        for choice in chunk.choices:
+            acc = self.choices.get(choice.index)
+            if acc is None:
+                acc = self.choices[choice.index] = _ChoiceAccumulator()
+            if choice.finish_reason:
+                acc.finish_reason = choice.finish_reason
+            if not self.capture:
+                continue
+            delta = choice.delta
+            if delta is None:
+                continue
+            if delta.content:
+                acc.text.append(delta.content)
+            if delta.tool_calls:
+                self._add_tool_calls(acc, delta.tool_calls)
+            if delta.refusal:
+                acc.refusal.append(delta.refusal)
+            extra = delta.model_extra
+            if extra:
+                reasoning = extra.get("reasoning_content") or extra.get("reasoning")
+                if isinstance(reasoning, str):
+                    acc.reasoning.append(reasoning)
+
+    @staticmethod
+    def _add_tool_calls(acc: _ChoiceAccumulator, deltas: Any) -> None:
+        for delta in deltas:
+            call = acc.tool_calls.get(delta.index)
+            if call is None:
+                call = acc.tool_calls[delta.index] = {"id": None, "name": "", "arguments": []}
+            if delta.id:
+                call["id"] = delta.id
+            function = delta.function
+            if function is not None:
+                if function.name:
+                    call["name"] += function.name
+                if function.arguments:
+                    call["arguments"].append(function.arguments)
+
+    def attributes(self) -> Attributes:
+        attrs: Attributes = {}
+        if self.head is not None:
+            _response_identity(attrs, self.head)
+        if self.choices:
+            attrs[sc.RESPONSE_FINISH_REASONS] = tuple(
+                self.choices[i].finish_reason or "" for i in sorted(self.choices)
+            )
+        _usage(
+            attrs,
+            self.usage,
+            "prompt_tokens",
+            "completion_tokens",
+            "prompt_tokens_details",
+            "completion_tokens_details",
+        )
+        return attrs
+
+    def output(self, scrub: Scrub) -> list[Message]:
+        result = []
+        for index in sorted(self.choices):
+            acc = self.choices[index]
+            tool_calls = [
+                {"id": c["id"], "function": {"name": c["name"], "arguments": "".join(c["arguments"])}}
+                for _, c in sorted(acc.tool_calls.items())
+            ]
+            result.append(
+                msg.chat_output_message(
+                    "".join(acc.text),
+                    tool_calls,
+                    acc.finish_reason,
+                    scrub,
+                    refusal="".join(acc.refusal),
+                    reasoning="".join(acc.reasoning),
+                )
+            )
+        return result
+
+
+# --- Responses ------------------------------------------------------------------------------------------------
+
+
+def responses_request(kw: dict[str, Any]) -> Attributes:
+    attrs: Attributes = {sc.OPENAI_API_TYPE: "responses"}
+    _common_request(kw, attrs)
+    _set_int(attrs, sc.REQUEST_MAX_TOKENS, kw.get("max_output_tokens"))
+    text = kw.get("text")
+    text_format = kw.get("text_format")
+    if given(text_format):
+        attrs[sc.OUTPUT_TYPE] = "json"
+    elif given(text) and isinstance(text, dict):
+        kind = get(get(text, "format"), "type")
+        if kind:
+            attrs[sc.OUTPUT_TYPE] = "json" if kind in ("json_schema", "json_object") else "text"
+    conversation = kw.get("conversation")
+    if given(conversation):
+        conversation_id = conversation if isinstance(conversation, str) else get(conversation, "id")
+        _set_str(attrs, sc.CONVERSATION_ID, conversation_id)
+    return attrs
+
+
+def responses_request_content(kw: dict[str, Any], scrub: Scrub) -> RequestContent:
+    instructions = kw.get("instructions")
+    tools = kw.get("tools")
+    return RequestContent(
+        system=msg.system_instructions(instructions, scrub) if given(instructions) else None,
+        input=msg.responses_input(kw.get("input") if given(kw.get("input")) else None, scrub),
+        tools=msg.tool_definitions(tools) if given(tools) else None,
+    )
+
+
+def responses_response(response: Any) -> Attributes:
+    attrs: Attributes = {}
+    _response_identity(attrs, response)
+    reason = msg.responses_finish_reason(response)
+    if reason:
+        attrs[sc.RESPONSE_FINISH_REASONS] = (reason,)
+    _usage(
+        attrs,
+        get(response, "usage"),
+        "input_tokens",
+        "output_tokens",
+        "input_tokens_details",
+        "output_tokens_details",
+    )
+    conversation = get(get(response, "conversation"), "id")
+    _set_str(attrs, sc.CONVERSATION_ID, conversation)
+    return attrs
+
+
+def responses_response_content(response: Any, scrub: Scrub) -> list[Message]:
+    return msg.responses_output(response, msg.responses_finish_reason(response), scrub)
+
+
+_TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+class ResponsesStreamAccumulator:
+    """Responses streams end with an event carrying the whole response: keep that, count nothing per delta."""
+
+    __slots__ = ("capture", "error", "final", "head", "text")
+
+    def __init__(self, capture: bool) -> None:
+        self.capture = capture
+        self.head: Any = None
+        self.final: Any = None
+        self.error: str | None = None
+        self.text: list[str] = []
+
+    def add(self, event: Any) -> None:
+        kind = getattr(event, "type", None)
+        if kind == "response.output_text.delta":
+            if self.capture:
+                self.text.append(event.delta)
+        elif kind in _TERMINAL_EVENTS:
+            self.final = event.response
+        elif kind == "response.created":
+            self.head = event.response
+        elif kind == "error":
+            self.error = str(getattr(event, "code", None) or "error")
+
+    def attributes(self) -> Attributes:
+        response = self.final if self.final is not None else self.head
+        return responses_response(response) if response is not None else {}
+
+    def output(self, scrub: Scrub) -> list[Message]:
+        if self.final is not None:
+            return responses_response_content(self.final, scrub)
+        text = "".join(self.text)
+        parts = [{"type": "text", "content": scrub(text)}] if text else []
+        return [{"role": "assistant", "parts": parts, "finish_reason": "error"}]
+
+
+# --- Embeddings -----------------------------------------------------------------------------------------------
+
+
+def embeddings_request(kw: dict[str, Any]) -> Attributes:
+    attrs: Attributes = {}
+    encoding = kw.get("encoding_format")
+    if given(encoding) and isinstance(encoding, str):
+        attrs[sc.REQUEST_ENCODING_FORMATS] = (encoding,)
+    _set_int(attrs, sc.EMBEDDINGS_DIMENSION_COUNT, kw.get("dimensions"))
+    user = kw.get("user")
+    if given(user) and isinstance(user, str):
+        attrs[sc.USER_ID] = user
+    return attrs
+
+
+def embeddings_response(response: Any) -> Attributes:
+    attrs: Attributes = {}
+    _set_str(attrs, sc.RESPONSE_MODEL, get(response, "model"))
+    usage = get(response, "usage")
+    _set_int(attrs, sc.USAGE_INPUT_TOKENS, get(usage, "prompt_tokens"))
+    data = get(response, "data", ())
+    if data:
+        embedding = get(data[0], "embedding")
+        if isinstance(embedding, list):
+            attrs[sc.EMBEDDINGS_DIMENSION_COUNT] = len(embedding)
+    return attrs
+
+
+# --- Legacy completions ---------------------------------------------------------------------------------------
+
+
+def completion_request(kw: dict[str, Any]) -> Attributes:
+    attrs: Attributes = {}
+    _common_request(kw, attrs)
+    _set_int(attrs, sc.REQUEST_MAX_TOKENS, kw.get("max_tokens"))
+    return attrs
+
+
+def completion_request_content(kw: dict[str, Any], scrub: Scrub) -> RequestContent:
+    return RequestContent(input=msg.completion_input(kw.get("prompt"), scrub))
+
+
+def completion_response(response: Any) -> Attributes:
+    attrs: Attributes = {}
+    _response_identity(attrs, response)
+    attrs[sc.RESPONSE_FINISH_REASONS] = tuple(
+        get(c, "finish_reason") or "" for c in get(response, "choices", ())
+    )
+    _usage(
+        attrs, get(response, "usage"), "prompt_tokens", "completion_tokens", "", "completion_tokens_details"
+    )
+    return attrs
+
+
+def completion_response_content(response: Any, scrub: Scrub) -> list[Message]:
+    return msg.completion_output(get(response, "choices"), scrub)
+
+
+class CompletionStreamAccumulator:
+    __slots__ = ("capture", "finish", "head", "text", "usage")
+
+    def __init__(self, capture: bool) -> None:
+        self.capture = capture
+        self.head: Any = None
+        self.usage: Any = None
+        self.text: dict[int, list[str]] = {}
+        self.finish: dict[int, str] = {}
+
+    def add(self, chunk: Any) -> None:
+        if self.head is None:
+            self.head = chunk
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.finish_reason:
+                self.finish[choice.index] = choice.finish_reason
+            if self.capture and choice.text:
+                self.text.setdefault(choice.index, []).append(choice.text)
+
+    def attributes(self) -> Attributes:
+        attrs: Attributes = {}
+        if self.head is not None:
+            _response_identity(attrs, self.head)
+        indexes = sorted(set(self.text) | set(self.finish))
+        if indexes:
+            attrs[sc.RESPONSE_FINISH_REASONS] = tuple(self.finish.get(i, "") for i in indexes)
+        _usage(attrs, self.usage, "prompt_tokens", "completion_tokens", "", "completion_tokens_details")
+        return attrs
+
+    def output(self, scrub: Scrub) -> list[Message]:
+        indexes = sorted(set(self.text) | set(self.finish))
+        return [
+            {
+                "role": "assistant",
+                "parts": [{"type": "text", "content": scrub("".join(self.text.get(i, ())))}],
+                "finish_reason": msg.map_finish_reason(self.finish.get(i)),
+            }
+            for i in indexes
+        ]
+
+
+# --- The table ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operation:
+    """How one API family maps onto a GenAI span."""
+
+    name: str
+    request_attributes: Callable[[dict[str, Any]], Attributes]
+    response_attributes: Callable[[Any], Attributes]
+    request_content: Callable[[dict[str, Any], Scrub], RequestContent] | None = None
+    response_content: Callable[[Any, Scrub], list[Message]] | None = None
+    stream_accumulator: Callable[[bool], Any] | None = None
+
+
+CHAT = Operation(
+    sc.OP_CHAT,
+    chat_request,
+    chat_response,
+    chat_request_content,
+    chat_response_content,
+    ChatStreamAccumulator,
+)
+RESPONSES = Operation(
+    sc.OP_CHAT,
+    responses_request,
+    responses_response,
+    responses_request_content,
+    responses_response_content,
+    ResponsesStreamAccumulator,
+)
+EMBEDDINGS = Operation(sc.OP_EMBEDDINGS, embeddings_request, embeddings_response)
+COMPLETIONS = Operation(
+    sc.OP_TEXT_COMPLETION,
+    completion_request,
+    completion_response,
+    completion_request_content,
+    completion_response_content,
+    CompletionStreamAccumulator,
+)

@@ -1,0 +1,119 @@
+"""``with_raw_response`` and ``with_streaming_response``: the same methods, returning a response wrapper.
+
+The body is never read on the app's behalf. A raw (``LegacyAPIResponse``) non-streamed body is already in memory,
+so it is decoded from its bytes right away and the span ends. Otherwise the wrapper is proxied: when the app calls
+``parse()`` we see the parsed result (a stream gets a stream proxy tied to the same span); when it closes the
+response (the ``with`` block of ``with_streaming_response`` does) or drops it, the span ends with what is known:
+the decoded body if the app read it, the status code otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import wrapt
+from llmtap.instrumentation import semconv as sc
+from llmtap.instrumentation.calls import LLMCall
+from llmtap.instrumentation.streams import wrap_stream
+from llmtap.instrumentation.telemetry import internal_error
+
+# Filled in by the instrumentor from the installed openai: (Stream, AsyncStream).
+STREAM_TYPES: tuple[type, ...] = ()
+ASYNC_STREAM_TYPES: tuple[type, ...] = ()
+
+
+def _decoded_body(raw: Any) -> Any:
+    """The JSON body if it has been read already, else None (reading it here would consume the app's stream)."""
+    try:
+        return json.loads(raw.http_response.content)  # raises ResponseNotRead when unread: no side effect
+    except Exception:
+        return None
+
+
+def finish_from_raw(call: LLMCall, raw: Any) -> None:
+    """End the span from a response wrapper the app did not ``parse()``."""
+    if call.ended:
+        return
+    try:
+        body = _decoded_body(raw)
+        if isinstance(body, dict) and "error" not in body:
+            call.succeed(body)
+            return
+        attrs: dict[str, Any] = {}
+        status = getattr(raw, "status_code", None)
+        if isinstance(status, int):
+            attrs[sc.HTTP_STATUS_CODE] = status
+        call.end(attrs)
+    except Exception:
+        internal_error("ending a raw-response span")
+
+
+def adopt_parsed(call: LLMCall, parsed: Any) -> Any:
+    """What the app's ``parse()`` returned: a stream to follow, or the final model to record."""
+    if call.ended:
+        return parsed
+    try:
+        if isinstance(parsed, STREAM_TYPES):
+            return wrap_stream(parsed, call, is_async=False)
+        if isinstance(parsed, ASYNC_STREAM_TYPES):
+            return wrap_stream(parsed, call, is_async=True)
+        if hasattr(parsed, "model_fields_set") or isinstance(parsed, dict):
+            call.succeed(parsed)
+    except Exception:
+        internal_error("reading a parsed raw response")
+    return parsed
+
+
+class RawResponseProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """Proxy for ``LegacyAPIResponse`` (streamed) and ``APIResponse``."""
+
+    def __init__(self, wrapped: Any, call: LLMCall) -> None:
+        super().__init__(wrapped)
+        self._self_call = call
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return adopt_parsed(self._self_call, self.__wrapped__.parse(*args, **kwargs))
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            finish_from_raw(self._self_call, self.__wrapped__)
+
+    def __del__(self) -> None:
+        call = getattr(self, "_self_call", None)
+        if call is not None:
+            finish_from_raw(call, self.__wrapped__)
+
+
+class AsyncRawResponseProxy(wrapt.ObjectProxy):  # type: ignore[misc]
+    """Proxy for ``AsyncAPIResponse``, whose ``parse()`` and ``close()`` are coroutines."""
+
+    def __init__(self, wrapped: Any, call: LLMCall) -> None:
+        super().__init__(wrapped)
+        self._self_call = call
+
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return adopt_parsed(self._self_call, await self.__wrapped__.parse(*args, **kwargs))
+
+    async def close(self) -> None:
+        try:
+            await self.__wrapped__.close()
+        finally:
+            finish_from_raw(self._self_call, self.__wrapped__)
+
+    def __del__(self) -> None:
+        call = getattr(self, "_self_call", None)
+        if call is not None:
+            finish_from_raw(call, self.__wrapped__)
+
+
+def wrap_raw(raw: Any, call: LLMCall, legacy: bool, is_async: bool) -> Any:
+    """Handle a response wrapper returned by an instrumented method."""
+    if legacy and not getattr(raw, "_stream", False):
+        finish_from_raw(call, raw)  # body already read: nothing to wait for
+        return raw
+    if is_async and not legacy:
+        return AsyncRawResponseProxy(raw, call)
+    return RawResponseProxy(raw, call)

@@ -1,0 +1,173 @@
+"""`llmtap serve` assembled: store, migrations, spool, writer, HTTP and gRPC receivers, discovery, shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmtap.clickhouse.connection import connect, parse_dsn, user_data_dir
+from llmtap.clickhouse.migrations import migrate
+from llmtap.collector import discovery
+from llmtap.collector.grpc_server import start_grpc_server
+from llmtap.collector.http_server import OTLPHTTPServer
+from llmtap.collector.pipeline import Limits, Pipeline
+from llmtap.collector.query_api import QueryAPI
+from llmtap.collector.receiver import Receiver
+from llmtap.collector.spool import Spool
+from llmtap.collector.stats import Stats
+
+log = logging.getLogger("llmtap.serve")
+
+
+class ConfigError(ValueError):
+    """A serve option that cannot work (e.g. a public address without --allow-remote)."""
+
+
+@dataclass
+class ServeConfig:
+    """Everything `llmtap serve` can be told (flags and LLMTAP_* environment variables)."""
+
+    dsn: str
+    host: str = "127.0.0.1"
+    port: int = 4318
+    grpc_port: int = 4317  # 0 = any free port, -1 = no gRPC receiver
+    allow_remote: bool = False
+    token: str | None = None
+    spool_dir: Path | None = None
+    limits: Limits = field(default_factory=Limits)
+    max_body_bytes: int = 20 << 20
+    query_api: bool = True
+
+    def check(self) -> None:
+        """Refuse non-loopback binding unless it was asked for explicitly."""
+        if not self.allow_remote and not _is_loopback_host(self.host):
+            raise ConfigError(
+                f"refusing to listen on {self.host}: only loopback addresses are allowed by default. Pass "
+                "--allow-remote (LLMTAP_ALLOW_REMOTE=1) to accept OTLP from other machines, ideally with --token."
+            )
+
+    def resolved_spool_dir(self) -> Path:
+        if self.spool_dir is not None:
+            return Path(self.spool_dir)
+        parsed = parse_dsn(self.dsn)
+        if parsed.is_chdb:
+            store = Path(parsed.path)
+            return store.with_name(store.name + ".spool")
+        digest = hashlib.sha256(parsed.display.encode()).hexdigest()[:12]
+        return user_data_dir() / "llmtap" / f"spool-{digest}"
+
+
+class Collector:
+    """A running serve. ``start()`` binds everything; ``stop()`` flushes and releases it."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        config.check()
+        self.config = config
+        self.stats = Stats()
+        self.http_port = 0
+        self.grpc_port: int | None = None
+        self.replayed = 0
+        self._http: OTLPHTTPServer | None = None
+        self._grpc: Any = None
+        self._query_api: QueryAPI | None = None
+        self._pipeline: Pipeline | None = None
+        self._http_thread: threading.Thread | None = None
+        self.migration_summary = ""
+
+    def start(self) -> None:
+        config = self.config
+        spool = Spool(config.resolved_spool_dir())
+        try:
+            client = connect(config.dsn, create_database=True)
+            self.migration_summary = migrate(client).summary()
+        except Exception:
+            spool.close()
+            raise
+        self._pipeline = Pipeline(lambda: connect(config.dsn), spool, self.stats, config.limits)
+        self.replayed = self._pipeline.start()
+        self._query_api = QueryAPI(client) if config.query_api else None
+        if not config.query_api:
+            client.close()
+        receiver = Receiver(self._pipeline, self.stats, config.token)
+        try:
+            self._http = OTLPHTTPServer(
+                (config.host, config.port), receiver, self._query_api, self.health, self.metrics_text,
+                config.max_body_bytes,
+            )  # fmt: skip
+            self.http_port = self._http.server_address[1]
+            if config.grpc_port >= 0:
+                self._grpc, self.grpc_port = start_grpc_server(
+                    receiver, config.host, config.grpc_port, config.max_body_bytes
+                )
+        except (OSError, RuntimeError) as exc:
+            self.stop()
+            raise ConfigError(f"cannot listen on {config.host}: {exc}") from exc
+        self._http_thread = threading.Thread(target=self._http.serve_forever, name="llmtap-http", daemon=True)
+        self._http_thread.start()
+        discovery.write_discovery(
+            config.dsn,
+            discovery.ServeInfo(os.getpid(), self.http_url, config.token, parse_dsn(config.dsn).display),
+        )
+
+    @property
+    def http_url(self) -> str:
+        host = self.config.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://[{host}]:{self.http_port}" if ":" in host else f"http://{host}:{self.http_port}"
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop receiving, write everything accepted (up to ``timeout``), release the store. True if drained."""
+        with contextlib.suppress(Exception):
+            discovery.remove_discovery(self.config.dsn)
+        if self._grpc is not None:
+            self._grpc.stop(grace=2).wait(3)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        drained = self._pipeline.close(timeout) if self._pipeline is not None else True
+        if self._query_api is not None:
+            with contextlib.suppress(Exception):
+                self._query_api.close()
+        return drained
+
+    def health(self) -> dict[str, Any]:
+        snapshot = self.stats.snapshot()
+        pipeline = self._pipeline
+        snapshot["status"] = "ok"
+        snapshot["spool"] = {
+            "pending_bytes": pipeline.spool.pending_bytes if pipeline else 0,
+            "queued_requests": pipeline.queued_requests() if pipeline else 0,
+            "limit_bytes": self.config.limits.spool_bytes,
+        }
+        return snapshot
+
+    def metrics_text(self) -> str:
+        pipeline = self._pipeline
+        extra = {
+            "llmtap_serve_spool_pending_bytes": pipeline.spool.pending_bytes if pipeline else 0,
+            "llmtap_serve_queued_requests": pipeline.queued_requests() if pipeline else 0,
+        }
+        return self.stats.prometheus(extra)
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(
+                ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None)
+            )
+        except (OSError, ValueError):
+            return False

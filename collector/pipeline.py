@@ -1,0 +1,338 @@
+"""From an accepted request to rows in ClickHouse: admission, spool, batching, writing, replay.
+
+The receivers hand every validated request to :meth:`Pipeline.accept`, which refuses it when the buffer is
+full (:class:`Refused`, answered 429/503 or RESOURCE_EXHAUSTED/UNAVAILABLE) and otherwise returns only once the
+request is fsynced in the spool. One writer thread drains the queue in seq order, converts requests to columns
+(:mod:`llmtap.collector.rows`) and inserts them in batches bounded by rows and by time. A batch that fails is
+retried; a request that ClickHouse rejects as data (never as an outage) is quarantined in the spool directory
+instead of blocking everything behind it.
+
+Memory bound: payloads of queued requests are kept in memory up to ``memory_bytes``; beyond that only their
+spool location is kept and the writer reads them back from disk. The spool itself is bounded by
+``spool_bytes``: past it, new requests are refused. So resident memory is about ``memory_bytes`` plus one batch
+being converted (``batch_rows`` rows) plus the receivers' in-flight requests (each at most ``max_body_bytes``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from llmtap.collector import rows
+from llmtap.collector.decode import SIGNALS
+from llmtap.collector.spool import Record, Spool
+from llmtap.collector.stats import Stats
+
+log = logging.getLogger("llmtap.serve")
+
+_CONVERTERS = {"traces": rows.add_traces, "metrics": rows.add_metrics, "logs": rows.add_logs}
+# ClickHouse error codes that mean "this data can never be inserted", as opposed to an outage or overload.
+_DATA_ERROR_CODES = {6, 27, 36, 41, 53, 69, 70, 72, 117, 190, 321, 407}
+_RETRIES_BEFORE_SPLIT = 3
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Sizes that bound memory, disk and batch shape."""
+
+    memory_bytes: int = 64 << 20
+    spool_bytes: int = 1 << 30
+    batch_rows: int = 10_000
+    flush_seconds: float = 1.0
+    retry_after_seconds: int = 5
+
+
+class Refused(Exception):
+    """A request turned away before it was accepted; the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, store_down: bool, retry_after: int) -> None:
+        super().__init__(message)
+        self.store_down = store_down
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Entry:
+    record: Record
+    payload: bytes | None  # None when only on disk (beyond the memory budget)
+    items: int
+    dedupe: bool  # possibly already in ClickHouse (replayed after a crash, or a retried batch)
+    replayed: bool = False  # accepted by a previous process and found in the spool on start
+
+
+class Pipeline:
+    """Accepts validated requests durably and writes them to ClickHouse in the background."""
+
+    def __init__(
+        self, connect: Callable[[], Any], spool: Spool, stats: Stats, limits: Limits = Limits()
+    ) -> None:
+        self._connect = connect
+        self.spool = spool
+        self.stats = stats
+        self.limits = limits
+        self._queue: deque[_Entry] = deque()
+        self._cond = threading.Condition()
+        self._memory_bytes = 0
+        self._stopping = False
+        self._client: Any = None
+        self._thread = threading.Thread(target=self._run, name="llmtap-writer", daemon=True)
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+    def start(self) -> int:
+        """Replay what the spool holds from before (returns how many requests) and start the writer."""
+        replay = self.spool.recover()
+        for record in replay:
+            payload = None
+            if self._memory_bytes + record.length <= self.limits.memory_bytes:
+                payload = self.spool.read(record)
+                self._memory_bytes += record.length
+            dedupe = record.seq <= self.spool.inflight
+            self._queue.append(_Entry(record, payload, 0, dedupe, replayed=True))
+        self._thread.start()
+        return len(replay)
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Write everything queued (up to ``timeout`` seconds), then stop. False if data stays for next start."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        drained = not self._thread.is_alive() and not self._queue
+        if not self._thread.is_alive():
+            if self._client is not None:
+                with contextlib.suppress(Exception):
+                    self._client.close()
+            self.spool.close()
+        return drained
+
+    # ---- accept -------------------------------------------------------------------------------------------
+    def accept(self, signal: str, payload: bytes, items: int) -> None:
+        """Durably accept one validated request, or raise Refused when the buffer is full."""
+        if self._stopping:
+            raise Refused(
+                "llmtap serve is shutting down", store_down=True, retry_after=self.limits.retry_after_seconds
+            )
+        if self.spool.pending_bytes + len(payload) > self.limits.spool_bytes:
+            store_down = not self.stats.store_up
+            reason = "the ClickHouse store is unavailable" if store_down else "llmtap serve is overloaded"
+            raise Refused(
+                f"{reason} and its buffer is full ({self.limits.spool_bytes >> 20} MiB); retry later",
+                store_down=store_down,
+                retry_after=self.limits.retry_after_seconds,
+            )
+        record = self.spool.append(signal, payload)  # durable from here on
+        self.stats.add(signal, "received", items)
+        with self._cond:
+            keep = self._memory_bytes + len(payload) <= self.limits.memory_bytes
+            if keep:
+                self._memory_bytes += len(payload)
+            self._queue.append(_Entry(record, payload if keep else None, items, False))
+            self._cond.notify_all()
+
+    def queued_requests(self) -> int:
+        return len(self._queue)
+
+    # ---- writer -------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            entries = self._next_batch()
+            if not entries:
+                return
+            self._write(entries)
+
+    def _next_batch(self) -> list[_Entry]:
+        """Wait for work, then gather entries until the batch is big enough or old enough."""
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return []
+            deadline = time.monotonic() + self.limits.flush_seconds
+            while not self._stopping and self._queued_items() < self.limits.batch_rows:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch: list[_Entry] = []
+            items = 0
+            while self._queue and (not batch or items < self.limits.batch_rows):
+                entry = self._queue.popleft()
+                batch.append(entry)
+                items += entry.items or 1
+            return batch
+
+    def _queued_items(self) -> int:
+        return sum(entry.items or 1 for entry in self._queue)
+
+    def _write(self, entries: list[_Entry]) -> None:
+        attempt = 0
+        while True:
+            try:
+                self._insert(entries)
+                return
+            except Exception as exc:
+                attempt += 1
+                store_down = not _is_data_error(exc)
+                self.stats.write_failed(_describe(exc), store_down=store_down)
+                for entry in entries:
+                    entry.dedupe = True  # some tables of the batch may have been inserted already
+                if not store_down and attempt >= _RETRIES_BEFORE_SPLIT:
+                    if len(entries) > 1:
+                        for entry in entries:
+                            self._write([entry])
+                    else:
+                        self._quarantine(entries[0], exc)
+                    return
+                log.warning("write to ClickHouse failed (attempt %d): %s", attempt, _describe(exc))
+                if self._stopping and store_down:
+                    return  # leave it in the spool: replayed (and de-duplicated) on the next start
+                self._sleep(min(30.0, 0.5 * 2**attempt))
+
+    def _insert(self, entries: list[_Entry]) -> None:
+        batch = rows.Batch()
+        written: Counter[str] = Counter()
+        convertible = []
+        for entry in entries:
+            try:
+                payload = entry.payload if entry.payload is not None else self.spool.read(entry.record)
+                request = SIGNALS[entry.record.signal].request_type.FromString(payload)
+                items = _CONVERTERS[entry.record.signal](batch, request)
+            except Exception as exc:  # a request that cannot even be converted never will be
+                self._quarantine(entry, exc)
+                continue
+            if entry.replayed and not entry.items:
+                self.stats.add(entry.record.signal, "received", items)  # counted by the previous process only
+            entry.items = items
+            written[entry.record.signal] += items
+            convertible.append(entry)
+        if not convertible:
+            return
+        client = self._client or self._open()
+        last_seq = convertible[-1].record.seq
+        self.spool.mark_inflight(last_seq)
+        dedupe = any(entry.dedupe for entry in convertible)
+        started = time.perf_counter()
+        for table, columns in batch.columns.items():
+            if dedupe:
+                columns = remove_existing(client, table, columns)
+            names = list(columns)
+            if columns[names[0]]:
+                client.insert(table, [columns[n] for n in names], column_names=names, column_oriented=True)
+        self.stats.write_succeeded(time.perf_counter() - started)
+        self._release(entries, last_seq)
+        for signal, count in written.items():
+            self.stats.add(signal, "written", count)
+
+    def _release(self, entries: list[_Entry], last_seq: int) -> None:
+        held = sum(entry.record.length for entry in entries if entry.payload is not None)
+        for entry in entries:
+            entry.payload = None
+        with self._cond:
+            self._memory_bytes -= held
+        self.spool.release_written(last_seq, sum(entry.record.length for entry in entries))
+
+    def _quarantine(self, entry: _Entry, exc: BaseException) -> None:
+        """Move a request ClickHouse will never accept aside (spool/quarantine/) so the rest keeps flowing."""
+        directory = self.spool.directory / "quarantine"
+        directory.mkdir(exist_ok=True)
+        name = f"{entry.record.seq:020d}-{entry.record.signal}"
+        payload = entry.payload if entry.payload is not None else self.spool.read(entry.record)
+        (directory / f"{name}.pb").write_bytes(payload)
+        (directory / f"{name}.error.txt").write_text(_describe(exc) + "\n")
+        log.error("quarantined %s request %d: %s", entry.record.signal, entry.record.seq, _describe(exc))
+        self.stats.add(entry.record.signal, "dropped", entry.items)
+        self._release([entry], entry.record.seq)
+
+    def _open(self) -> Any:
+        self._client = self._connect()
+        return self._client
+
+    def _sleep(self, seconds: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopping, timeout=seconds)
+
+
+# ---- replay de-duplication ------------------------------------------------------------------------------------
+# Per table: the columns that identify a row, each with the SQL giving its stored value in the form the converter
+# produced (integer timestamps). Rows whose identity is already stored (as many times as it is) are skipped.
+_NANO_WINDOW = "Timestamp BETWEEN fromUnixTimestamp64Nano({lo:Int64}) AND fromUnixTimestamp64Nano({hi:Int64})"
+_TRACE_IDENTITY = (
+    ("Timestamp", "toUnixTimestamp64Nano(Timestamp)"), ("TraceId", "TraceId"), ("SpanId", "SpanId"),
+)  # fmt: skip
+_LOG_IDENTITY = (
+    ("Timestamp", "toUnixTimestamp64Nano(Timestamp)"), ("TraceId", "TraceId"), ("SpanId", "SpanId"),
+    ("SeverityNumber", "SeverityNumber"), ("ServiceName", "ServiceName"), ("Body", "Body"),
+)  # fmt: skip
+_METRIC_IDENTITY = (
+    ("TimeUnix", "toUnixTimestamp(TimeUnix)"), ("StartTimeUnix", "toUnixTimestamp(StartTimeUnix)"),
+    ("ServiceName", "ServiceName"), ("MetricName", "MetricName"), ("Attributes", "Attributes"),
+)  # fmt: skip
+_METRIC_WINDOW = "TimeUnix BETWEEN toDateTime({lo:Int64}) AND toDateTime({hi:Int64})"
+
+
+def _identity(table: str) -> tuple[tuple[tuple[str, str], ...], str]:
+    if table == rows.TRACES_TABLE:
+        return _TRACE_IDENTITY, _NANO_WINDOW
+    if table == rows.LOGS_TABLE:
+        return _LOG_IDENTITY, _NANO_WINDOW
+    return _METRIC_IDENTITY, _METRIC_WINDOW
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value.items()) if isinstance(value, dict) else value
+
+
+def remove_existing(client: Any, table: str, columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Drop rows that ClickHouse already holds (for batches that may have been inserted before a crash)."""
+    identity, window = _identity(table)
+    times = columns[identity[0][0]]
+    if not times:
+        return columns
+    select = ", ".join(expression for _, expression in identity)
+    result = client.query(
+        f"SELECT {select} FROM {table} WHERE {window}", parameters={"lo": min(times), "hi": max(times)}
+    )
+    stored = Counter(tuple(_hashable(value) for value in row) for row in result.result_rows)
+    if not stored:
+        return columns
+    keep = []
+    for index in range(len(times)):
+        key = tuple(_hashable(columns[name][index]) for name, _ in identity)
+        if stored[key] > 0:
+            stored[key] -= 1
+        else:
+            keep.append(index)
+    if len(keep) < len(times):
+        log.info("skipped %d row(s) of %s already stored before a restart", len(times) - len(keep), table)
+    return {name: [values[i] for i in keep] for name, values in columns.items()}
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """True when ClickHouse (or the client's serializer) refused the data itself, not when the store is down."""
+    if isinstance(exc, (TypeError, ValueError, OverflowError, KeyError)) and not _is_clickhouse_error(exc):
+        return True
+    code = getattr(exc, "code", None)
+    if code is None:
+        text = str(exc)
+        code = next((int(c) for c in _codes_in(text)), None)
+    return code in _DATA_ERROR_CODES
+
+
+def _is_clickhouse_error(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith("clickhouse_connect")
+
+
+def _codes_in(text: str) -> list[str]:
+    return re.findall(r"Code: (\d+)", text)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"

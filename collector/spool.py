@@ -1,0 +1,245 @@
+"""The write-ahead spool: every accepted request is on disk, fsynced, before its 2xx/OK is sent.
+
+Layout of the spool directory::
+
+    LOCK                      held (flock) by the one serve process that owns the spool
+    segment-<first seq>.wal   append-only records, rotated at ``segment_bytes``
+    checkpoint.json           {"written": N, "inflight": M}: records <= N are in ClickHouse; records <= M may be
+
+A record is ``<length u32><crc32 u32><seq u64><signal u8>`` followed by the payload (the validated request,
+serialized protobuf). Appends from concurrent requests share one fsync (group commit). On start every record
+after ``written`` is replayed; records up to ``inflight`` were possibly inserted before a crash, so the writer
+de-duplicates those against what ClickHouse already holds. A torn record at the tail (a crash mid-append, never
+acknowledged) is ignored. Segments whose records are all written are deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+_HEADER = struct.Struct("<IIQB")
+_SIGNAL_CODES = {"traces": 1, "metrics": 2, "logs": 3}
+_SIGNAL_NAMES = {code: name for name, code in _SIGNAL_CODES.items()}
+_MAX_RECORD = 1 << 31
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory lock, one serve per spool is then the user's responsibility
+    fcntl = None  # type: ignore[assignment]
+
+
+class SpoolError(RuntimeError):
+    """The spool directory cannot be used (held by another process, unwritable, full)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """Where one accepted request lives on disk."""
+
+    seq: int
+    signal: str
+    segment: Path
+    offset: int  # of the payload
+    length: int
+
+
+@dataclass
+class _Segment:
+    path: Path
+    first_seq: int
+    last_seq: int
+    size: int
+
+
+class Spool:
+    """Append-only, fsynced log of accepted requests with a written-up-to checkpoint."""
+
+    def __init__(self, directory: Path, *, segment_bytes: int = 64 << 20) -> None:
+        self.directory = Path(directory)
+        self.segment_bytes = segment_bytes
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._lock_file = open(self.directory / "LOCK", "a+")  # noqa: SIM115 - held for the process life
+        except OSError as exc:
+            raise SpoolError(f"cannot use the spool directory {self.directory}: {exc}") from exc
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._lock_file.close()
+                raise SpoolError(
+                    f"the spool directory {self.directory} is in use by another `llmtap serve`; "
+                    "stop it or give this one its own --spool-dir"
+                ) from None
+        state = self._read_checkpoint()
+        self.written = state.get("written", 0)
+        self.inflight = max(state.get("inflight", 0), self.written)
+        self._segments: list[_Segment] = []
+        self._append_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._fd: int | None = None
+        self._position = 0  # bytes appended to the current segment
+        self._synced = 0  # bytes of the current segment known to be on disk
+        self._next_seq = self.written + 1
+        self._pending_bytes = 0
+
+    # ---- replay -------------------------------------------------------------------------------------------
+    def recover(self) -> list[Record]:
+        """Scan existing segments; return records after the checkpoint, in order. Call once, before append."""
+        records: list[Record] = []
+        for path in sorted(self.directory.glob("segment-*.wal")):
+            segment_records, size = self._scan(path)
+            if not segment_records:
+                path.unlink(missing_ok=True)
+                continue
+            self._segments.append(_Segment(path, segment_records[0].seq, segment_records[-1].seq, size))
+            records.extend(r for r in segment_records if r.seq > self.written)
+            self._next_seq = max(self._next_seq, segment_records[-1].seq + 1)
+        self._pending_bytes = sum(r.length for r in records)
+        self.release_written(self.written)
+        return records
+
+    def _scan(self, path: Path) -> tuple[list[Record], int]:
+        records: list[Record] = []
+        offset = 0
+        with open(path, "rb") as handle:
+            data = handle.read()
+        while offset + _HEADER.size <= len(data):
+            length, crc, seq, code = _HEADER.unpack_from(data, offset)
+            start = offset + _HEADER.size
+            end = start + length
+            if end > len(data) or code not in _SIGNAL_NAMES:
+                break  # torn tail: the process died mid-append, before the request was acknowledged
+            if zlib.crc32(data[offset + 8 : end]) != crc:
+                break
+            records.append(Record(seq, _SIGNAL_NAMES[code], path, start, length))
+            offset = end
+        return records, offset
+
+    def read(self, record: Record) -> bytes:
+        """The payload of a record (for records whose bytes were not kept in memory)."""
+        with open(record.segment, "rb") as handle:
+            handle.seek(record.offset)
+            return handle.read(record.length)
+
+    # ---- append -------------------------------------------------------------------------------------------
+    def append(self, signal: str, payload: bytes) -> Record:
+        """Write one record and return once it is durable (fsynced), sharing fsyncs with concurrent callers."""
+        if len(payload) >= _MAX_RECORD:
+            raise SpoolError("record too large for the spool")
+        with self._append_lock:
+            if self._fd is None or self._position >= self.segment_bytes:
+                self._rotate()
+            seq = self._next_seq
+            self._next_seq += 1
+            header_tail = struct.pack("<QB", seq, _SIGNAL_CODES[signal])
+            crc = zlib.crc32(payload, zlib.crc32(header_tail))
+            data = struct.pack("<II", len(payload), crc) + header_tail + payload
+            try:
+                _write_all(self._fd, data)
+            except OSError as exc:
+                raise SpoolError(f"cannot append to the spool: {exc}") from exc
+            segment = self._segments[-1]
+            record = Record(seq, signal, segment.path, self._position + _HEADER.size, len(payload))
+            self._position += len(data)
+            segment.last_seq = seq
+            segment.size = self._position
+            self._pending_bytes += len(payload)
+            fd, needed = self._fd, self._position
+        self._sync(fd, needed)
+        return record
+
+    def _sync(self, fd: int, needed: int) -> None:
+        with self._sync_lock:
+            if fd != self._fd or self._synced >= needed:
+                return  # another caller's fsync (or the rotation's) already covered this record
+            target = self._position  # every byte before it has been written (appends only grow it)
+            os.fsync(fd)
+            self._synced = target
+
+    def _rotate(self) -> None:
+        # Called with the append lock held. The old segment is fsynced before it is closed.
+        if self._fd is not None:
+            with self._sync_lock:
+                os.fsync(self._fd)
+                os.close(self._fd)
+        path = self.directory / f"segment-{self._next_seq:020d}.wal"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        _fsync_directory(self.directory)
+        self._position = 0
+        self._synced = 0
+        self._segments.append(_Segment(path, self._next_seq, self._next_seq - 1, 0))
+
+    # ---- checkpoint ---------------------------------------------------------------------------------------
+    def mark_inflight(self, seq: int) -> None:
+        """Records up to ``seq`` are about to be inserted: after a crash they must be de-duplicated."""
+        self.inflight = max(self.inflight, seq)
+        self._write_checkpoint()
+
+    def release_written(self, seq: int, payload_bytes: int = 0) -> None:
+        """Records up to ``seq`` are in ClickHouse: advance the checkpoint and delete fully written segments."""
+        self.written = max(self.written, seq)
+        self.inflight = max(self.inflight, self.written)
+        self._write_checkpoint()
+        with self._append_lock:
+            self._pending_bytes -= payload_bytes
+            current = self._segments[-1] if self._fd is not None else None
+            done = [s for s in self._segments if s.last_seq <= self.written and s is not current]
+            self._segments = [s for s in self._segments if s not in done]
+        for segment in done:
+            segment.path.unlink(missing_ok=True)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Payload bytes accepted but not yet written to ClickHouse (what the spool size limit counts)."""
+        return self._pending_bytes
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(segment.size for segment in self._segments)
+
+    def _read_checkpoint(self) -> dict[str, int]:
+        try:
+            state = json.loads((self.directory / "checkpoint.json").read_text())
+            return {key: int(state.get(key, 0)) for key in ("written", "inflight")}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}
+
+    def _write_checkpoint(self) -> None:
+        temporary = self.directory / "checkpoint.json.tmp"
+        temporary.write_text(json.dumps({"written": self.written, "inflight": self.inflight}))
+        os.replace(temporary, self.directory / "checkpoint.json")
+
+    def close(self) -> None:
+        with self._append_lock:
+            if self._fd is not None:
+                with contextlib.suppress(OSError):
+                    os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
+        self._lock_file.close()
+
+
+def _write_all(fd: int | None, data: bytes) -> None:
+    assert fd is not None
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_directory(directory: Path) -> None:
+    # A new segment's directory entry must survive a crash too (POSIX only; a no-op where unsupported).
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,159 @@
+"""OTLP attribute values turned into strings exactly as the Go pdata library does it.
+
+The contrib exporter stores every attribute as ``Value.AsString()`` (go.opentelemetry.io/collector/pdata,
+pcommon/value.go) in a ``Map(LowCardinality(String), String)``, sorted by key (exporter
+internal/AttributesToMap, which collects into an ordered map sorted with ``cmp.Compare``). To write the very
+same rows, each rule below names the Go function it mirrors.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from decimal import Decimal
+from typing import Any
+
+_HTML_ESCAPES = str.maketrans(
+    {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+)
+_ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
+
+
+class _Unsupported(ValueError):
+    """encoding/json refuses NaN and ±Inf; AsString then returns an empty string for the whole value."""
+
+
+def go_float(value: float) -> str:
+    """pcommon float64AsString: ES6-style shortest formatting, like encoding/json.
+
+    Fixed notation ('f', -1) unless |x| < 1e-6 or |x| >= 1e21, then exponent notation ('e', -1) with the
+    exponent's leading zero dropped ("1e-07" -> "1e-7"). NaN/Inf become "json: unsupported value: NaN" etc.
+    """
+    if math.isnan(value):
+        return "json: unsupported value: NaN"
+    if math.isinf(value):
+        return "json: unsupported value: " + ("+Inf" if value > 0 else "-Inf")
+    magnitude = abs(value)
+    text = repr(value)  # Python's repr is also the shortest round-tripping digit string
+    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
+        mantissa, exponent = text.split("e")  # repr always uses exponent notation in these ranges
+        sign, digits = exponent[0], exponent[1:]
+        if sign == "-" and len(digits) == 2 and digits[0] == "0":
+            digits = digits[1]
+        return f"{mantissa}e{sign}{digits}"
+    if "e" in text:  # 1e16 <= |x| < 1e21: repr switched to exponent notation, Go still writes every digit
+        return format(Decimal(text), "f")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _go_json_string(text: str) -> str:
+    # encoding/json escapes like json.dumps(ensure_ascii=False), plus HTML-safe escapes of <, >, & and the
+    # JavaScript line separators (encodeState.string with escapeHTML=true).
+    return json.dumps(text, ensure_ascii=False).translate(_HTML_ESCAPES)
+
+
+def _go_json(value: Any) -> str:
+    """encoding/json.Marshal of the AsRaw() tree (maps with sorted keys, []byte as base64)."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return _go_json_string(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            raise _Unsupported
+        return go_float(value)
+    if isinstance(value, bytes):
+        return '"' + base64.b64encode(value).decode() + '"'
+    if isinstance(value, list):
+        return "[" + ",".join(_go_json(item) for item in value) + "]"
+    return "{" + ",".join(_go_json_string(k) + ":" + _go_json(value[k]) for k in sorted(value)) + "}"
+
+
+def _as_raw(value: Any) -> Any:
+    """pcommon Value.AsRaw: the Go value encoding/json will see (kvlists become maps, last key wins)."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "int_value":
+        return value.int_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "double_value":
+        return value.double_value
+    if kind == "bytes_value":
+        return value.bytes_value
+    if kind == "array_value":
+        return [_as_raw(item) for item in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _as_raw(kv.value) for kv in value.kvlist_value.values}
+    return None
+
+
+def as_string(value: Any) -> str:
+    """pcommon Value.AsString for an OTLP AnyValue message."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "int_value":
+        return str(value.int_value)  # strconv.FormatInt(v, 10)
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"  # strconv.FormatBool
+    if kind == "double_value":
+        return go_float(value.double_value)  # float64AsString
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()  # base64.StdEncoding
+    if kind is None:
+        return ""  # ValueTypeEmpty
+    try:  # ValueTypeMap / ValueTypeSlice: json.Marshal(AsRaw()), error ignored -> ""
+        return _go_json(_as_raw(value))
+    except _Unsupported:
+        return ""
+
+
+def attributes_to_map(attributes: Any) -> dict[str, str]:
+    """exporter internal.AttributesToMap: every key -> AsString(value), ordered by key."""
+    if not attributes:
+        return {}
+    pairs = {}
+    for kv in attributes:
+        value = kv.value
+        pairs[kv.key] = (
+            value.string_value if value.WhichOneof("value") == "string_value" else as_string(value)
+        )
+    return dict(sorted(pairs.items()))
+
+
+def service_name(resource_attributes: Any) -> str:
+    """exporter internal.GetServiceName: AsString of the first `service.name` resource attribute, else ''."""
+    for kv in resource_attributes:
+        if kv.key == "service.name":
+            return as_string(kv.value)
+    return ""
+
+
+def trace_id_hex(trace_id: bytes) -> str:
+    """traceutil.TraceIDToHexOrEmptyString: lowercase hex, '' for the all-zero (empty) id."""
+    return "" if not trace_id or trace_id == _ZERO_TRACE_ID else trace_id.hex()
+
+
+def span_id_hex(span_id: bytes) -> str:
+    """traceutil.SpanIDToHexOrEmptyString: lowercase hex, '' for the all-zero (empty) id."""
+    return "" if not span_id or span_id == _ZERO_SPAN_ID else span_id.hex()
+
+
+def fixed_trace_id_hex(trace_id: bytes) -> str:
+    """hex.EncodeToString(traceID[:]) as the metrics exporter writes exemplar ids: zeros when empty."""
+    return (trace_id or _ZERO_TRACE_ID).hex()
+
+
+def fixed_span_id_hex(span_id: bytes) -> str:
+    """hex.EncodeToString(spanID[:]) for exemplar span ids: zeros when empty."""
+    return (span_id or _ZERO_SPAN_ID).hex()

@@ -110,25 +110,33 @@ class LLMCall:
             attrs[sc.OUTPUT_MESSAGES] = self.output_messages_attribute(build(response, self.scrubber))
         self.end(attrs)
 
-    def fail(self, error: BaseException, attrs: dict[str, Any] | None = None) -> None:
+    def fail(
+        self,
+        error: BaseException,
+        attrs: dict[str, Any] | None = None,
+        error_type: str | None = None,
+        end_time_ns: int | None = None,
+    ) -> None:
         if self.ended:
             return
         attrs = attrs if attrs is not None else {}
-        error_type = type(error).__qualname__
+        error_type = error_type or type(error).__qualname__
         attrs[sc.ERROR_TYPE] = error_type
         status_code = getattr(error, "status_code", None)
         if isinstance(status_code, int):
             attrs[sc.HTTP_STATUS_CODE] = status_code
         self.span.record_exception(error)
         self.span.set_status(Status(StatusCode.ERROR, f"{error_type}: {error}"))
-        self.end(attrs)
+        self.end(attrs, end_time_ns)
 
-    def end(self, attrs: dict[str, Any]) -> None:
-        """Set the final attributes, end the span and record the metrics; runs at most once."""
+    def end(self, attrs: dict[str, Any], end_time_ns: int | None = None) -> None:
+        """Set the final attributes, end the span and record the metrics; runs at most once.
+
+        ``end_time_ns`` (epoch) is for the manual API, which reports calls that already happened."""
         if self.ended:
             return
         self.ended = True
-        end_ns = time.perf_counter_ns()
+        end_ns = time.perf_counter_ns() if end_time_ns is None else end_time_ns
         span = self.span
         ttfc = None
         if self.first_chunk_ns is not None:
@@ -140,7 +148,7 @@ class LLMCall:
             if self.truncated:
                 attrs[sc.CONTENT_TRUNCATED] = True
             span.set_attributes(attrs)
-        span.end()
+        span.end(end_time_ns)
         metric_attributes = self.metric_attributes
         if sc.RESPONSE_MODEL in attrs:
             metric_attributes[sc.RESPONSE_MODEL] = attrs[sc.RESPONSE_MODEL]
@@ -155,11 +163,20 @@ class LLMCall:
         )
 
 
-def start_call(telemetry: Telemetry, operation: Operation, client: Any, kwargs: dict[str, Any]) -> LLMCall:
-    """Open the span (child of the current context) with everything known from the request."""
+def start_call(
+    telemetry: Telemetry,
+    operation: Operation,
+    kwargs: dict[str, Any],
+    server: tuple[str | None, int | None, str],
+    start_time_ns: int | None = None,
+) -> LLMCall:
+    """Open the span (child of the current context) with everything known from the request.
+
+    ``server`` is (address, port, provider); ``start_time_ns`` (epoch) is for calls reported after the fact,
+    whose duration is then measured on the same clock."""
     model = kwargs.get("model")
     model = model if isinstance(model, str) else ""
-    host, port, provider = server_of(client)
+    host, port, provider = server
     attrs: dict[str, Any] = {sc.OPERATION: operation.name, sc.PROVIDER: provider, sc.REQUEST_MODEL: model}
     if host:
         attrs[sc.SERVER_ADDRESS] = host
@@ -170,9 +187,12 @@ def start_call(telemetry: Telemetry, operation: Operation, client: Any, kwargs: 
     custom = custom_context.current()
     if custom:
         attrs.update(custom)
-    start_ns = time.perf_counter_ns()
+    start_ns = time.perf_counter_ns() if start_time_ns is None else start_time_ns
     span = telemetry.tracer.start_span(
-        f"{operation.name} {model}" if model else operation.name, kind=SpanKind.CLIENT, attributes=attrs
+        f"{operation.name} {model}" if model else operation.name,
+        kind=SpanKind.CLIENT,
+        attributes=attrs,
+        start_time=start_time_ns,
     )
     call = LLMCall(telemetry, operation, span, metric_attributes, start_ns)
     try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import wrapt
 from llmtap.instrumentation import operations, raw_responses
-from llmtap.instrumentation.calls import LLMCall, start_call
+from llmtap.instrumentation.calls import LLMCall, server_of, start_call
 from llmtap.instrumentation.operations import Operation
 from llmtap.instrumentation.streams import finish_helper_stream, wrap_stream
 from llmtap.instrumentation.telemetry import Telemetry, internal_error
@@ -73,6 +73,12 @@ class _Holder:
 
 
 _ACTIVE = _Holder()
+
+
+def active_telemetry() -> Telemetry | None:
+    return _ACTIVE.telemetry
+
+
 _patched: list[tuple[Any, str]] = []
 
 
@@ -103,7 +109,7 @@ def _start(operation: Operation, instance: Any, kwargs: dict[str, Any]) -> LLMCa
     if telemetry is None or _IN_CALL.get():
         return None
     try:
-        return start_call(telemetry, operation, instance._client, kwargs)
+        return start_call(telemetry, operation, kwargs, server_of(instance._client))
     except Exception:
         internal_error("starting a span")
         return None

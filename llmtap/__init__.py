@@ -15,4 +15,16 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+# The public API lives in llmtap.instrumentation; it is loaded on first use so that `import llmtap` (and the CLI)
+# stays light and never imports openai.
+_PUBLIC_API = ("instrument", "uninstrument", "attributes", "log_interaction", "capture")
+
+__all__ = ["__version__", *_PUBLIC_API]
+
+
+def __getattr__(name: str) -> object:
+    if name in _PUBLIC_API:
+        from llmtap import instrumentation
+
+        return getattr(instrumentation, name)
+    raise AttributeError(f"module 'llmtap' has no attribute {name!r}")

@@ -29,8 +29,14 @@ die() {
     exit 1
 }
 
-client() {
+# clickhouse-client as the administrator. `client` never reads standard input (an INSERT would take it as data);
+# `client_reading_input` feeds it the script's standard input.
+client_reading_input() {
     clickhouse-client --host 127.0.0.1 --user "${CLICKHOUSE_USER:-default}" --password "${CLICKHOUSE_PASSWORD:-}" "$@"
+}
+
+client() {
+    client_reading_input "$@" </dev/null
 }
 
 # Names are pasted into SQL, so anything but a plain identifier is refused.
@@ -42,25 +48,25 @@ require_value() {
     [[ -n "$2" ]] || die "$1 is not set (copy .env.example to .env and fill it in)"
 }
 
-# The migration files in version order; a misnamed file or a version used twice stops everything before any
-# statement runs (the same rules as llmtap.clickhouse.migrations.discover).
-migration_files() {
+# The migration files in version order, into MIGRATION_FILES; a misnamed file or a version used twice stops
+# everything before any statement runs (the same rules as llmtap.clickhouse.migrations.discover).
+MIGRATION_FILES=()
+collect_migrations() {
     local file name
     local -A versions=()
-    local files=("$MIGRATIONS_DIR"/*.sql)
-    [[ ${#files[@]} -gt 0 ]] || die "no migration files in $MIGRATIONS_DIR (mount clickhouse/migrations there)"
-    for file in "${files[@]}"; do
+    MIGRATION_FILES=("$MIGRATIONS_DIR"/*.sql)
+    [[ ${#MIGRATION_FILES[@]} -gt 0 ]] || die "no migration files in $MIGRATIONS_DIR (mount clickhouse/migrations there)"
+    for file in "${MIGRATION_FILES[@]}"; do
         name="$(basename "$file")"
         [[ "$name" =~ ^([0-9]{4})_[A-Za-z0-9_]+\.sql$ ]] || die "$name: migration files must be named NNNN_<name>.sql"
         [[ -z "${versions[${BASH_REMATCH[1]}]:-}" ]] || die "$name: version ${BASH_REMATCH[1]} is used twice"
         versions[${BASH_REMATCH[1]}]=1
     done
-    printf '%s\n' "${files[@]}"
 }
 
 apply_migrations() {
-    local files file name version migration checksum applied
-    files="$(migration_files)"
+    local file name version migration checksum applied
+    collect_migrations
     client --query "CREATE DATABASE IF NOT EXISTS $DATABASE"
     client --database "$DATABASE" --query "CREATE TABLE IF NOT EXISTS $MIGRATIONS_TABLE (
     Version UInt32,
@@ -70,7 +76,7 @@ apply_migrations() {
 ) ENGINE = ReplacingMergeTree(AppliedAt)
 ORDER BY Version"
     applied=" $(client --database "$DATABASE" --query "SELECT DISTINCT Version FROM $MIGRATIONS_TABLE" | tr '\n' ' ') "
-    while IFS= read -r file; do
+    for file in "${MIGRATION_FILES[@]}"; do
         name="$(basename "$file")"
         [[ "$name" =~ ^([0-9]{4})_([A-Za-z0-9_]+)\.sql$ ]]
         version=$((10#${BASH_REMATCH[1]}))
@@ -80,13 +86,13 @@ ORDER BY Version"
             continue
         fi
         log "applying $name to $DATABASE"
-        client --database "$DATABASE" --multiquery <"$file"
+        client_reading_input --database "$DATABASE" --multiquery <"$file"
         checksum="$(sha256sum "$file" | cut -d' ' -f1)"
         client --database "$DATABASE" \
             --param_version="$version" --param_name="$migration" --param_checksum="$checksum" \
             --query "INSERT INTO $MIGRATIONS_TABLE (Version, Name, Checksum, AppliedAt)
 SELECT {version:UInt32}, {name:String}, {checksum:String}, now64(3, 'UTC')"
-    done <<<"$files"
+    done
 }
 
 # The bundled model prices, as `llmtap db migrate` loads them (llmtap.clickhouse.prices): the rows of source
@@ -97,7 +103,7 @@ load_prices() {
     [[ -f "$prices" ]] || die "LLMTAP_PRICES_FILE=$prices does not exist (mount clickhouse/data there)"
     log "loading model prices from $(basename "$prices")"
     client --database "$DATABASE" --query "ALTER TABLE model_prices DELETE WHERE Source = 'llmtap' SETTINGS mutations_sync = 2"
-    grep -v -E '^[[:space:]]*(#|$)' "$prices" | client --database "$DATABASE" --query "INSERT INTO model_prices
+    grep -v -E '^[[:space:]]*(#|$)' "$prices" | client_reading_input --database "$DATABASE" --query "INSERT INTO model_prices
     (Model, ValidFrom, InputPerMillion, CachedInputPerMillion, OutputPerMillion, Source)
 SELECT Model, ValidFrom, InputPerMillion, ifNull(CachedInputPerMillion, InputPerMillion), OutputPerMillion, 'llmtap'
 FROM input('Model String, ValidFrom Date, InputPerMillion Float64, CachedInputPerMillion Nullable(Float64), OutputPerMillion Float64')

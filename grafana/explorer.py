@@ -71,7 +71,7 @@ def dashboard() -> Dashboard:
   Cost,
   UserId AS User,
   SessionId AS Session,
-  arrayStringConcat(Tags, ', ') AS Tags,
+  arrayStringConcat(Tags, ', ') AS `Call tags`,
   {sql.preview("InputMessages")} AS Prompt,
   {sql.preview("OutputMessages")} AS Response,
   TraceId,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmtap.clickhouse.connection import connect, parse_dsn, user_data_dir
+from llmtap.clickhouse.connection import StoreError, connect, parse_dsn, user_data_dir
 from llmtap.clickhouse.migrations import migrate
 from llmtap.collector import discovery
 from llmtap.collector.grpc_server import start_grpc_server
@@ -81,20 +81,32 @@ class Collector:
         self._pipeline: Pipeline | None = None
         self._http_thread: threading.Thread | None = None
         self.migration_summary = ""
+        self._migrated = False
 
     def start(self) -> None:
         config = self.config
         spool = Spool(config.resolved_spool_dir())
+        client = None
         try:
             client = connect(config.dsn, create_database=True)
             self.migration_summary = migrate(client).summary()
+            self._migrated = True
+        except StoreError as exc:
+            if parse_dsn(config.dsn).is_chdb:
+                spool.close()
+                raise
+            # A server that is down must not stop serve: requests are spooled and written once it is back.
+            self.migration_summary = f"store unreachable, will retry ({exc})"
+            self.stats.write_failed(str(exc), store_down=True)
         except Exception:
             spool.close()
             raise
-        self._pipeline = Pipeline(lambda: connect(config.dsn), spool, self.stats, config.limits)
+        self._pipeline = Pipeline(self._connect, spool, self.stats, config.limits)
         self.replayed = self._pipeline.start()
-        self._query_api = QueryAPI(client) if config.query_api else None
-        if not config.query_api:
+        if config.query_api:
+            # The query API keeps the first client: holding it also keeps the chDB engine (and its lock) open.
+            self._query_api = QueryAPI(lambda: client if client is not None else self._connect())
+        elif client is not None:
             client.close()
         receiver = Receiver(self._pipeline, self.stats, config.token)
         try:
@@ -116,6 +128,19 @@ class Collector:
             config.dsn,
             discovery.ServeInfo(os.getpid(), self.http_url, config.token, parse_dsn(config.dsn).display),
         )
+
+    def _connect(self) -> Any:
+        """A client on the store with the schema applied (the writer reconnects through this too)."""
+        client = connect(self.config.dsn, create_database=True)
+        if self._migrated:
+            return client
+        try:
+            migrate(client)
+        except Exception:
+            client.close()
+            raise
+        self._migrated = True
+        return client
 
     @property
     def http_url(self) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 FORMATS = {
@@ -46,8 +47,9 @@ class QueryError(ValueError):
 class QueryAPI:
     """Runs read-only queries on one shared client (chDB serializes queries on its engine anyway)."""
 
-    def __init__(self, client: Any) -> None:
-        self._client = client
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._client: Any = None
         self._lock = threading.Lock()
 
     def handle(self, body: bytes) -> tuple[bytes, str]:
@@ -72,6 +74,8 @@ class QueryAPI:
         settings = {**settings, **DEFAULT_SETTINGS}  # the read-only guard cannot be overridden
         with self._lock:
             try:
+                if self._client is None:
+                    self._client = self._connect()
                 output = self._client.raw_query(
                     request["query"], parameters=parameters, settings=settings, fmt=fmt
                 )
@@ -83,4 +87,6 @@ class QueryAPI:
 
     def close(self) -> None:
         with self._lock:
-            self._client.close()
+            if self._client is not None:
+                self._client.close()
+                self._client = None

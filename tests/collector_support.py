@@ -1,0 +1,75 @@
+"""Helpers shared by the collector tests: an in-process `llmtap serve` on free ports, raw OTLP posts, waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from llmtap.collector.app import Collector, ServeConfig
+from llmtap.collector.pipeline import Limits
+
+FAST = Limits(flush_seconds=0.05)
+
+
+@contextlib.contextmanager
+def running_collector(directory: Path, **options: Any) -> Iterator[Collector]:
+    """A started Collector on chDB under ``directory`` with free HTTP and gRPC ports; stopped on exit."""
+    options.setdefault("dsn", f"chdb://{directory / 'chdb'}")
+    options.setdefault("limits", FAST)
+    collector = Collector(ServeConfig(port=0, grpc_port=0, **options))
+    collector.start()
+    try:
+        yield collector
+    finally:
+        collector.stop()
+
+
+def post(
+    url: str,
+    body: bytes,
+    content_type: str = "application/x-protobuf",
+    headers: dict[str, str] | None = None,
+    compress: bool = False,
+) -> tuple[int, dict[str, str], bytes]:
+    """POST raw bytes; returns (status, headers, body) for successes and HTTP errors alike."""
+    if compress:
+        body = gzip.compress(body)
+    request = urllib.request.Request(url, data=body, method="POST")
+    request.add_header("Content-Type", content_type)
+    if compress:
+        request.add_header("Content-Encoding", "gzip")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def wait_written(collector: Collector, signal: str, count: int, timeout: float = 30.0) -> None:
+    """Block until serve has written ``count`` items of ``signal`` to ClickHouse."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        written = collector.stats.snapshot()["signals"][signal]["written"]
+        if written >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"only {written} of {count} {signal} written after {timeout}s")
+
+
+def query(collector: Collector, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """Read back through a clickhouse-connect client on the same store."""
+    from llmtap.clickhouse.connection import connect
+
+    client = connect(collector.config.dsn)
+    try:
+        return client.query(sql, parameters=parameters or {}).result_rows
+    finally:
+        client.close()

@@ -193,7 +193,7 @@ def _check_leaf(value: Any, kind: str, where: str) -> list[str]:
         "integer": isinstance(value, int) and not isinstance(value, bool),
         "number": isinstance(value, (int, float)) and not isinstance(value, bool),
         "boolean": isinstance(value, bool),
-        "duration": isinstance(value, str) and bool(_DURATION.match(value)) or value == 0,
+        "duration": (isinstance(value, str) and bool(_DURATION.match(value))) or value == 0,
         "string_list": isinstance(value, list) and all(isinstance(item, str) for item in value),
         "map": isinstance(value, dict) or value is None,
         "any": True,
@@ -384,7 +384,9 @@ def replay_on_chdb(calls: list[dict[str, Any]], chdb_dir: Path, reference_databa
     return json.loads(process.stdout)
 
 
-_ACCESS_CONTROL = re.compile(r"^\s*(CREATE\s+USER|ALTER\s+USER|CREATE\s+SETTINGS\s+PROFILE|GRANT|REVOKE)\b", re.I)
+_ACCESS_CONTROL = re.compile(
+    r"^\s*(CREATE\s+USER|ALTER\s+USER|CREATE\s+SETTINGS\s+PROFILE|GRANT|REVOKE)\b", re.I
+)
 _INPUT = re.compile(r"FROM\s+input\((?P<structure>'[^']*')\)\s*FORMAT\s+(?P<format>\w+)\s*$", re.S)
 
 
@@ -424,7 +426,9 @@ def _replay_main() -> None:
         for statement in statements:
             if _ACCESS_CONTROL.match(statement):
                 formatted.append(
-                    client.query("SELECT formatQuery({q:String})", parameters={"q": statement}).result_rows[0][0]
+                    client.query("SELECT formatQuery({q:String})", parameters={"q": statement}).result_rows[
+                        0
+                    ][0]
                 )
             else:
                 client.command(statement, parameters=parameters or None)

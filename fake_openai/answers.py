@@ -47,6 +47,26 @@ class Format:
     schema: dict | None = None
 
 
+def output_format(kind: Any, spec: Any, type_param: str, spec_param: str) -> Format:
+    """The requested format; ``spec`` carries ``name`` and ``schema`` (chat: response_format.json_schema,
+    responses: text.format), the params name them in errors."""
+    if kind == "json_schema":
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise invalid(
+                f"Missing required parameter: '{spec_param}.name'.",
+                f"{spec_param}.name",
+                "missing_required_parameter",
+            )
+        return Format("json_schema", spec.get("schema") or {})
+    if kind in ("text", "json_object"):
+        return Format(kind)
+    raise invalid(
+        f"Invalid value: '{kind}'. Supported values are: 'text', 'json_object' and 'json_schema'.",
+        type_param,
+        "invalid_value",
+    )
+
+
 def compose(seed: int, output: Format, tool: dict | None, max_tokens: int | None) -> Answer:
     """The answer for one choice. ``tool`` is a function definition (name, parameters) the model calls."""
     if tool is not None:

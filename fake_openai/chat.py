@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import zip_longest
 from typing import Any
 
-from llmtap.fake_openai.answers import Answer, Format, choose_tool, compose
+from llmtap.fake_openai.answers import Answer, Format, choose_tool, compose, output_format
 from llmtap.fake_openai.call import Call, system_fingerprint
 from llmtap.fake_openai.errors import invalid
 from llmtap.fake_openai.reply import DONE, Event
@@ -80,22 +80,11 @@ def _tools(call: Call) -> list[dict]:
 
 def _response_format(call: Call) -> Format:
     response_format = call.field("response_format", dict, {"type": "text"})
-    kind = response_format.get("type")
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise invalid(
-                "Missing required parameter: 'response_format.json_schema.name'.",
-                "response_format.json_schema",
-                "missing_required_parameter",
-            )
-        return Format("json_schema", spec.get("schema") or {})
-    if kind in ("text", "json_object"):
-        return Format(kind)
-    raise invalid(
-        f"Invalid value: '{kind}'. Supported values are: 'text', 'json_object' and 'json_schema'.",
+    return output_format(
+        response_format.get("type"),
+        response_format.get("json_schema"),
         "response_format.type",
-        "invalid_value",
+        "response_format.json_schema",
     )
 
 

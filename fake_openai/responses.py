@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmtap.fake_openai.answers import Answer, Format, choose_tool, compose
+from llmtap.fake_openai.answers import Answer, Format, choose_tool, compose, output_format
 from llmtap.fake_openai.call import Call
 from llmtap.fake_openai.errors import invalid
 from llmtap.fake_openai.reply import Event
@@ -79,23 +79,9 @@ def _tools(call: Call) -> list[dict]:
 
 
 def _text_format(call: Call) -> Format:
-    text = call.field("text", dict, {})
-    spec = text.get("format") or {"type": "text"}
-    kind = spec.get("type") if isinstance(spec, dict) else None
-    if kind == "json_schema":
-        if not isinstance(spec.get("name"), str):
-            raise invalid(
-                "Missing required parameter: 'text.format.name'.",
-                "text.format.name",
-                "missing_required_parameter",
-            )
-        return Format("json_schema", spec.get("schema") or {})
-    if kind in ("text", "json_object"):
-        return Format(kind)
-    raise invalid(
-        f"Invalid value: '{kind}'. Supported values are: 'text', 'json_object' and 'json_schema'.",
-        "text.format.type",
-        "invalid_value",
+    spec = call.field("text", dict, {}).get("format") or {"type": "text"}
+    return output_format(
+        spec.get("type") if isinstance(spec, dict) else None, spec, "text.format.type", "text.format"
     )
 
 

@@ -1,15 +1,36 @@
-"""Shared by the fake-openai test modules: one test body drives both the sync and the async openai client."""
+"""Shared by the fake-openai test modules (``pytest_plugins = ["fake_openai_helpers"]``): a server fixture and an SDK
+client fixture that runs each test body with both the sync and the async openai client."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import openai
+import pytest
+from llmtap.fake_openai import FakeOpenAIServer
 
 USER = [{"role": "user", "content": "What is the weather like in Paris today?"}]
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer() as running:
+        yield running
+
+
+@pytest.fixture(params=["sync", "async"])
+def client_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def sdk_client(client_kind: str, fake_server: FakeOpenAIServer) -> AsyncIterator[Any]:
+    """An ``OpenAI`` or ``AsyncOpenAI`` client of ``fake_server``: call it through ``resolve``/``collect``."""
+    async with open_client(client_kind, fake_server.base_url) as client:
+        yield client
 
 
 @contextlib.asynccontextmanager

@@ -14,32 +14,11 @@ from fake_openai_helpers import USER, collect, connection_errors, open_client, r
 from llmtap.fake_openai import FakeOpenAIServer
 
 pytestmark = pytest.mark.anyio
+pytest_plugins = ["fake_openai_helpers"]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeOpenAIServer() as running:
-        yield running
-
-
-@pytest.fixture(params=["sync", "async"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture
-async def client(kind: str, server: FakeOpenAIServer):
-    async with open_client(kind, server.base_url) as opened:
-        yield opened
-
-
-def chat(client, headers: dict[str, str], **options):
-    return client.chat.completions.create(model="gpt-4o", messages=USER, extra_headers=headers, **options)
+def chat(sdk_client, headers: dict[str, str], **options):
+    return sdk_client.chat.completions.create(model="gpt-4o", messages=USER, extra_headers=headers, **options)
 
 
 # ---- HTTP errors --------------------------------------------------------------------------------------------------
@@ -60,10 +39,10 @@ def chat(client, headers: dict[str, str], **options):
     ],
 )
 async def test_status_maps_to_the_sdk_exception(
-    client, status: int, error_class: type, error_type: str
+    sdk_client, status: int, error_class: type, error_type: str
 ) -> None:
     with pytest.raises(error_class) as caught:
-        await resolve(chat(client, {"x-fake-status": str(status)}))
+        await resolve(chat(sdk_client, {"x-fake-status": str(status)}))
     error = caught.value
     assert error.status_code == status
     assert error.type == error_type
@@ -78,87 +57,93 @@ async def test_status_maps_to_the_sdk_exception(
         assert "retry-after" not in error.response.headers
 
 
-async def test_retry_after_header(client) -> None:
+async def test_retry_after_header(sdk_client) -> None:
     with pytest.raises(openai.RateLimitError) as caught:
-        await resolve(chat(client, {"x-fake-status": "429", "x-fake-retry-after": "7"}))
+        await resolve(chat(sdk_client, {"x-fake-status": "429", "x-fake-retry-after": "7"}))
     assert caught.value.response.headers["retry-after"] == "7"
     with pytest.raises(openai.InternalServerError) as caught:
-        await resolve(chat(client, {"x-fake-status": "503", "x-fake-retry-after": "2.5"}))
+        await resolve(chat(sdk_client, {"x-fake-status": "503", "x-fake-retry-after": "2.5"}))
     assert caught.value.response.headers["retry-after"] == "2.5"
 
 
-async def test_errors_on_every_endpoint(client) -> None:
+async def test_errors_on_every_endpoint(sdk_client) -> None:
     headers = {"x-fake-status": "500"}
     calls = [
-        lambda: client.responses.create(model="gpt-4o", input="hi", extra_headers=headers),
-        lambda: client.embeddings.create(model="text-embedding-3-small", input="hi", extra_headers=headers),
-        lambda: client.completions.create(model="gpt-3.5-turbo-instruct", prompt="hi", extra_headers=headers),
-        lambda: client.models.list(extra_headers=headers),
+        lambda: sdk_client.responses.create(model="gpt-4o", input="hi", extra_headers=headers),
+        lambda: sdk_client.embeddings.create(
+            model="text-embedding-3-small", input="hi", extra_headers=headers
+        ),
+        lambda: sdk_client.completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="hi", extra_headers=headers
+        ),
+        lambda: sdk_client.models.list(extra_headers=headers),
     ]
     for call in calls:
         with pytest.raises(openai.InternalServerError):
             await resolve(call())
 
 
-async def test_error_attempts_let_sdk_retries_succeed(kind: str, server: FakeOpenAIServer) -> None:
+async def test_error_attempts_let_sdk_retries_succeed(
+    client_kind: str, fake_server: FakeOpenAIServer
+) -> None:
     headers = {"x-fake-status": "503", "x-fake-error-attempts": "2", "x-fake-retry-after": "0.01"}
-    before = len(server.requests)
-    async with open_client(kind, server.base_url, max_retries=2) as client:
-        completion = await resolve(chat(client, headers))
+    before = len(fake_server.requests)
+    async with open_client(client_kind, fake_server.base_url, max_retries=2) as sdk_client:
+        completion = await resolve(chat(sdk_client, headers))
     assert completion.choices[0].message.content
-    attempts = server.requests[before:]
+    attempts = fake_server.requests[before:]
     assert [request.headers.get("x-stainless-retry-count") for request in attempts] == ["0", "1", "2"]
 
 
-async def test_server_wide_status_and_header_override(kind: str) -> None:
+async def test_server_wide_status_and_header_override(client_kind: str) -> None:
     with FakeOpenAIServer(status=500) as failing:
-        async with open_client(kind, failing.base_url) as client:
+        async with open_client(client_kind, failing.base_url) as sdk_client:
             with pytest.raises(openai.InternalServerError):
-                await resolve(chat(client, {}))
+                await resolve(chat(sdk_client, {}))
             with pytest.raises(openai.RateLimitError):
-                await resolve(chat(client, {"x-fake-status": "429"}))
+                await resolve(chat(sdk_client, {"x-fake-status": "429"}))
 
 
-async def test_api_key_is_enforced_when_configured(kind: str) -> None:
+async def test_api_key_is_enforced_when_configured(client_kind: str) -> None:
     with FakeOpenAIServer(api_key="sk-right") as guarded:
-        async with open_client(kind, guarded.base_url, api_key="sk-wrong") as client:
+        async with open_client(client_kind, guarded.base_url, api_key="sk-wrong") as sdk_client:
             with pytest.raises(openai.AuthenticationError):
-                await resolve(chat(client, {}))
-        async with open_client(kind, guarded.base_url, api_key="sk-right") as client:
-            assert (await resolve(chat(client, {}))).choices
+                await resolve(chat(sdk_client, {}))
+        async with open_client(client_kind, guarded.base_url, api_key="sk-right") as sdk_client:
+            assert (await resolve(chat(sdk_client, {}))).choices
 
 
-async def test_invalid_knob_is_a_clear_400(client) -> None:
+async def test_invalid_knob_is_a_clear_400(sdk_client) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        await resolve(chat(client, {"x-fake-latency-ms": "soon"}))
+        await resolve(chat(sdk_client, {"x-fake-latency-ms": "soon"}))
     assert caught.value.body["param"] == "x-fake-latency-ms"
     assert "soon" in caught.value.message
     with pytest.raises(openai.BadRequestError) as caught:
-        await resolve(chat(client, {"x-fake-status": "200"}))
+        await resolve(chat(sdk_client, {"x-fake-status": "200"}))
     assert "between 400 and 599" in caught.value.message
 
 
 # ---- timing -------------------------------------------------------------------------------------------------------
 
 
-async def test_latency(client) -> None:
+async def test_latency(sdk_client) -> None:
     started = time.perf_counter()
-    await resolve(chat(client, {"x-fake-latency-ms": "200"}))
+    await resolve(chat(sdk_client, {"x-fake-latency-ms": "200"}))
     assert time.perf_counter() - started >= 0.2
 
 
-async def test_latency_applies_to_errors_too(client) -> None:
+async def test_latency_applies_to_errors_too(sdk_client) -> None:
     started = time.perf_counter()
     with pytest.raises(openai.InternalServerError):
-        await resolve(chat(client, {"x-fake-latency-ms": "150", "x-fake-status": "500"}))
+        await resolve(chat(sdk_client, {"x-fake-latency-ms": "150", "x-fake-status": "500"}))
     assert time.perf_counter() - started >= 0.15
 
 
-async def test_time_to_first_chunk_and_chunk_delay(client) -> None:
+async def test_time_to_first_chunk_and_chunk_delay(sdk_client) -> None:
     started = time.perf_counter()
     stream = await resolve(
         chat(
-            client,
+            sdk_client,
             {"x-fake-ttfc-ms": "200", "x-fake-chunk-delay-ms": "30", "x-fake-chunks": "4"},
             stream=True,
         )
@@ -175,11 +160,11 @@ async def test_time_to_first_chunk_and_chunk_delay(client) -> None:
     assert arrivals[-1] - arrivals[0] >= 5 * 0.03 - 0.005  # five gaps (timer granularity aside)
 
 
-async def test_server_wide_latency(kind: str) -> None:
+async def test_server_wide_latency(client_kind: str) -> None:
     with FakeOpenAIServer(latency_ms=150) as slow:
-        async with open_client(kind, slow.base_url) as client:
+        async with open_client(client_kind, slow.base_url) as sdk_client:
             started = time.perf_counter()
-            await resolve(client.models.list())
+            await resolve(sdk_client.models.list())
             assert time.perf_counter() - started >= 0.15
 
 
@@ -187,26 +172,26 @@ async def test_server_wide_latency(kind: str) -> None:
 
 
 @pytest.mark.parametrize("chunks", [1, 3, 40])
-async def test_chunk_count(client, chunks: int) -> None:
-    plain = await resolve(chat(client, {}))
-    streamed = await collect(chat(client, {"x-fake-chunks": str(chunks)}, stream=True))
+async def test_chunk_count(sdk_client, chunks: int) -> None:
+    plain = await resolve(chat(sdk_client, {}))
+    streamed = await collect(chat(sdk_client, {"x-fake-chunks": str(chunks)}, stream=True))
     content = [chunk.choices[0].delta.content for chunk in streamed[1:-1]]
     assert len(content) == chunks
     assert "".join(content) == plain.choices[0].message.content
 
 
-async def test_broken_stream_raises_from_the_iterator(client) -> None:
+async def test_broken_stream_raises_from_the_iterator(sdk_client) -> None:
     received: list = []
     with pytest.raises(connection_errors()):
-        await collect(chat(client, {"x-fake-break-after": "3"}, stream=True), into=received)
+        await collect(chat(sdk_client, {"x-fake-break-after": "3"}, stream=True), into=received)
     assert len(received) == 3
 
 
-async def test_broken_responses_stream(client) -> None:
+async def test_broken_responses_stream(sdk_client) -> None:
     received: list = []
     with pytest.raises(connection_errors()):
         await collect(
-            client.responses.create(
+            sdk_client.responses.create(
                 model="gpt-4o", input="hi", stream=True, extra_headers={"x-fake-break-after": "5"}
             ),
             into=received,
@@ -215,46 +200,50 @@ async def test_broken_responses_stream(client) -> None:
     assert len(received) == 5
 
 
-async def test_break_after_beyond_the_end_still_breaks(client) -> None:
+async def test_break_after_beyond_the_end_still_breaks(sdk_client) -> None:
     received: list = []
     with pytest.raises(connection_errors()):
-        await collect(chat(client, {"x-fake-break-after": "1000"}, stream=True), into=received)
+        await collect(chat(sdk_client, {"x-fake-break-after": "1000"}, stream=True), into=received)
     assert received[-1].choices[0].finish_reason == "stop"  # everything but [DONE]
 
 
-async def test_malformed_body_raises(client) -> None:
+async def test_malformed_body_raises(sdk_client) -> None:
     with pytest.raises(ValueError):
-        await resolve(chat(client, {"x-fake-malformed": "1"}))
+        await resolve(chat(sdk_client, {"x-fake-malformed": "1"}))
 
 
-async def test_malformed_stream_event_raises(client) -> None:
+async def test_malformed_stream_event_raises(sdk_client) -> None:
     received: list = []
     with pytest.raises(ValueError):
-        await collect(chat(client, {"x-fake-malformed": "1"}, stream=True), into=received)
+        await collect(chat(sdk_client, {"x-fake-malformed": "1"}, stream=True), into=received)
     assert len(received) == 1
 
 
-async def test_server_keeps_serving_after_errors_and_streams(kind: str, server: FakeOpenAIServer) -> None:
+async def test_server_keeps_serving_after_errors_and_streams(
+    client_kind: str, fake_server: FakeOpenAIServer
+) -> None:
     """Every reply is framed correctly, so one client (one keep-alive pool) serves the whole sequence."""
-    async with open_client(kind, server.base_url) as client:
-        before = len(server.requests)
-        await resolve(chat(client, {}))
+    async with open_client(client_kind, fake_server.base_url) as sdk_client:
+        before = len(fake_server.requests)
+        await resolve(chat(sdk_client, {}))
         with pytest.raises(openai.RateLimitError):
-            await resolve(chat(client, {"x-fake-status": "429"}))
-        await collect(chat(client, {}, stream=True))
-        await resolve(chat(client, {}))
-    assert len(server.requests) - before == 4
+            await resolve(chat(sdk_client, {"x-fake-status": "429"}))
+        await collect(chat(sdk_client, {}, stream=True))
+        await resolve(chat(sdk_client, {}))
+    assert len(fake_server.requests) - before == 4
 
 
 # ---- usage overrides ----------------------------------------------------------------------------------------------
 
 
-async def test_cached_and_reasoning_token_knobs(client) -> None:
-    completion = await resolve(chat(client, {"x-fake-cached-tokens": "5", "x-fake-reasoning-tokens": "40"}))
+async def test_cached_and_reasoning_token_knobs(sdk_client) -> None:
+    completion = await resolve(
+        chat(sdk_client, {"x-fake-cached-tokens": "5", "x-fake-reasoning-tokens": "40"})
+    )
     assert completion.usage.prompt_tokens_details.cached_tokens == 5
     assert completion.usage.completion_tokens_details.reasoning_tokens == 40
     response = await resolve(
-        client.responses.create(
+        sdk_client.responses.create(
             model="gpt-4o", input="hi there", extra_headers={"x-fake-cached-tokens": "99"}
         )
     )

@@ -11,34 +11,17 @@ from typing import Any, Literal
 import openai
 import pydantic
 import pytest
-from fake_openai_helpers import USER, collect, open_client, resolve
-from llmtap.fake_openai import FakeOpenAIServer
+from fake_openai_helpers import USER, collect, resolve
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeOpenAIServer() as running:
-        yield running
-
-
-@pytest.fixture(params=["sync", "async"])
-async def client(request: pytest.FixtureRequest, server: FakeOpenAIServer):
-    async with open_client(request.param, server.base_url) as opened:
-        yield opened
+pytest_plugins = ["fake_openai_helpers"]
 
 
 # ---- chat completions ---------------------------------------------------------------------------------------------
 
 
-async def test_chat_plain(client) -> None:
-    completion = await resolve(client.chat.completions.create(model="gpt-4o-mini", messages=USER))
+async def test_chat_plain(sdk_client) -> None:
+    completion = await resolve(sdk_client.chat.completions.create(model="gpt-4o-mini", messages=USER))
     assert completion.object == "chat.completion"
     assert completion.id.startswith("chatcmpl-")
     assert completion.model == "gpt-4o-mini"
@@ -59,11 +42,11 @@ async def test_chat_plain(client) -> None:
     assert usage.completion_tokens_details.reasoning_tokens == 0
 
 
-async def test_chat_is_deterministic_and_input_dependent(client) -> None:
-    first = await resolve(client.chat.completions.create(model="gpt-4o", messages=USER))
-    again = await resolve(client.chat.completions.create(model="gpt-4o", messages=USER))
+async def test_chat_is_deterministic_and_input_dependent(sdk_client) -> None:
+    first = await resolve(sdk_client.chat.completions.create(model="gpt-4o", messages=USER))
+    again = await resolve(sdk_client.chat.completions.create(model="gpt-4o", messages=USER))
     other = await resolve(
-        client.chat.completions.create(
+        sdk_client.chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": "Something else"}]
         )
     )
@@ -72,31 +55,33 @@ async def test_chat_is_deterministic_and_input_dependent(client) -> None:
     assert first.id != again.id  # ids stay unique per request
 
 
-async def test_chat_reasoning_model_reports_reasoning_tokens(client) -> None:
-    completion = await resolve(client.chat.completions.create(model="o4-mini", messages=USER))
+async def test_chat_reasoning_model_reports_reasoning_tokens(sdk_client) -> None:
+    completion = await resolve(sdk_client.chat.completions.create(model="o4-mini", messages=USER))
     details = completion.usage.completion_tokens_details
     assert details.reasoning_tokens > 0
     visible = len(completion.choices[0].message.content.split())
     assert completion.usage.completion_tokens == visible + details.reasoning_tokens
 
 
-async def test_chat_long_prompt_reports_cached_tokens(client) -> None:
+async def test_chat_long_prompt_reports_cached_tokens(sdk_client) -> None:
     long_prompt = [{"role": "user", "content": "word " * 1500}]
-    completion = await resolve(client.chat.completions.create(model="gpt-4o", messages=long_prompt))
+    completion = await resolve(sdk_client.chat.completions.create(model="gpt-4o", messages=long_prompt))
     cached = completion.usage.prompt_tokens_details.cached_tokens
     assert cached % 128 == 0
     assert 1024 <= cached <= completion.usage.prompt_tokens
 
 
-async def test_chat_max_tokens_truncates_with_length(client) -> None:
-    completion = await resolve(client.chat.completions.create(model="gpt-4o", messages=USER, max_tokens=3))
+async def test_chat_max_tokens_truncates_with_length(sdk_client) -> None:
+    completion = await resolve(
+        sdk_client.chat.completions.create(model="gpt-4o", messages=USER, max_tokens=3)
+    )
     assert completion.choices[0].finish_reason == "length"
     assert len(completion.choices[0].message.content.split()) == 3
     assert completion.usage.completion_tokens == 3
 
 
-async def test_chat_n_choices(client) -> None:
-    completion = await resolve(client.chat.completions.create(model="gpt-4o", messages=USER, n=3))
+async def test_chat_n_choices(sdk_client) -> None:
+    completion = await resolve(sdk_client.chat.completions.create(model="gpt-4o", messages=USER, n=3))
     assert [choice.index for choice in completion.choices] == [0, 1, 2]
     assert len({choice.message.content for choice in completion.choices}) == 3
     words = sum(len(choice.message.content.split()) for choice in completion.choices)
@@ -122,11 +107,11 @@ WEATHER_TOOL = {
 }
 
 
-async def test_chat_tool_call_then_answer(client) -> None:
+async def test_chat_tool_call_then_answer(sdk_client) -> None:
     import json
 
     completion = await resolve(
-        client.chat.completions.create(model="gpt-4o", messages=USER, tools=[WEATHER_TOOL])
+        sdk_client.chat.completions.create(model="gpt-4o", messages=USER, tools=[WEATHER_TOOL])
     )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -143,21 +128,21 @@ async def test_chat_tool_call_then_answer(client) -> None:
         {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 degrees."},
     ]
     answer = await resolve(
-        client.chat.completions.create(model="gpt-4o", messages=follow_up, tools=[WEATHER_TOOL])
+        sdk_client.chat.completions.create(model="gpt-4o", messages=follow_up, tools=[WEATHER_TOOL])
     )
     assert answer.choices[0].finish_reason == "stop"
     assert answer.choices[0].message.content
 
 
-async def test_chat_tool_choice_none_and_required(client) -> None:
+async def test_chat_tool_choice_none_and_required(sdk_client) -> None:
     plain = await resolve(
-        client.chat.completions.create(
+        sdk_client.chat.completions.create(
             model="gpt-4o", messages=USER, tools=[WEATHER_TOOL], tool_choice="none"
         )
     )
     assert plain.choices[0].message.tool_calls is None
     forced = await resolve(
-        client.chat.completions.create(
+        sdk_client.chat.completions.create(
             model="gpt-4o",
             messages=[*USER, {"role": "tool", "tool_call_id": "call_1", "content": "x"}],
             tools=[WEATHER_TOOL],
@@ -167,13 +152,13 @@ async def test_chat_tool_choice_none_and_required(client) -> None:
     assert forced.choices[0].message.tool_calls[0].function.name == "get_weather"
 
 
-async def test_chat_stream_with_usage(client) -> None:
+async def test_chat_stream_with_usage(sdk_client) -> None:
     chunks = await collect(
-        client.chat.completions.create(
+        sdk_client.chat.completions.create(
             model="gpt-4o", messages=USER, stream=True, stream_options={"include_usage": True}
         )
     )
-    plain = await resolve(client.chat.completions.create(model="gpt-4o", messages=USER))
+    plain = await resolve(sdk_client.chat.completions.create(model="gpt-4o", messages=USER))
     assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
     assert len({chunk.id for chunk in chunks}) == 1
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -186,21 +171,25 @@ async def test_chat_stream_with_usage(client) -> None:
     assert chunks[-1].usage.model_dump() == plain.usage.model_dump()
 
 
-async def test_chat_stream_without_usage_and_n(client) -> None:
-    chunks = await collect(client.chat.completions.create(model="gpt-4o", messages=USER, stream=True, n=2))
+async def test_chat_stream_without_usage_and_n(sdk_client) -> None:
+    chunks = await collect(
+        sdk_client.chat.completions.create(model="gpt-4o", messages=USER, stream=True, n=2)
+    )
     assert all(chunk.usage is None and chunk.choices for chunk in chunks)
     texts = {0: "", 1: ""}
     for chunk in chunks:
         texts[chunk.choices[0].index] += chunk.choices[0].delta.content or ""
-    plain = await resolve(client.chat.completions.create(model="gpt-4o", messages=USER, n=2))
+    plain = await resolve(sdk_client.chat.completions.create(model="gpt-4o", messages=USER, n=2))
     assert [texts[0], texts[1]] == [choice.message.content for choice in plain.choices]
 
 
-async def test_chat_stream_tool_call(client) -> None:
+async def test_chat_stream_tool_call(sdk_client) -> None:
     chunks = await collect(
-        client.chat.completions.create(model="gpt-4o", messages=USER, tools=[WEATHER_TOOL], stream=True)
+        sdk_client.chat.completions.create(model="gpt-4o", messages=USER, tools=[WEATHER_TOOL], stream=True)
     )
-    plain = await resolve(client.chat.completions.create(model="gpt-4o", messages=USER, tools=[WEATHER_TOOL]))
+    plain = await resolve(
+        sdk_client.chat.completions.create(model="gpt-4o", messages=USER, tools=[WEATHER_TOOL])
+    )
     deltas = [chunk.choices[0].delta for chunk in chunks]
     assert deltas[0].tool_calls[0].function.name == "get_weather"
     arguments = "".join(
@@ -210,9 +199,9 @@ async def test_chat_stream_tool_call(client) -> None:
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-async def test_chat_bad_request_is_a_clear_400(client) -> None:
+async def test_chat_bad_request_is_a_clear_400(sdk_client) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        await resolve(client.chat.completions.create(model="gpt-4o", messages=[]))
+        await resolve(sdk_client.chat.completions.create(model="gpt-4o", messages=[]))
     assert caught.value.status_code == 400
     assert caught.value.body["param"] == "messages"
     assert "empty array" in caught.value.message
@@ -237,27 +226,29 @@ class Person(pydantic.BaseModel):
     tags: list[str]
 
 
-def chat_parse(client: Any) -> Any:
+def chat_parse(sdk_client: Any) -> Any:
     """``chat.completions.parse`` (openai >= 1.92) or its older home under ``beta``."""
-    completions = client.chat.completions
-    return completions.parse if hasattr(completions, "parse") else client.beta.chat.completions.parse
+    completions = sdk_client.chat.completions
+    return completions.parse if hasattr(completions, "parse") else sdk_client.beta.chat.completions.parse
 
 
-async def test_chat_parse_yields_the_pydantic_model(client) -> None:
-    completion = await resolve(chat_parse(client)(model="gpt-4o", messages=USER, response_format=Person))
+async def test_chat_parse_yields_the_pydantic_model(sdk_client) -> None:
+    completion = await resolve(chat_parse(sdk_client)(model="gpt-4o", messages=USER, response_format=Person))
     parsed = completion.choices[0].message.parsed
     assert isinstance(parsed, Person)
     assert isinstance(parsed.address, Address)
     assert parsed.role in ("admin", "editor", "viewer")
-    again = await resolve(chat_parse(client)(model="gpt-4o", messages=USER, response_format=Person))
+    again = await resolve(chat_parse(sdk_client)(model="gpt-4o", messages=USER, response_format=Person))
     assert again.choices[0].message.parsed == parsed
 
 
-async def test_chat_json_object_mode(client) -> None:
+async def test_chat_json_object_mode(sdk_client) -> None:
     import json
 
     completion = await resolve(
-        client.chat.completions.create(model="gpt-4o", messages=USER, response_format={"type": "json_object"})
+        sdk_client.chat.completions.create(
+            model="gpt-4o", messages=USER, response_format={"type": "json_object"}
+        )
     )
     assert isinstance(json.loads(completion.choices[0].message.content), dict)
 
@@ -265,9 +256,9 @@ async def test_chat_json_object_mode(client) -> None:
 # ---- responses ----------------------------------------------------------------------------------------------------
 
 
-async def test_responses_plain(client) -> None:
+async def test_responses_plain(sdk_client) -> None:
     response = await resolve(
-        client.responses.create(model="gpt-4.1", input="Tell me a story", instructions="Be brief")
+        sdk_client.responses.create(model="gpt-4.1", input="Tell me a story", instructions="Be brief")
     )
     assert response.object == "response" and response.id.startswith("resp_")
     assert response.status == "completed" and response.model == "gpt-4.1"
@@ -284,30 +275,32 @@ async def test_responses_plain(client) -> None:
     assert usage.output_tokens_details.reasoning_tokens == 0
 
 
-async def test_responses_reasoning_model(client) -> None:
-    response = await resolve(client.responses.create(model="gpt-5-mini", input="Think about it"))
+async def test_responses_reasoning_model(sdk_client) -> None:
+    response = await resolve(sdk_client.responses.create(model="gpt-5-mini", input="Think about it"))
     assert [item.type for item in response.output] == ["reasoning", "message"]
     reasoning = response.usage.output_tokens_details.reasoning_tokens
     assert reasoning > 0
     assert response.usage.output_tokens == len(response.output_text.split()) + reasoning
 
 
-async def test_responses_max_output_tokens_is_incomplete(client) -> None:
+async def test_responses_max_output_tokens_is_incomplete(sdk_client) -> None:
     response = await resolve(
-        client.responses.create(model="gpt-4o", input="Tell me a story", max_output_tokens=2)
+        sdk_client.responses.create(model="gpt-4o", input="Tell me a story", max_output_tokens=2)
     )
     assert response.status == "incomplete"
     assert response.incomplete_details.reason == "max_output_tokens"
     assert len(response.output_text.split()) == 2
 
 
-async def test_responses_function_call(client) -> None:
+async def test_responses_function_call(sdk_client) -> None:
     tool = {
         "type": "function",
         "name": "get_weather",
         **{k: v for k, v in WEATHER_TOOL["function"].items() if k != "name"},
     }
-    response = await resolve(client.responses.create(model="gpt-4o", input="Weather in Paris?", tools=[tool]))
+    response = await resolve(
+        sdk_client.responses.create(model="gpt-4o", input="Weather in Paris?", tools=[tool])
+    )
     (call,) = response.output
     assert call.type == "function_call" and call.name == "get_weather" and call.call_id.startswith("call_")
     follow_up = [
@@ -315,13 +308,13 @@ async def test_responses_function_call(client) -> None:
         {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
         {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny"},
     ]
-    answer = await resolve(client.responses.create(model="gpt-4o", input=follow_up, tools=[tool]))
+    answer = await resolve(sdk_client.responses.create(model="gpt-4o", input=follow_up, tools=[tool]))
     assert answer.output[0].type == "message" and answer.output_text
 
 
-async def test_responses_stream_events(client) -> None:
-    events = await collect(client.responses.create(model="gpt-4o", input="Tell me a story", stream=True))
-    plain = await resolve(client.responses.create(model="gpt-4o", input="Tell me a story"))
+async def test_responses_stream_events(sdk_client) -> None:
+    events = await collect(sdk_client.responses.create(model="gpt-4o", input="Tell me a story", stream=True))
+    plain = await resolve(sdk_client.responses.create(model="gpt-4o", input="Tell me a story"))
     types = [event.type for event in events]
     assert types[:4] == [
         "response.created",
@@ -345,8 +338,8 @@ async def test_responses_stream_events(client) -> None:
     assert events[0].response.status == "in_progress" and events[0].response.usage is None
 
 
-async def test_responses_stream_helper(client) -> None:
-    manager = client.responses.stream(model="gpt-4o", input="Tell me a story")
+async def test_responses_stream_helper(sdk_client) -> None:
+    manager = sdk_client.responses.stream(model="gpt-4o", input="Tell me a story")
     if hasattr(manager, "__aenter__"):
         async with manager as stream:
             events = [event async for event in stream]
@@ -360,21 +353,23 @@ async def test_responses_stream_helper(client) -> None:
     assert final.usage.output_tokens == len(deltas.split())
 
 
-async def test_responses_parse(client) -> None:
-    response = await resolve(client.responses.parse(model="gpt-4o", input="Who is it?", text_format=Person))
+async def test_responses_parse(sdk_client) -> None:
+    response = await resolve(
+        sdk_client.responses.parse(model="gpt-4o", input="Who is it?", text_format=Person)
+    )
     assert isinstance(response.output_parsed, Person)
 
 
 # ---- embeddings, legacy completions, models ------------------------------------------------------------------------
 
 
-async def test_embeddings_float_and_base64_agree(client) -> None:
+async def test_embeddings_float_and_base64_agree(sdk_client) -> None:
     texts = ["the quick brown fox", "jumps"]
     as_float = await resolve(
-        client.embeddings.create(model="text-embedding-3-small", input=texts, encoding_format="float")
+        sdk_client.embeddings.create(model="text-embedding-3-small", input=texts, encoding_format="float")
     )
     as_base64 = await resolve(
-        client.embeddings.create(model="text-embedding-3-small", input=texts, encoding_format="base64")
+        sdk_client.embeddings.create(model="text-embedding-3-small", input=texts, encoding_format="base64")
     )
     assert [item.index for item in as_float.data] == [0, 1]
     assert len(as_float.data[0].embedding) == 1536
@@ -392,23 +387,23 @@ async def test_embeddings_float_and_base64_agree(client) -> None:
     assert as_float.model == "text-embedding-3-small"
 
 
-async def test_embeddings_dimensions(client) -> None:
+async def test_embeddings_dimensions(sdk_client) -> None:
     result = await resolve(
-        client.embeddings.create(model="text-embedding-3-large", input="x", dimensions=256)
+        sdk_client.embeddings.create(model="text-embedding-3-large", input="x", dimensions=256)
     )
     assert len(result.data[0].embedding) == 256
 
 
-async def test_legacy_completions(client) -> None:
+async def test_legacy_completions(sdk_client) -> None:
     completion = await resolve(
-        client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Write a haiku", max_tokens=5)
+        sdk_client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Write a haiku", max_tokens=5)
     )
     assert completion.object == "text_completion" and completion.id.startswith("cmpl-")
     (choice,) = completion.choices
     assert choice.finish_reason == "length" and len(choice.text.split()) == 5
     assert completion.usage.prompt_tokens == 3 and completion.usage.completion_tokens == 5
     chunks = await collect(
-        client.completions.create(
+        sdk_client.completions.create(
             model="gpt-3.5-turbo-instruct",
             prompt="Write a haiku",
             max_tokens=5,
@@ -421,12 +416,12 @@ async def test_legacy_completions(client) -> None:
     assert chunks[-1].usage.completion_tokens == 5
 
 
-async def test_models(client) -> None:
-    page = await resolve(client.models.list())
+async def test_models(sdk_client) -> None:
+    page = await resolve(sdk_client.models.list())
     ids = [model.id for model in page.data]
     assert "gpt-4o" in ids and "text-embedding-3-small" in ids
-    model = await resolve(client.models.retrieve("gpt-4o-mini"))
+    model = await resolve(sdk_client.models.retrieve("gpt-4o-mini"))
     assert model.id == "gpt-4o-mini" and model.object == "model"
     with pytest.raises(openai.NotFoundError) as caught:
-        await resolve(client.models.retrieve("no-such-model"))
+        await resolve(sdk_client.models.retrieve("no-such-model"))
     assert caught.value.code == "model_not_found"

@@ -48,11 +48,6 @@ _CLOCK = re.compile(rb'"created(_at)?":\d+')
 _VOLATILE = {"date", "server", "connection", "keep-alive"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _normalised(status: int, headers, body: bytes) -> tuple:
     """A reply without what legitimately differs between two runs: the clock and socket-level headers."""
     kept = sorted((name.lower(), value) for name, value in headers.items() if name.lower() not in _VOLATILE)
@@ -103,7 +98,7 @@ def test_http_module_follows_the_installed_openai() -> None:
 
 
 @pytest.fixture(params=["sync", "async"])
-async def sdk_client(request: pytest.FixtureRequest):
+async def in_process_client(request: pytest.FixtureRequest):
     """An SDK client whose HTTP client serves the fake API in-process (as benchmarks use it)."""
     options = {"base_url": "http://fake/v1", "api_key": "x", "max_retries": 0}
     if request.param == "sync":
@@ -119,23 +114,25 @@ async def sdk_client(request: pytest.FixtureRequest):
             yield client, transport
 
 
-async def test_sdk_over_the_transport(sdk_client) -> None:
-    sdk_client, transport = sdk_client
-    completion = await resolve(sdk_client.chat.completions.create(model="gpt-4o", messages=USER))
-    chunks = await collect(sdk_client.chat.completions.create(model="gpt-4o", messages=USER, stream=True))
+async def test_sdk_over_the_transport(in_process_client) -> None:
+    in_process_client, transport = in_process_client
+    completion = await resolve(in_process_client.chat.completions.create(model="gpt-4o", messages=USER))
+    chunks = await collect(
+        in_process_client.chat.completions.create(model="gpt-4o", messages=USER, stream=True)
+    )
     assert (
         "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
         == completion.choices[0].message.content
     )
-    response = await resolve(sdk_client.responses.create(model="gpt-4o", input="hi"))
+    response = await resolve(in_process_client.responses.create(model="gpt-4o", input="hi"))
     assert response.output_text
     assert transport.requests[-1].json == {"model": "gpt-4o", "input": "hi"}
 
 
-async def test_transport_applies_timing_and_failures(sdk_client) -> None:
-    sdk_client, _ = sdk_client
+async def test_transport_applies_timing_and_failures(in_process_client) -> None:
+    in_process_client, _ = in_process_client
     started = time.perf_counter()
-    stream = sdk_client.chat.completions.create(
+    stream = in_process_client.chat.completions.create(
         model="gpt-4o",
         messages=USER,
         stream=True,
@@ -152,7 +149,7 @@ async def test_transport_applies_timing_and_failures(sdk_client) -> None:
     received: list = []
     with pytest.raises(connection_errors()):
         await collect(
-            sdk_client.chat.completions.create(
+            in_process_client.chat.completions.create(
                 model="gpt-4o", messages=USER, stream=True, extra_headers={"x-fake-break-after": "2"}
             ),
             into=received,
@@ -160,7 +157,7 @@ async def test_transport_applies_timing_and_failures(sdk_client) -> None:
     assert len(received) == 2
     with pytest.raises(openai.RateLimitError) as caught:
         await resolve(
-            sdk_client.chat.completions.create(
+            in_process_client.chat.completions.create(
                 model="gpt-4o", messages=USER, extra_headers={"x-fake-status": "429"}
             )
         )

@@ -21,7 +21,7 @@ def chat_completions(call: Call) -> dict | list[Event]:
     n = call.count("n", 1, maximum=128)
     max_tokens = call.count("max_completion_tokens", None)
     max_tokens = call.count("max_tokens", None) if max_tokens is None else max_tokens
-    tools = [tool["function"] for tool in _tools(call)]
+    tools = _function_tools(call)
     output = _response_format(call)
     seed = seed_of("chat", model, messages, call.body.get("tools"), output.schema, call.body.get("seed"))
     tool = choose_tool(tools, call.body.get("tool_choice"), messages[-1].get("role"), seed)
@@ -65,17 +65,25 @@ def _messages(call: Call) -> list[dict]:
     return messages
 
 
-def _tools(call: Call) -> list[dict]:
-    tools = call.field("tools", list, [])
-    for index, tool in enumerate(tools):
-        function = tool.get("function") if isinstance(tool, dict) else None
+def _function_tools(call: Call) -> list[dict]:
+    """The function definitions among ``tools`` (custom tools are accepted, but the fake never calls them)."""
+    functions = []
+    for index, tool in enumerate(call.field("tools", list, [])):
+        if not isinstance(tool, dict):
+            raise invalid(
+                f"Invalid 'tools[{index}]': expected a tool object.", f"tools[{index}]", "invalid_type"
+            )
+        if tool.get("type", "function") != "function":
+            continue
+        function = tool.get("function")
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise invalid(
                 f"Missing required parameter: 'tools[{index}].function.name'.",
                 f"tools[{index}]",
                 "missing_required_parameter",
             )
-    return tools
+        functions.append(function)
+    return functions
 
 
 def _response_format(call: Call) -> Format:

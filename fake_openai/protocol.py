@@ -6,6 +6,7 @@ transports only deliver that reply, which is why both produce the same bytes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -57,20 +58,26 @@ class RecordedRequest:
 
 
 class FakeOpenAI:
-    """The fake API: server-wide knobs, an optional API key to enforce, and the log of requests received."""
+    """The fake API: server-wide knobs, an optional API key to enforce, and the log of requests received.
 
-    def __init__(self, *, api_key: str | None = None, **knobs: Any) -> None:
+    ``record_requests=False`` keeps ``requests`` empty, so long benchmark runs do not grow in memory.
+    """
+
+    def __init__(self, *, api_key: str | None = None, record_requests: bool = True, **knobs: Any) -> None:
         self.knobs = Knobs.from_kwargs(**knobs)
         self.api_key = api_key
+        self.record_requests = record_requests
         self.requests: list[RecordedRequest] = []
+        self._sequence = itertools.count()
         self._lock = threading.Lock()
 
     def handle(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:
         """The complete reply to one HTTP request. ``headers`` must have lower-case names."""
         path = urlsplit(target).path
         with self._lock:
-            sequence = len(self.requests)
-            self.requests.append(RecordedRequest(method, path, dict(headers), body))
+            sequence = next(self._sequence)
+            if self.record_requests:
+                self.requests.append(RecordedRequest(method, path, dict(headers), body))
         knobs = self.knobs
         reply_headers = {
             "x-request-id": "req_" + short_hash(sequence, body, length=32),

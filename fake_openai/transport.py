@@ -55,14 +55,17 @@ def async_http_client_class(module: str | None = None) -> type:
     return http_module(module).AsyncClient
 
 
-def sync_transport(*, module: str | None = None, api_key: str | None = None, **knobs: Any) -> Any:
-    """A sync transport serving the fake API in-process; ``.requests`` logs what it received."""
-    return _classes(http_module(module).__name__)[0](FakeOpenAI(api_key=api_key, **knobs))
+def sync_transport(*, module: str | None = None, **options: Any) -> Any:
+    """A sync transport serving the fake API in-process; ``.requests`` logs what it received.
+
+    ``options`` are ``FakeOpenAI``'s: knobs, ``api_key``, ``record_requests``.
+    """
+    return _classes(http_module(module).__name__)[0](FakeOpenAI(**options))
 
 
-def async_transport(*, module: str | None = None, api_key: str | None = None, **knobs: Any) -> Any:
+def async_transport(*, module: str | None = None, **options: Any) -> Any:
     """An async transport serving the fake API in-process; waits with ``anyio.sleep``, never blocking the loop."""
-    return _classes(http_module(module).__name__)[1](FakeOpenAI(api_key=api_key, **knobs))
+    return _classes(http_module(module).__name__)[1](FakeOpenAI(**options))
 
 
 def _framing(reply: Reply) -> list[tuple[str, str]]:

@@ -1,5 +1,8 @@
 """Shared by the fake-openai test modules (``pytest_plugins = ["fake_openai_helpers"]``): a server fixture and an SDK
-client fixture that runs each test body with both the sync and the async openai client."""
+client fixture that runs each test body with both the sync and the async openai client.
+
+No asserts live here (PYTEST_DONT_REWRITE): test modules import it before pytest loads it as a plugin.
+"""
 
 from __future__ import annotations
 

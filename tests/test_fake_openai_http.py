@@ -102,6 +102,7 @@ def test_unknown_routes(connection, method: str, path: str, status: int, needle:
         ("/v1/chat/completions", {**CHAT, "stream": "yes"}, "stream"),
         ("/v1/chat/completions", {"model": "gpt-4o", "messages": [{"content": "no role"}]}, "messages[0]"),
         ("/v1/chat/completions", {**CHAT, "tools": [{"type": "function"}]}, "tools[0]"),
+        ("/v1/chat/completions", {**CHAT, "tools": ["get_weather"]}, "tools[0]"),
         ("/v1/chat/completions", {**CHAT, "response_format": {"type": "xml"}}, "response_format.type"),
         (
             "/v1/chat/completions",
@@ -155,6 +156,23 @@ def test_request_log(server: FakeOpenAIServer, connection) -> None:
     logged = server.requests[-1]
     assert (logged.method, logged.path, logged.json) == ("POST", "/v1/chat/completions", CHAT)
     assert logged.headers["x-custom"] == "yes"
+
+
+def test_request_log_can_be_switched_off() -> None:
+    with FakeOpenAIServer(record_requests=False) as quiet:
+        conn = http.client.HTTPConnection(quiet.host, quiet.port, timeout=10)
+        first = json.loads(request(conn, "POST", "/v1/chat/completions", CHAT)[1])
+        second = json.loads(request(conn, "POST", "/v1/chat/completions", CHAT)[1])
+        conn.close()
+    assert quiet.requests == []
+    assert first["id"] != second["id"]  # ids stay unique without the log
+
+
+def test_custom_tools_are_accepted_but_never_called(connection) -> None:
+    custom = {"type": "custom", "custom": {"name": "grammar"}}
+    response, body = request(connection, "POST", "/v1/chat/completions", {**CHAT, "tools": [custom]})
+    assert response.status == 200
+    assert json.loads(body)["choices"][0]["finish_reason"] == "stop"
 
 
 def test_azure_openai_client_routes(server: FakeOpenAIServer) -> None:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 from llmtap.clickhouse import queries, render
-from llmtap.clickhouse.connection import StoreError, parse_dsn
+from llmtap.clickhouse.connection import StoreError, default_dsn, parse_dsn
 from llmtap.clickhouse.export import FORMATS, count_calls, export_calls, export_parquet_file
 from llmtap.clickhouse.filters import STATUSES, CallFilter, FilterError
 from llmtap.clickhouse.follow import follow_calls
@@ -31,7 +31,7 @@ from llmtap.clickhouse.prices import (
     read_prices,
 )
 from llmtap.clickhouse.retention import current_retention, set_retention
-from llmtap.clickhouse.store import is_embedded, open_store, serve_query_url
+from llmtap.clickhouse.store import is_embedded, open_store, running_serve
 from llmtap.clickhouse.timeparse import TIME_HELP, parse_duration, parse_time
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -194,6 +194,13 @@ def store_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _open(dsn: str | None, **options: Any) -> Any:
+    """open_store, closed when the command ends (chDB allows one store per process: leave none open)."""
+    client = open_store(dsn, **options)
+    click.get_current_context().call_on_close(client.close)
+    return client
+
+
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(queries.to_jsonable(value), ensure_ascii=False))
 
@@ -224,7 +231,7 @@ def logs(
     flt = build_filter(options)
     if follow and flt.until:
         raise click.BadParameter("cannot be combined with --follow", param_hint="'--until'")
-    client = open_store(dsn)
+    client = _open(dsn)
     calls = queries.search_calls(client, flt, limit=limit)
     out = _console()
     if as_json:
@@ -254,7 +261,7 @@ def logs(
 def logs_show(call_id: str, dsn: str | None, as_json: bool) -> None:
     """One call in full: prompt, response, attributes. ID is its span id (or a trace id: all its calls)."""
     try:
-        calls = queries.get_calls(open_store(dsn), call_id.strip())
+        calls = queries.get_calls(_open(dsn), call_id.strip())
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'ID'") from None
     if not calls:
@@ -285,7 +292,7 @@ def logs_show(call_id: str, dsn: str | None, as_json: bool) -> None:
 def stats(dsn: str | None, by: str, latency_only: bool, limit: int, as_json: bool, **options: Any) -> None:
     """Aggregate calls, errors, latency, tokens and cost (default: the last 24 hours, by model)."""
     flt = build_filter(options, default_since=STATS_DEFAULT_SINCE)
-    client = open_store(dsn)
+    client = _open(dsn)
     if latency_only:
         rows = queries.latency_by_model(client, flt)
         if as_json:
@@ -329,7 +336,7 @@ def export(dsn: str | None, fmt: str, output: str, progress: bool | None, **opti
         raise click.BadParameter(
             f"{output} is a directory or its folder does not exist", param_hint="'--output'"
         )
-    client = open_store(dsn)
+    client = _open(dsn)
     err = _console(err=True)
     show = err.is_terminal if progress is None else progress
     total = count_calls(client, flt)
@@ -386,7 +393,7 @@ def db() -> None:
 @store_errors
 def db_migrate(dsn: str | None) -> None:
     """Create the tables/views that are missing and reload the bundled model prices."""
-    client = open_store(dsn, create_database=True)
+    client = _open(dsn, create_database=True, writable=True)
     report = migrate(client)
     click.echo(report.summary())
     for changed in report.changed_since_applied:
@@ -400,8 +407,7 @@ def db_migrate(dsn: str | None) -> None:
 @store_errors
 def db_status(dsn: str | None, as_json: bool) -> None:
     """Which migrations are applied, how many calls and how much disk, how long data is kept."""
-    target = parse_dsn(dsn) if dsn else None
-    client = open_store(dsn)
+    client = _open(dsn)
     migrations = status(client)
     sizes = dict(
         (name, (rows, size))
@@ -419,8 +425,9 @@ def db_status(dsn: str | None, as_json: bool) -> None:
         })  # fmt: skip
         return
     out = _console()
-    if target and target.is_chdb and serve_query_url(target.path):
-        out.print(f"store {target.display} (through llmtap serve)")
+    target = parse_dsn(dsn or default_dsn())
+    via = " (through llmtap serve)" if target.is_chdb and running_serve(target.display) else ""
+    out.print(f"store {target.display}{via}")
     for migration, done in migrations:
         out.print(f"{'applied' if done else 'PENDING'}  {migration.version:04d}_{migration.name}")
     if not all(done for _, done in migrations):
@@ -448,7 +455,7 @@ def db_retention(dsn: str | None, content: str | None, calls: str | None) -> Non
     otel_traces carry the prompts too, so they follow the content retention.
     """
     content_days, calls_days = _days(content, "--content"), _days(calls, "--calls")
-    client = open_store(dsn)
+    client = _open(dsn, writable=content_days is not None or calls_days is not None)
     if content_days is None and calls_days is None:
         _console().print(render.retention_table(current_retention(client)))
         return
@@ -487,12 +494,12 @@ def db_prices(dsn: str | None, load_file: Path | None, model: str | None) -> Non
     Your rows replace any you loaded before and win over llmtap's for the same model and date; cost is computed
     at query time, so past calls are re-costed at once.
     """
-    client = open_store(dsn)
     if load_file is not None:
         try:
             prices = read_prices(load_file)
         except PriceFileError as exc:
             raise click.BadParameter(str(exc), param_hint="'--load'") from None
-        click.echo(f"loaded {load_prices(client, prices, source='user')} prices from {load_file}")
+        loaded = load_prices(_open(dsn, writable=True), prices, source="user")
+        click.echo(f"loaded {loaded} prices from {load_file}")
         return
-    _console().print(render.prices_table(list_prices(client, model)))
+    _console().print(render.prices_table(list_prices(_open(dsn), model)))

@@ -26,10 +26,10 @@ if TYPE_CHECKING:
 
 FORMATS = {"jsonl": "JSONEachRow", "csv": "CSV", "parquet": "Parquet"}
 
-# Exported columns: everything llm_calls_costed has, time in UTC. CSV has no nested types, so arrays and maps
+# Exported columns: everything llm_calls_costed has. CSV has no nested types, so arrays and maps
 # become JSON text there; JSON lines and Parquet keep them as arrays and objects/maps.
 _COLUMNS = (
-    "toDateTime64(Timestamp, 9, 'UTC') AS Timestamp", "TraceId", "SpanId", "ParentSpanId", "Project",
+    "Timestamp", "TraceId", "SpanId", "ParentSpanId", "Project",
     "ServiceName", "SpanName", "Operation", "Provider", "RequestModel", "ResponseModel", "Model", "ResponseId",
     "ServerAddress", "Duration", "DurationMs", "StatusCode", "StatusMessage", "IsError", "ErrorType",
     "InputTokens", "OutputTokens", "CachedTokens", "ReasoningTokens", "FinishReasons", "IsStream",
@@ -41,8 +41,9 @@ _NESTED = ("FinishReasons", "Tags", "Attributes", "Metadata")
 _SETTINGS = {
     # Tokens as JSON numbers, not quoted strings.
     "output_format_json_quote_64bit_integers": 0,
-    # ISO 8601 times (2026-11-23T10:45:32.018963000Z) in JSON lines and CSV.
+    # ISO 8601 times in UTC (2026-11-23T10:45:32.018963000Z) in JSON lines and CSV, UTC in Parquet.
     "date_time_output_format": "iso",
+    "session_timezone": "UTC",
     # Bounded Parquet row groups (prompts can be large): the writer holds one row group at a time.
     "output_format_parquet_row_group_size": 50_000,
     "output_format_parquet_row_group_size_bytes": 64 * 1024 * 1024,
@@ -75,8 +76,7 @@ def count_calls(client: Client, flt: CallFilter) -> int:
 
 
 def csv_header() -> bytes:
-    names = [column.rsplit(" AS ", 1)[-1] for column in _COLUMNS]
-    return (",".join(f'"{name}"' for name in names) + "\n").encode()
+    return (",".join(f'"{name}"' for name in _COLUMNS) + "\n").encode()
 
 
 def export_calls(

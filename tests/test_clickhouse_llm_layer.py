@@ -1,0 +1,537 @@
+"""The LLM layer in chDB: llm_calls_mv, the rollup, prices and costed views, filters, aggregates, retention.
+
+Calls come from the real openai SDK under llmtap's instrumentation, stored through the collector's row
+conversion (see clickhouse_llm_calls.py); every expectation is recomputed in Python from the spans.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+from clickhouse_llm_calls import Call, cost_of, expected_calls, insert_spans, quantile, record_spans
+from llmtap.clickhouse import queries
+from llmtap.clickhouse.connection import connect
+from llmtap.clickhouse.filters import CallFilter, FilterError, where_clause
+from llmtap.clickhouse.follow import follow_calls
+from llmtap.clickhouse.migrations import migrate
+from llmtap.clickhouse.prices import (
+    BUNDLED_PRICES,
+    ModelPrice,
+    PriceFileError,
+    list_prices,
+    load_bundled_prices,
+    load_prices,
+    read_prices,
+)
+from llmtap.clickhouse.retention import current_retention, set_retention
+from llmtap.clickhouse.timeparse import parse_duration, parse_time
+
+LEVELS = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A migrated chDB store holding the recorded calls; the 500 error is stored with the old status spelling."""
+    client = connect("chdb://" + str(tmp_path_factory.mktemp("llm") / "chdb"), create_database=True)
+    migrate(client)
+    load_bundled_prices(client)
+    spans = record_spans()
+    calls = expected_calls(spans)
+    old_spelling = {c.span_id for c in calls if c.error_type == "InternalServerError"}
+    assert old_spelling, "the workload has a 500 error to store with STATUS_CODE_ERROR"
+    insert_spans(client, spans, old_status_spelling=old_spelling)
+    yield client, calls, spans
+    client.close()
+
+
+def _by_span(client, sql: str) -> dict[str, tuple]:
+    return {row[0]: row[1:] for row in client.query(sql).result_rows}
+
+
+# ---------------------------------------------------------------- llm_calls_mv
+
+
+def test_every_llm_span_becomes_one_typed_row(store):
+    client, calls, spans = store
+    assert len(spans) > len(calls)  # the health-check and agent spans are not calls
+    rows = _by_span(
+        client,
+        "SELECT SpanId, TraceId, Project, ServiceName, Operation, Model, IsError, ErrorType, InputTokens, "
+        "OutputTokens, CachedTokens, ReasoningTokens, IsStream, UserId, SessionId, Tags, Attributes, Metadata, "
+        "InputMessages, OutputMessages, FinishReasons, Duration, DurationMs, Provider FROM llm_calls",
+    )
+    assert set(rows) == {c.span_id for c in calls}
+    for call in calls:
+        row = rows[call.span_id]
+        assert row[:11] == (
+            call.trace_id, call.project, call.service, call.operation, call.model, int(call.is_error),
+            call.error_type, call.input_tokens, call.output_tokens, call.cached_tokens, call.reasoning_tokens,
+        ), call  # fmt: skip
+        assert row[11:17] == (
+            int(call.is_stream),
+            call.user_id,
+            call.session_id,
+            list(call.tags),
+            call.attributes,
+            call.metadata,
+        )
+        assert row[17:20] == (call.input_messages, call.output_messages, list(call.finish_reasons))
+        assert row[20] == call.duration_ns and row[21] == call.duration_ms
+        assert row[22] == "openai"
+
+
+def test_both_exporter_spellings_of_error_count_as_errors(store):
+    client, calls, _ = store
+    statuses = dict(
+        client.query(
+            "SELECT StatusCode, count() FROM llm_calls WHERE IsError GROUP BY StatusCode"
+        ).result_rows
+    )
+    assert statuses == {"Error": 1, "STATUS_CODE_ERROR": 1}
+    assert sum(statuses.values()) == sum(c.is_error for c in calls)
+
+
+def test_stream_time_to_first_chunk_is_in_milliseconds(store):
+    client, calls, spans = store
+    ttfc = {
+        f"{s.context.span_id:016x}": s.attributes.get("gen_ai.response.time_to_first_chunk") for s in spans
+    }
+    rows = _by_span(client, "SELECT SpanId, TimeToFirstChunkMs FROM llm_calls")
+    for call in calls:
+        expected = ttfc[call.span_id]
+        assert rows[call.span_id][0] == (None if expected is None else pytest.approx(expected * 1000))
+    assert any(ttfc[c.span_id] is not None for c in calls if c.is_stream)
+
+
+# ---------------------------------------------------------------- prices and cost
+
+
+def test_costed_view_prices_each_call_and_leaves_unknown_models_unpriced(store):
+    client, calls, _ = store
+    rows = _by_span(client, "SELECT SpanId, Cost, PriceModel FROM llm_calls_costed")
+    for call in calls:
+        cost, price_model = rows[call.span_id]
+        expected = cost_of(call)
+        assert cost == (None if expected is None else pytest.approx(expected, rel=1e-12)), call.model
+        assert (price_model == "") == (expected is None)
+    assert rows[next(c.span_id for c in calls if c.model == "house-model-7b")][0] is None
+
+
+def test_a_price_fix_recosts_history_and_user_prices_win(store):
+    client, calls, _ = store
+    gpt4o = [c for c in calls if c.model == "gpt-4o"]
+    fixed = ModelPrice("gpt-4o", date(2024, 10, 2), 100.0, 50.0, 200.0, "user")  # same date as ours: it wins
+    try:
+        load_prices(client, [fixed], source="user")
+        total = client.query("SELECT sum(Cost) FROM llm_calls_costed WHERE Model = 'gpt-4o'").result_rows[0][
+            0
+        ]
+        assert total == pytest.approx(sum(cost_of(c, [fixed]) for c in gpt4o))
+        rollup = client.query("SELECT sum(Cost) FROM llm_calls_1m_costed WHERE Model = 'gpt-4o'").result_rows[
+            0
+        ][0]
+        assert rollup == pytest.approx(total)
+        assert [p.source for p in list_prices(client, "gpt-4o")].count("user") == 1
+    finally:
+        load_prices(client, [], source="user")
+    total = client.query("SELECT sum(Cost) FROM llm_calls_costed WHERE Model = 'gpt-4o'").result_rows[0][0]
+    assert total == pytest.approx(sum(cost_of(c) for c in gpt4o))
+
+
+def test_bundled_prices_cover_the_fake_servers_models_and_dated_snapshots():
+    prices = read_prices(BUNDLED_PRICES)
+    from clickhouse_llm_calls import price_of
+    from llmtap.fake_openai.models import MODELS
+
+    today = datetime.now(timezone.utc).date()
+    for model, _ in MODELS:
+        assert price_of(model, today, prices) is not None, model
+    assert price_of("gpt-4o-2024-08-06", today, prices).model == "gpt-4o"
+    assert price_of("gpt-4o-2024-05-13", today, prices).input_per_million == 5.0  # listed on its own
+    assert price_of("gpt-4o", date(2024, 6, 1), prices).input_per_million == 5.0  # before the price cut
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("Model,ValidFrom\ngpt,2025-01-01\n", "header must be"),
+        (
+            "Model,ValidFrom,InputPerMillion,CachedInputPerMillion,OutputPerMillion\ngpt,2025-13-01,1,,2\n",
+            ":2: ValidFrom",
+        ),
+        (
+            "Model,ValidFrom,InputPerMillion,CachedInputPerMillion,OutputPerMillion\ngpt,2025-01-01,one,,2\n",
+            "not a number",
+        ),
+        (
+            "Model,ValidFrom,InputPerMillion,CachedInputPerMillion,OutputPerMillion\ngpt,2025-01-01,-1,,2\n",
+            "non-negative",
+        ),
+        (
+            "Model,ValidFrom,InputPerMillion,CachedInputPerMillion,OutputPerMillion\ngpt,2025-01-01,1,,2\ngpt,2025-01-01,1,,2\n",
+            "twice",
+        ),
+        (
+            "Model,ValidFrom,InputPerMillion,CachedInputPerMillion,OutputPerMillion\n,2025-01-01,1,,2\n",
+            "empty Model",
+        ),
+        (
+            "Model,ValidFrom,InputPerMillion,CachedInputPerMillion,OutputPerMillion\ngpt,2025-01-01,1\n",
+            "expected 5 fields",
+        ),
+        ("# only a comment\n", "no header"),
+    ],
+)
+def test_bad_price_files_are_refused_with_the_line(tmp_path, text, message):
+    path = tmp_path / "prices.csv"
+    path.write_text(text)
+    with pytest.raises(PriceFileError, match=message):
+        read_prices(path)
+
+
+def test_price_file_empty_cached_price_means_no_discount(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text(
+        "# c\nModel,ValidFrom,InputPerMillion,CachedInputPerMillion,OutputPerMillion\nm,2025-01-01,2,,8\n"
+    )
+    assert read_prices(path) == [ModelPrice("m", date(2025, 1, 1), 2.0, 2.0, 8.0)]
+
+
+# ---------------------------------------------------------------- rollup
+
+
+def test_rollup_matches_the_calls(store):
+    client, calls, _ = store
+    rows = client.query(
+        "SELECT ServiceName, Model, sum(Calls), sum(Errors), sum(StreamCalls), sum(InputTokens), sum(OutputTokens), "
+        "sum(CachedTokens), sum(ReasoningTokens), sum(DurationMsSum), min(DurationMsMin), max(DurationMsMax), "
+        "quantileTDigestMerge(0.5)(DurationMsQuantiles), sum(Cost) FROM llm_calls_1m_costed GROUP BY ServiceName, Model"
+    ).result_rows
+    groups: dict[tuple[str, str], list[Call]] = defaultdict(list)
+    for call in calls:
+        groups[(call.service, call.model)].append(call)
+    assert {(r[0], r[1]) for r in rows} == set(groups)
+    for (
+        service,
+        model,
+        n,
+        errors,
+        streams,
+        tin,
+        tout,
+        cached,
+        reasoning,
+        total_ms,
+        low,
+        high,
+        p50,
+        cost,
+    ) in rows:
+        group = groups[(service, model)]
+        durations = [c.duration_ms for c in group]
+        assert (n, errors, streams) == (
+            len(group),
+            sum(c.is_error for c in group),
+            sum(c.is_stream for c in group),
+        )
+        assert (tin, tout, cached, reasoning) == tuple(
+            sum(getattr(c, f) for c in group)
+            for f in ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+        )
+        assert total_ms == pytest.approx(sum(durations))
+        assert (low, high) == (min(durations), max(durations))
+        assert low * (1 - 1e-6) <= p50 <= high * (1 + 1e-6)  # t-digest centroids are Float32
+        costs = [cost_of(c) for c in group]
+        assert cost == (
+            None if all(x is None for x in costs) else pytest.approx(sum(x for x in costs if x is not None))
+        )
+
+
+def test_timeseries_from_rollup_and_from_calls_agree(store):
+    client, calls, _ = store
+    since = min(c.timestamp for c in calls) - timedelta(minutes=5)
+    from_rollup = queries.call_timeseries(
+        client, CallFilter(since=since), step=timedelta(hours=1), by="model"
+    )
+    from_calls = queries.call_timeseries(client, CallFilter(since=since, min_duration_ms=0), step=timedelta(hours=1), by="model")  # fmt: skip
+    assert [(p.bucket, p.key, p.calls, p.errors, p.input_tokens, p.output_tokens) for p in from_rollup] == [
+        (p.bucket, p.key, p.calls, p.errors, p.input_tokens, p.output_tokens) for p in from_calls
+    ]
+    assert sum(p.calls for p in from_rollup) == len(calls)
+    for a, b in zip(from_rollup, from_calls, strict=True):
+        assert a.cost == (None if b.cost is None else pytest.approx(b.cost))
+
+
+def test_timeseries_rejects_fractional_steps(store):
+    client, _, _ = store
+    with pytest.raises(ValueError, match="whole number of seconds"):
+        queries.call_timeseries(client, CallFilter(), step=timedelta(milliseconds=1500))
+
+
+# ---------------------------------------------------------------- filters
+
+
+def _filters(calls: list[Call]) -> list[tuple[str, CallFilter, object]]:
+    middle = sorted(c.timestamp for c in calls)[len(calls) // 2]
+    trace = calls[0].trace_id
+    return [
+        ("all", CallFilter(), lambda c: True),
+        ("project", CallFilter(project=("team-b",)), lambda c: c.project == "team-b"),
+        ("service", CallFilter(service=("chat-api",)), lambda c: c.service == "chat-api"),
+        ("models", CallFilter(model=("gpt-4o", "o4-mini")), lambda c: c.model in ("gpt-4o", "o4-mini")),
+        ("operation", CallFilter(operation=("embeddings",)), lambda c: c.operation == "embeddings"),
+        ("errors", CallFilter(status="error"), lambda c: c.is_error),
+        ("ok", CallFilter(status="ok"), lambda c: not c.is_error),
+        ("error type", CallFilter(error_type=("RateLimitError",)), lambda c: c.error_type == "RateLimitError"),
+        ("user", CallFilter(user=("u1",)), lambda c: c.user_id == "u1"),
+        ("session", CallFilter(session=("s9",)), lambda c: c.session_id == "s9"),
+        ("one tag", CallFilter(tags=("prod",)), lambda c: "prod" in c.tags),
+        ("all tags", CallFilter(tags=("prod", "beta")), lambda c: {"prod", "beta"} <= set(c.tags)),
+        ("attr value", CallFilter(attributes={"feature": "chat"}), lambda c: c.attributes.get("feature") == "chat"),
+        ("attr key", CallFilter(attributes={"job": None}), lambda c: "job" in c.attributes),
+        ("metadata", CallFilter(metadata={"ticket": "T-1"}), lambda c: c.metadata.get("ticket") == "T-1"),
+        ("text", CallFilter(text="clickhouse"), lambda c: "clickhouse" in (c.input_messages + c.output_messages).lower()),
+        ("since", CallFilter(since=middle), lambda c: c.timestamp >= middle),
+        ("until", CallFilter(until=middle), lambda c: c.timestamp < middle),
+        ("slow", CallFilter(min_duration_ms=10.0), lambda c: c.duration_ms >= 10.0),
+        ("trace", CallFilter(trace_id=trace), lambda c: c.trace_id == trace),
+        ("combined", CallFilter(service=("chat-api",), status="ok", tags=("prod",)),
+         lambda c: c.service == "chat-api" and not c.is_error and "prod" in c.tags),
+        ("injection", CallFilter(model=("x' OR 1=1 --",)), lambda c: False),
+    ]  # fmt: skip
+
+
+def test_every_filter_selects_what_python_selects(store):
+    client, calls, _ = store
+    for name, flt, keep in _filters(calls):
+        expected = {c.span_id for c in calls if keep(c)}
+        found = {c.span_id for c in queries.search_calls(client, flt, limit=1000)}
+        assert found == expected, name
+        assert queries.total_stats(client, flt).calls == len(expected), name
+    assert client.query("SELECT count() FROM llm_calls").result_rows[0][0] == len(calls)  # still there
+
+
+def test_filter_sql_holds_no_user_text():
+    flt = CallFilter(model=("evil'model",), attributes={"k'ey": "va'lue"}, text="drop table", tags=("t'ag",))
+    sql, params = where_clause(flt)
+    assert "evil" not in sql and "k'ey" not in sql and "drop" not in sql and "t'ag" not in sql
+    assert params["model"] == ["evil'model"] and params["text"] == "drop table"
+
+
+@pytest.mark.parametrize(
+    ("fields", "option"),
+    [
+        (
+            {
+                "since": datetime(2026, 1, 2, tzinfo=timezone.utc),
+                "until": datetime(2026, 1, 1, tzinfo=timezone.utc),
+            },
+            "--since",
+        ),
+        ({"status": "broken"}, "--status"),
+        ({"model": ("",)}, "--model"),
+        ({"tags": ("ok", "")}, "--tags"),
+        ({"attributes": {"": "x"}}, "--attr"),
+        ({"text": "  "}, "--search"),
+        ({"min_duration_ms": -1.0}, "--slower-than"),
+    ],
+)
+def test_meaningless_filters_are_refused(fields, option):
+    with pytest.raises(FilterError) as info:
+        CallFilter(**fields)
+    assert info.value.option == option
+
+
+def test_rollup_where_refuses_columns_it_does_not_have():
+    with pytest.raises(ValueError, match="needs llm_calls"):
+        where_clause(CallFilter(user=("u1",)), rollup=True)
+
+
+# ---------------------------------------------------------------- single calls
+
+
+def test_search_is_newest_first_with_a_prompt_preview(store):
+    client, calls, _ = store
+    found = queries.search_calls(client, CallFilter(), limit=5)
+    newest = sorted(calls, key=lambda c: (c.start_ns, c.span_id), reverse=True)[:5]
+    assert [c.span_id for c in found] == [c.span_id for c in newest]
+    (first,) = queries.search_calls(client, CallFilter(text="What is ClickHouse"), limit=1)
+    assert first.prompt_preview == "What is ClickHouse?"
+    assert first.status == "ok"
+    error = queries.search_calls(client, CallFilter(error_type=("RateLimitError",)))[0]
+    assert error.status == "RateLimitError" and error.is_error
+
+
+def test_get_calls_by_span_or_trace_id(store):
+    client, calls, _ = store
+    call = next(c for c in calls if c.metadata)
+    (detail,) = queries.get_calls(client, call.span_id)
+    assert (detail.span_id, detail.metadata, detail.tags, detail.attributes) == (
+        call.span_id, call.metadata, list(call.tags), call.attributes,
+    )  # fmt: skip
+    assert detail.input_messages == call.input_messages and detail.cost == pytest.approx(cost_of(call))
+    assert abs(detail.timestamp - call.timestamp) < timedelta(microseconds=2)
+    assert [d.span_id for d in queries.get_calls(client, call.trace_id)] == [call.span_id]
+    assert queries.get_calls(client, "0" * 16) == []
+    with pytest.raises(ValueError, match="neither a span id"):
+        queries.get_calls(client, "not-an-id")
+
+
+# ---------------------------------------------------------------- aggregates
+
+
+def _key(call: Call, by: str) -> str:
+    return {
+        "model": call.model, "service": call.service, "project": call.project, "provider": "openai",
+        "operation": call.operation, "user": call.user_id, "day": call.timestamp.date().isoformat(),
+    }[by]  # fmt: skip
+
+
+@pytest.mark.parametrize("by", list(queries.GROUPINGS))
+def test_stats_by_every_grouping_match_python(store, by):
+    client, calls, _ = store
+    rows = {row.key: row for row in queries.call_stats(client, CallFilter(), by=by)}
+    groups: dict[str, list[Call]] = defaultdict(list)
+    for call in calls:
+        groups[_key(call, by)].append(call)
+    assert set(rows) == set(groups)
+    for key, group in groups.items():
+        _assert_stats(rows[key], group)
+    _assert_stats(queries.total_stats(client, CallFilter()), calls)
+
+
+def _assert_stats(row: queries.StatsRow, group: list[Call]) -> None:
+    durations = [c.duration_ms for c in group]
+    assert row.calls == len(group)
+    assert row.errors == sum(c.is_error for c in group)
+    assert row.error_rate == pytest.approx(row.errors / len(group))
+    assert (row.input_tokens, row.output_tokens, row.cached_tokens, row.reasoning_tokens) == tuple(
+        sum(getattr(c, f) for c in group)
+        for f in ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+    )
+    assert (row.latency.min, row.latency.max) == (min(durations), max(durations))
+    assert row.latency.avg == pytest.approx(sum(durations) / len(durations))
+    for name, level in LEVELS.items():
+        assert getattr(row.latency, name) == pytest.approx(quantile(durations, level), rel=1e-9), name
+    costs = [cost_of(c) for c in group]
+    priced = [x for x in costs if x is not None]
+    assert row.cost == (pytest.approx(sum(priced)) if priced else None)
+    assert row.unpriced_calls == len(costs) - len(priced)
+
+
+def test_stats_limit_and_order(store):
+    client, _, _ = store
+    rows = queries.call_stats(client, CallFilter(), by="model", limit=2)
+    assert len(rows) == 2 and rows[0].calls >= rows[1].calls
+    days = queries.call_stats(client, CallFilter(), by="day")
+    assert [r.key for r in days] == sorted(r.key for r in days)
+    with pytest.raises(ValueError, match="cannot group by"):
+        queries.call_stats(client, CallFilter(), by="planet")
+
+
+def test_latency_by_model(store):
+    client, calls, _ = store
+    table = queries.latency_by_model(client, CallFilter(service=("chat-api",)))
+    for model, count, latency in table:
+        durations = [c.duration_ms for c in calls if c.model == model and c.service == "chat-api"]
+        assert count == len(durations)
+        assert (latency.min, latency.max) == (min(durations), max(durations))
+        assert latency.p90 == pytest.approx(quantile(durations, 0.9))
+    assert [row[2].p90 for row in table] == sorted((row[2].p90 for row in table), reverse=True)
+
+
+def test_distinct_values(store):
+    client, calls, _ = store
+    assert set(queries.distinct_values(client, "service")) == {c.service for c in calls}
+
+
+# ---------------------------------------------------------------- follow
+
+
+def test_follow_yields_only_new_calls_including_late_arrivals(store):
+    client, calls, _ = store
+    clock = [max(c.timestamp for c in calls) + timedelta(seconds=1)]
+    polls = follow_calls(
+        client, CallFilter(service=("chat-api",)), already_seen=queries.search_calls(client, CallFilter(), limit=3),
+        sleep=lambda _: None, clock=lambda: clock[0],
+    )  # fmt: skip
+    first = next(polls)
+    newest_three = {c.span_id for c in queries.search_calls(client, CallFilter(), limit=3)}
+    assert {c.span_id for c in first} == {c.span_id for c in calls if c.service == "chat-api"} - newest_three
+    assert next(polls) == []
+    # A call that started before the ones already shown but is stored only now (a long stream) still shows.
+    late_id, earliest = "00000000000abcde", min(calls, key=lambda c: c.start_ns)
+    client.command(
+        "INSERT INTO otel_traces SELECT * REPLACE ({late:String} AS SpanId) "
+        "FROM (SELECT * FROM otel_traces WHERE SpanId = {s:String})",
+        parameters={"late": late_id, "s": earliest.span_id},
+    )
+    try:
+        assert [c.span_id for c in next(polls)] == [late_id]
+    finally:
+        client.command("DELETE FROM llm_calls WHERE SpanId = {s:String}", parameters={"s": late_id})
+    with pytest.raises(ValueError, match="drop --until"):
+        next(follow_calls(client, CallFilter(until=clock[0])))
+
+
+# ---------------------------------------------------------------- retention
+
+
+def test_retention_reads_and_changes_ttls(tmp_path_factory, store):
+    client, _, _ = store
+    path = client.uri.removeprefix("chdb://")
+    other = connect(f"chdb://{path}?database=retention_test", create_database=True)
+    try:
+        migrate(other)
+        assert current_retention(other).calls_days == 400 and current_retention(other).content_days == 30
+        assert current_retention(other).raw_spans_days is None
+        changed = set_retention(other, content_days=7, calls_days=90)
+        assert (changed.content_days, changed.calls_days, changed.rollup_days, changed.raw_spans_days) == (
+            7,
+            90,
+            90,
+            7,
+        )
+        with pytest.raises(ValueError, match="cannot be longer"):
+            set_retention(other, content_days=120)
+        with pytest.raises(ValueError, match="at least 1 day"):
+            set_retention(other, calls_days=0)
+        # Content older than its TTL is gone; the numbers stay.
+        now = datetime.now(timezone.utc)
+        old, recent = now - timedelta(days=20), now - timedelta(days=1)
+        other.insert(
+            "otel_traces",
+            [[ts, f"{i:032x}", f"{i:016x}", {"gen_ai.operation.name": "chat", "gen_ai.input.messages": "secret",
+              "gen_ai.usage.input_tokens": "7"}] for i, ts in enumerate((old, recent), 1)],
+            column_names=["Timestamp", "TraceId", "SpanId", "SpanAttributes"],
+        )  # fmt: skip
+        other.command("OPTIMIZE TABLE llm_calls FINAL")
+        rows = other.query(
+            "SELECT SpanId, InputMessages, InputTokens FROM llm_calls ORDER BY SpanId"
+        ).result_rows
+        assert rows == [(f"{1:016x}", "", 7), (f"{2:016x}", "secret", 7)]
+    finally:
+        other.command("DROP DATABASE retention_test SYNC")
+        other.close()
+
+
+# ---------------------------------------------------------------- time parsing
+
+
+def test_times_and_durations():
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+    assert parse_time("1h", now=now) == now - timedelta(hours=1)
+    assert parse_time("7d", now=now) == now - timedelta(days=7)
+    assert parse_time("now", now=now) == now
+    assert parse_time("2026-11-01", now=now) == datetime(2026, 11, 1, tzinfo=timezone.utc)
+    assert parse_time("2026-11-01T09:30:00+02:00", now=now) == datetime(
+        2026, 11, 1, 7, 30, tzinfo=timezone.utc
+    )
+    assert parse_time("2026-11-01T09:30Z", now=now) == datetime(2026, 11, 1, 9, 30, tzinfo=timezone.utc)
+    assert parse_duration("250ms") == timedelta(milliseconds=250)
+    assert parse_duration("2w") == timedelta(weeks=2)
+    for bad in ("yesterday", "1y", "", "-1h", "12:00"):
+        with pytest.raises(ValueError, match="expected"):
+            parse_time(bad, now=now)

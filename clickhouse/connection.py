@@ -130,6 +130,11 @@ def _open(dsn: str, target: ParsedDSN, settings: dict[str, Any]) -> Client:
     except OSError as exc:
         raise StoreError(f"cannot open the chDB store at {target.path}: {exc}") from exc
     except Exception as exc:
+        if target.is_chdb and "already initialized with path" in str(exc):
+            raise StoreError(
+                f"cannot open the chDB store at {target.path}: this process already has another chDB store open "
+                f"and chDB allows one per process ({exc})"
+            ) from exc
         if target.is_chdb:
             raise StoreError(
                 f"cannot open the chDB store at {target.path}: {exc}. Only one process can hold a chDB "

@@ -64,6 +64,17 @@ def wait_written(collector: Collector, signal: str, count: int, timeout: float =
     raise AssertionError(f"only {written} of {count} {signal} written after {timeout}s")
 
 
+def settle(collector: Collector, timeout: float = 30.0) -> None:
+    """Block until everything serve accepted so far has been written (or dropped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        signals = collector.stats.snapshot()["signals"]
+        if all(s["written"] + s["dropped"] >= s["received"] for s in signals.values()):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"serve did not write everything within {timeout}s: {signals}")
+
+
 def query(collector: Collector, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
     """Read back through a clickhouse-connect client on the same store."""
     from llmtap.clickhouse.connection import connect

@@ -24,7 +24,7 @@ def completions(call: Call) -> dict | list[Event]:
         for choice_index in range(n):
             answer = compose(seed_of(seed, prompt_index, choice_index), Format(), None, max_tokens)
             prefix = prompt if echo and isinstance(prompt, str) else ""
-            choices.append((answer, prefix + "\n\n"))  # instruct models open with a blank line
+            choices.append((answer, f"{prefix}\n\n{answer.text}"))  # instruct models open with a blank line
     usage = Usage.compute(
         model,
         words_in(prompts) + sum(len(p) for p in prompts if isinstance(p, list)),
@@ -44,18 +44,15 @@ def completions(call: Call) -> dict | list[Event]:
         return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
 
     if not call.field("stream", bool, False):
-        body = [
-            choice(i, prefix + (answer.text or ""), answer.finish_reason)
-            for i, (answer, prefix) in enumerate(choices)
-        ]
+        body = [choice(i, text, answer.finish_reason) for i, (answer, text) in enumerate(choices)]
         return {**head, "choices": body, "usage": usage.chat()}
     include_usage = call.field("stream_options", dict, {}).get("include_usage")
     events = []
-    for index, (answer, prefix) in enumerate(choices):
-        texts = split_pieces(prefix + (answer.text or ""), call.knobs.chunks)
-        for position, text in enumerate(texts):
-            finish = answer.finish_reason if position == len(texts) - 1 else None
-            events.append({**head, "choices": [choice(index, text, finish)]})
+    for index, (answer, text) in enumerate(choices):
+        pieces = split_pieces(text, call.knobs.chunks)
+        for position, piece in enumerate(pieces):
+            finish = answer.finish_reason if position == len(pieces) - 1 else None
+            events.append({**head, "choices": [choice(index, piece, finish)]})
     if include_usage:
         events = [{**event, "usage": None} for event in events]
         events.append({**head, "choices": [], "usage": usage.chat()})

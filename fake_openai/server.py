@@ -123,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
         reply = self.server.app.handle(self.command, self.path, headers, self._read_body())
         try:
             self._send(reply)
-        except (BrokenPipeError, ConnectionResetError):  # the client went away mid-stream: nothing to do
+        except OSError:  # the client went away mid-reply (closed a stream early): nothing left to do
             self.close_connection = True
 
     def _read_body(self) -> bytes:

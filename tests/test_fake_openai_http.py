@@ -76,6 +76,18 @@ def test_broken_stream_cuts_the_connection(connection) -> None:
         )
 
 
+def test_client_leaving_mid_stream_does_not_hurt_the_server(server: FakeOpenAIServer) -> None:
+    body = json.dumps({**CHAT, "stream": True}).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-fake-chunk-delay-ms: 20\r\nContent-Length: %d\r\n\r\n"
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(head % len(body) + body)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    response, _ = request(conn, "GET", "/v1/models")
+    conn.close()
+    assert response.status == 200
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status", "needle"),
     [

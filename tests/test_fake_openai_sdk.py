@@ -414,6 +414,12 @@ async def test_legacy_completions(sdk_client) -> None:
     assert "".join(chunk.choices[0].text for chunk in chunks if chunk.choices) == choice.text
     assert chunks[-2].choices[0].finish_reason == "length"
     assert chunks[-1].usage.completion_tokens == 5
+    echoed = await resolve(
+        sdk_client.completions.create(
+            model="gpt-3.5-turbo-instruct", prompt="Write a haiku", max_tokens=5, echo=True
+        )
+    )
+    assert echoed.choices[0].text == "Write a haiku" + choice.text
 
 
 async def test_models(sdk_client) -> None:

@@ -293,10 +293,11 @@ def table_ddl(name: str, directory: Path = MIGRATIONS_DIR) -> str:
 # --- The ClickHouse init script, run against a stand-in clickhouse-client -----------------------------------------
 
 # The stand-in records each call (arguments and standard input) as a JSON line, and answers the one query whose
-# result the script reads: the migration versions already recorded (from FAKE_CH_APPLIED).
+# result the script reads: the migration versions already recorded (from FAKE_CH_APPLIED). A call whose SQL contains
+# FAKE_CH_FAIL_ON fails like a ClickHouse error.
 FAKE_CLIENT = textwrap.dedent(
     """\
-    #!{python}
+    #!{python} -IS
     import json, os, sys
     args = sys.argv[1:]
     call = {{"args": args, "stdin": sys.stdin.read(), "params": {{}}, "multiquery": False}}
@@ -319,6 +320,9 @@ FAKE_CLIENT = textwrap.dedent(
         i += 1
     with open(os.environ["FAKE_CH_LOG"], "a") as log:
         log.write(json.dumps(call) + "\\n")
+    fail_on = os.environ.get("FAKE_CH_FAIL_ON")
+    if fail_on and fail_on in call.get("query", "") + call["stdin"]:
+        sys.exit("Code: 62. DB::Exception: Syntax error (stand-in failure)")
     query = call.get("query", "")
     if query.startswith("SELECT DISTINCT Version FROM"):
         path = os.environ.get("FAKE_CH_APPLIED", "")

@@ -66,7 +66,6 @@ collect_migrations() {
 
 apply_migrations() {
     local file name version migration checksum applied
-    collect_migrations
     client --query "CREATE DATABASE IF NOT EXISTS $DATABASE"
     client --database "$DATABASE" --query "CREATE TABLE IF NOT EXISTS $MIGRATIONS_TABLE (
     Version UInt32,
@@ -100,7 +99,6 @@ SELECT {version:UInt32}, {name:String}, {checksum:String}, now64(3, 'UTC')"
 load_prices() {
     local prices="${LLMTAP_PRICES_FILE:-}"
     [[ -n "$prices" ]] || return 0
-    [[ -f "$prices" ]] || die "LLMTAP_PRICES_FILE=$prices does not exist (mount clickhouse/data there)"
     log "loading model prices from $(basename "$prices")"
     client --database "$DATABASE" --query "ALTER TABLE model_prices DELETE WHERE Source = 'llmtap' SETTINGS mutations_sync = 2"
     grep -v -E '^[[:space:]]*(#|$)' "$prices" | client_reading_input --database "$DATABASE" --query "INSERT INTO model_prices
@@ -112,13 +110,22 @@ FORMAT CSVWithNames"
 
 sha256_hex() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
 
-create_users() {
-    local writer="${CLICKHOUSE_WRITER_USER:-}" reader="${CLICKHOUSE_READER_USER:-}"
-    require_identifier CLICKHOUSE_WRITER_USER "$writer"
-    require_identifier CLICKHOUSE_READER_USER "$reader"
+# Every setting is checked before anything reaches ClickHouse, so a typo in .env leaves nothing half-made.
+check_settings() {
+    require_identifier LLMTAP_DATABASE "$DATABASE"
+    require_identifier CLICKHOUSE_WRITER_USER "${CLICKHOUSE_WRITER_USER:-}"
+    require_identifier CLICKHOUSE_READER_USER "${CLICKHOUSE_READER_USER:-}"
     require_value CLICKHOUSE_WRITER_PASSWORD "${CLICKHOUSE_WRITER_PASSWORD:-}"
     require_value CLICKHOUSE_READER_PASSWORD "${CLICKHOUSE_READER_PASSWORD:-}"
-    [[ "$writer" != "$reader" ]] || die "CLICKHOUSE_WRITER_USER and CLICKHOUSE_READER_USER must differ"
+    [[ "$CLICKHOUSE_WRITER_USER" != "$CLICKHOUSE_READER_USER" ]] ||
+        die "CLICKHOUSE_WRITER_USER and CLICKHOUSE_READER_USER must differ"
+    [[ -z "${LLMTAP_PRICES_FILE:-}" || -f "$LLMTAP_PRICES_FILE" ]] ||
+        die "LLMTAP_PRICES_FILE=$LLMTAP_PRICES_FILE does not exist (mount clickhouse/data there)"
+    collect_migrations
+}
+
+create_users() {
+    local writer="$CLICKHOUSE_WRITER_USER" reader="$CLICKHOUSE_READER_USER"
     log "creating users $writer (insert) and $reader (read-only)"
     # Writer: INSERT only. Async inserts merge the inserts of several exporter consumers into few parts, and
     # wait_for_async_insert keeps an acknowledged insert durable, which the exporter's retries rely on.
@@ -134,7 +141,7 @@ GRANT SELECT ON $DATABASE.* TO $reader;"
 }
 
 main() {
-    require_identifier LLMTAP_DATABASE "$DATABASE"
+    check_settings
     apply_migrations
     load_prices
     create_users

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 import time
@@ -36,6 +37,9 @@ _CONVERTERS = {"traces": rows.add_traces, "metrics": rows.add_metrics, "logs": r
 # ClickHouse error codes that mean "this data can never be inserted", as opposed to an outage or overload.
 _DATA_ERROR_CODES = {6, 27, 36, 41, 53, 69, 70, 72, 117, 190, 321, 407}
 _RETRIES_BEFORE_SPLIT = 3
+# Fault injection for the durability tests: die right after the rows are inserted, before the spool checkpoint
+# says so, the one moment where a restart must de-duplicate instead of blindly replaying.
+_EXIT_AFTER_INSERT = os.environ.get("LLMTAP_FAULT_EXIT_AFTER_INSERT") == "1"
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,8 @@ class Pipeline:
             names = list(columns)
             if columns[names[0]]:
                 client.insert(table, [columns[n] for n in names], column_names=names, column_oriented=True)
+        if _EXIT_AFTER_INSERT:
+            os._exit(70)
         self.stats.write_succeeded(time.perf_counter() - started)
         self._release(entries, last_seq)
         for signal, count in written.items():

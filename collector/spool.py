@@ -224,6 +224,7 @@ class Spool:
                     os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = None
+        self.release_written(self.written)  # with no current segment, fully written segments all go
         self._lock_file.close()
 
 

@@ -112,7 +112,13 @@ async def compare(pipeline: Pipeline, kind: str, base_url: str, scenario: Scenar
 
 
 def check_span(
-    span: ReadableSpan, operation: str, model: str, *, stream: bool | None = None, error: str | None = None
+    span: ReadableSpan,
+    operation: str,
+    model: str,
+    *,
+    stream: bool | None = None,
+    error: str | None = None,
+    server: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """The span shape every call form must produce; returns the attributes for call-specific checks."""
     attrs = dict(span.attributes or {})
@@ -122,7 +128,7 @@ def check_span(
     assert attrs["gen_ai.operation.name"] == operation
     assert attrs["gen_ai.provider.name"] == "openai"
     assert attrs["gen_ai.request.model"] == model
-    assert attrs["server.address"] == "127.0.0.1"
+    assert attrs["server.address"] == server
     assert isinstance(attrs["server.port"], int)
     if stream is not None:
         assert attrs["gen_ai.request.stream"] is stream

@@ -1,0 +1,249 @@
+"""Decoders and the spool under hostile input: hypothesis-fuzzed bodies never crash serve (only DecodeError), any
+request that decodes converts to rows, and the spool survives torn and corrupted records."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from llmtap.collector import rows
+from llmtap.collector.decode import (
+    JSON,
+    LOGS,
+    METRICS,
+    PROTOBUF,
+    SIGNALS,
+    TRACES,
+    DecodeError,
+    decompress,
+    parse,
+    validate,
+)
+from llmtap.collector.spool import Spool, SpoolError
+from llmtap.collector.values import as_string, go_float
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+CONVERT = {"traces": rows.add_traces, "metrics": rows.add_metrics, "logs": rows.add_logs}
+
+
+def decode_and_convert(signal, body: bytes, kind: str) -> None:
+    """What serve does with a body: decode, validate, convert. Only DecodeError may escape."""
+    try:
+        request = parse(signal, body, kind)
+    except DecodeError as exc:
+        assert exc.status == 400 and exc.message
+        return
+    validate(signal, request)
+    CONVERT[signal.name](rows.Batch(), request)
+
+
+@FUZZ
+@given(signal=st.sampled_from(list(SIGNALS.values())), body=st.binary(max_size=512))
+def test_random_protobuf_bytes(signal, body):
+    decode_and_convert(signal, body, PROTOBUF)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+otlp_keys = st.sampled_from(
+    ["resourceSpans", "scopeSpans", "spans", "traceId", "spanId", "name", "attributes", "key", "value", "stringValue",
+     "intValue", "kvlistValue", "arrayValue", "values", "startTimeUnixNano", "resourceLogs", "scopeLogs", "logRecords",
+     "body", "resourceMetrics", "scopeMetrics", "metrics", "gauge", "dataPoints", "asInt", "kind", "status"]
+)  # fmt: skip
+otlp_json = st.recursive(
+    json_values,
+    lambda children: st.dictionaries(otlp_keys, children, max_size=4) | st.lists(children, max_size=3),
+    max_leaves=30,
+)
+
+
+@FUZZ
+@given(signal=st.sampled_from(list(SIGNALS.values())), document=otlp_json)
+def test_random_otlp_shaped_json(signal, document):
+    decode_and_convert(signal, json.dumps(document).encode(), JSON)
+
+
+@FUZZ
+@given(body=st.binary(max_size=256))
+def test_random_text_as_json(body):
+    decode_and_convert(TRACES, body, JSON)
+
+
+@FUZZ
+@given(body=st.binary(max_size=256), encoding=st.sampled_from(["gzip", "deflate"]))
+def test_random_compressed_bodies(body, encoding):
+    try:
+        decompress(body, encoding, 1024)
+    except DecodeError as exc:
+        assert exc.status in (400, 413)
+
+
+any_values = st.recursive(
+    st.builds(lambda v: AnyValue(string_value=v), st.text(max_size=10))
+    | st.builds(lambda v: AnyValue(int_value=v), st.integers(-(2**63), 2**63 - 1))
+    | st.builds(lambda v: AnyValue(double_value=v), st.floats())
+    | st.builds(lambda v: AnyValue(bool_value=v), st.booleans())
+    | st.builds(lambda v: AnyValue(bytes_value=v), st.binary(max_size=8))
+    | st.just(AnyValue()),
+    lambda children: (
+        st.builds(lambda vs: AnyValue(array_value=ArrayValue(values=vs)), st.lists(children, max_size=3))
+        | st.builds(
+            lambda kvs: AnyValue(
+                kvlist_value=KeyValueList(values=[KeyValue(key=k, value=v) for k, v in kvs])
+            ),
+            st.lists(st.tuples(st.text(max_size=5), children), max_size=3),
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@FUZZ
+@given(value=any_values)
+def test_every_value_stringifies_and_composites_are_json(value):
+    text = as_string(value)
+    assert isinstance(text, str)
+    if value.WhichOneof("value") in ("array_value", "kvlist_value") and text:
+        json.loads(text)  # Go's encoding/json output is valid JSON
+
+
+@FUZZ
+@given(number=st.floats(allow_nan=False, allow_infinity=False))
+def test_go_float_round_trips(number):
+    text = go_float(number)
+    assert float(text) == number and "E" not in text
+    if number.is_integer() and abs(number) < 2**53 and text != "-0":
+        assert text == str(int(number))  # whole numbers print without ".0", like Go
+
+
+@FUZZ
+@given(
+    start=st.integers(0, 2**64 - 1),
+    end=st.integers(0, 2**64 - 1),
+    trace_id=st.binary(max_size=20),
+    span_id=st.binary(max_size=10),
+)
+def test_validation_keeps_only_storable_spans(start, end, trace_id, span_id):
+    request = TRACES.request_type(
+        resource_spans=[{"scope_spans": [{"spans": [trace_pb2.Span(
+            trace_id=trace_id, span_id=span_id, start_time_unix_nano=start, end_time_unix_nano=end)]}]}]
+    )  # fmt: skip
+    result = validate(TRACES, request)
+    storable = len(trace_id) == 16 and len(span_id) == 8 and 0 < start <= end <= 4_294_967_295 * 10**9
+    assert (result.accepted, result.rejected) == ((1, 0) if storable else (0, 1))
+    batch = rows.Batch()
+    rows.add_traces(batch, request)
+    assert batch.rows(rows.TRACES_TABLE) == result.accepted
+
+
+def test_nan_and_infinite_metric_values_convert():
+    request = METRICS.request_type(
+        resource_metrics=[{"scope_metrics": [{"metrics": [{"name": "m", "gauge": {"data_points": [
+            {"as_double": math.nan}, {"as_double": math.inf}]}}]}]}]
+    )  # fmt: skip
+    batch = rows.Batch()
+    assert rows.add_metrics(batch, request) == 2
+
+
+def test_logs_with_bad_ids_are_rejected_individually():
+    request = LOGS.request_type(
+        resource_logs=[
+            {"scope_logs": [{"log_records": [{"trace_id": b"\x01" * 3}, {"body": {"string_value": "ok"}}]}]}
+        ]
+    )
+    result = validate(LOGS, request)
+    assert (result.accepted, result.rejected) == (1, 1)
+    assert "trace_id must be 16 bytes" in result.message(LOGS)
+
+
+def test_gzip_round_trip_and_limit():
+    assert decompress(gzip.compress(b"abc"), "gzip", 10) == b"abc"
+    with pytest.raises(DecodeError) as info:
+        decompress(gzip.compress(b"a" * 100), "gzip", 10)
+    assert info.value.status == 413
+
+
+# ---- spool ----------------------------------------------------------------------------------------------------
+def test_spool_replays_after_the_checkpoint_and_ignores_a_torn_tail(tmp_path):
+    spool = Spool(tmp_path)
+    spool.recover()
+    first = spool.append("traces", b"one")
+    spool.append("logs", b"two")
+    spool.append("metrics", b"three")
+    spool.release_written(first.seq, len(b"one"))
+    segment = first.segment
+    spool.close()
+    with open(segment, "ab") as handle:  # a crash mid-append: half a header
+        handle.write(b"\x05\x00\x00")
+    reopened = Spool(tmp_path)
+    replay = reopened.recover()
+    assert [(r.signal, reopened.read(r)) for r in replay] == [("logs", b"two"), ("metrics", b"three")]
+    assert reopened.append("traces", b"four").seq == 4
+    reopened.close()
+
+
+def test_spool_stops_at_a_corrupted_record(tmp_path):
+    spool = Spool(tmp_path)
+    spool.recover()
+    record = spool.append("traces", b"payload-a")
+    spool.append("traces", b"payload-b")
+    spool.close()
+    data = bytearray(record.segment.read_bytes())
+    data[record.offset] ^= 0xFF  # flip a payload byte: the CRC no longer matches
+    record.segment.write_bytes(bytes(data))
+    reopened = Spool(tmp_path)
+    assert reopened.recover() == []
+    reopened.close()
+
+
+def test_spool_rotates_and_deletes_written_segments(tmp_path):
+    spool = Spool(tmp_path, segment_bytes=50)  # one 57-byte record per segment
+    spool.recover()
+    records = [spool.append("traces", bytes(40)) for _ in range(5)]
+    assert len(list(tmp_path.glob("segment-*.wal"))) == 5
+    spool.release_written(records[2].seq, 120)
+    assert len(list(tmp_path.glob("segment-*.wal"))) == 2
+    assert spool.pending_bytes == 80
+    spool.close()
+
+
+def test_spool_is_held_by_one_process_at_a_time(tmp_path):
+    spool = Spool(tmp_path)
+    with pytest.raises(SpoolError, match="in use by another"):
+        Spool(tmp_path)
+    spool.close()
+
+
+def test_concurrent_appends_share_fsyncs_and_lose_nothing(tmp_path):
+    spool = Spool(tmp_path, segment_bytes=4096)
+    spool.recover()
+
+    def writer(index: int) -> None:
+        for n in range(50):
+            spool.append("traces", f"{index}-{n}".encode())
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    spool.close()
+    reopened = Spool(tmp_path)
+    replay = reopened.recover()
+    assert sorted(reopened.read(r) for r in replay) == sorted(
+        f"{i}-{n}".encode() for i in range(8) for n in range(50)
+    )
+    assert [r.seq for r in replay] == list(range(1, 401))
+    reopened.close()

@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import anyio
-from llmtap.fake_openai.protocol import FakeOpenAI
+from llmtap.fake_openai.protocol import FakeOpenAI, RecordedRequest
 from llmtap.fake_openai.reply import Reply
 
 MODULES = ("httpx2", "httpx")
@@ -76,15 +76,30 @@ def _framing(reply: Reply) -> list[tuple[str, str]]:
     return [*reply.headers, framing]
 
 
+class _Serving:
+    """What both transports share: the app they serve and its request log."""
+
+    def __init__(self, app: FakeOpenAI) -> None:
+        self.app = app
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        return self.app.requests
+
+
+class _Delivery:
+    """What both byte streams share: the reply to deliver and the request (for the error of a cut stream)."""
+
+    def __init__(self, reply: Reply, request: Any) -> None:
+        self.reply, self.request = reply, request
+
+
 @functools.cache
 def _classes(module_name: str) -> tuple[type, type]:
     """Transport classes built on ``module_name``'s base classes (httpx and httpx2 check them with isinstance)."""
     httpx = importlib.import_module(module_name)
 
-    class SyncReplyStream(httpx.SyncByteStream):
-        def __init__(self, reply: Reply, request: Any) -> None:
-            self.reply, self.request = reply, request
-
+    class SyncReplyStream(_Delivery, httpx.SyncByteStream):
         def __iter__(self):
             for chunk in self.reply.chunks:
                 time.sleep(chunk.delay)
@@ -92,10 +107,7 @@ def _classes(module_name: str) -> tuple[type, type]:
             if self.reply.broken:
                 raise httpx.RemoteProtocolError(BROKEN_MESSAGE, request=self.request)
 
-    class AsyncReplyStream(httpx.AsyncByteStream):
-        def __init__(self, reply: Reply, request: Any) -> None:
-            self.reply, self.request = reply, request
-
+    class AsyncReplyStream(_Delivery, httpx.AsyncByteStream):
         async def __aiter__(self):
             for chunk in self.reply.chunks:
                 await anyio.sleep(chunk.delay)
@@ -103,14 +115,7 @@ def _classes(module_name: str) -> tuple[type, type]:
             if self.reply.broken:
                 raise httpx.RemoteProtocolError(BROKEN_MESSAGE, request=self.request)
 
-    class FakeOpenAITransport(httpx.BaseTransport):
-        def __init__(self, app: FakeOpenAI) -> None:
-            self.app = app
-
-        @property
-        def requests(self) -> list:
-            return self.app.requests
-
+    class FakeOpenAITransport(_Serving, httpx.BaseTransport):
         def handle_request(self, request: Any) -> Any:
             reply = _handle(self.app, request, request.read())
             time.sleep(reply.latency)
@@ -118,14 +123,7 @@ def _classes(module_name: str) -> tuple[type, type]:
                 reply.status, headers=_framing(reply), stream=SyncReplyStream(reply, request)
             )
 
-    class AsyncFakeOpenAITransport(httpx.AsyncBaseTransport):
-        def __init__(self, app: FakeOpenAI) -> None:
-            self.app = app
-
-        @property
-        def requests(self) -> list:
-            return self.app.requests
-
+    class AsyncFakeOpenAITransport(_Serving, httpx.AsyncBaseTransport):
         async def handle_async_request(self, request: Any) -> Any:
             reply = _handle(self.app, request, await request.aread())
             await anyio.sleep(reply.latency)

@@ -29,16 +29,19 @@ CACHE = Path(tempfile.gettempdir()) / "llmtap-openai-compat"
 
 def _venv_for(spec: str) -> Path:
     """A venv with ``spec``, pytest and this checkout (editable, no other dependencies), built at most once."""
-    key = hashlib.sha256(f"{sys.version}|{spec}|{ROOT}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{sys.version}|{spec}|{ROOT}|no-pip".encode()).hexdigest()[:12]
     venv = CACHE / key
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run waits, then finds the venv ready
         if not (venv / "ready").exists():
             shutil.rmtree(venv, ignore_errors=True)  # a half-built venv from an interrupted run
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-            subprocess.run([*pip, spec, "pytest>=8", "pytest-timeout"], check=True)
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+            # This environment's pip installs into the new venv: no ensurepip, no second pip download.
+            pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q"]
+            subprocess.run(
+                [*pip, "--disable-pip-version-check", spec, "pytest>=8", "pytest-timeout"], check=True
+            )
             subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
             (venv / "ready").touch()
     return venv / "bin" / "python"

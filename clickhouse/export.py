@@ -111,13 +111,12 @@ def export_parquet_file(
     sql, params = export_sql(flt, "parquet")
     workdir = Path(tempfile.mkdtemp(prefix="llmtap-export-"))
     staging = workdir / "export.parquet"  # a path we chose: safe to write into the statement
-    settings = ", ".join(f"{name} = {value}" for name, value in _SETTINGS.items())
     done = threading.Event()
     watcher = threading.Thread(target=_watch_size, args=(staging, done, progress), daemon=True)
     watcher.start()
     try:
         client.command(
-            f"{sql} INTO OUTFILE '{staging.as_posix()}' FORMAT Parquet SETTINGS {settings}", parameters=params
+            f"{sql} INTO OUTFILE '{staging.as_posix()}' FORMAT Parquet", parameters=params, settings=_SETTINGS
         )
         done.set()
         watcher.join()

@@ -43,19 +43,19 @@ def when(moment: datetime) -> str:
 def calls_table(calls: Sequence[CallSummary]) -> Table:
     """``llmtap logs``: one line per call, newest first as given."""
     table = Table(box=None, header_style="bold", pad_edge=False)
-    table.add_column("time", no_wrap=True)
-    table.add_column("service")
-    table.add_column("model")
-    table.add_column("latency", justify="right")
-    table.add_column("tokens in/out", justify="right")
-    table.add_column("status")
-    table.add_column("prompt", overflow="ellipsis", no_wrap=True, ratio=1)
+    for name in ("time", "service", "model", "latency", "tokens in/out", "status"):
+        table.add_column(
+            name, no_wrap=True, justify="right" if name in ("latency", "tokens in/out") else "left"
+        )
+    # The prompt column is the one that gives way when the line is too long (its cells are cut, not wrapped).
+    table.add_column("prompt", ratio=1)
     table.add_column("id", style="dim", no_wrap=True, min_width=16)
     for call in calls:
         status = Text(call.status, style="red" if call.is_error else "green")
         table.add_row(
             when(call.timestamp), call.service, call.model, ms(call.duration_ms),
-            f"{count(call.input_tokens)}/{count(call.output_tokens)}", status, call.prompt_preview, call.span_id,
+            f"{count(call.input_tokens)}/{count(call.output_tokens)}", status,
+            Text(call.prompt_preview, no_wrap=True, overflow="ellipsis"), call.span_id,
         )  # fmt: skip
     return table
 

@@ -51,7 +51,7 @@ def dashboard() -> Dashboard:
     )
     board.add(
         panels.big_number(
-            "Error types",
+            "Distinct error types",
             "Distinct error.type values among failures.",
             _failed_total(f"uniqExact({_ERROR_TYPE})", "error_types"),
             "short",

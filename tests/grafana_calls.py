@@ -219,8 +219,8 @@ def _output_messages(text: str) -> str:
 
 def built_requests(now: datetime) -> list[Any]:
     """Scenario calls built with the OTel SDK and the GenAI attributes llmtap's instrumentation sets:
-    checkout's gpt-4o taking 6-8 s in the last five minutes, and support-bot's answers turning uncertain
-    (1 in 20 before the last half hour, 6 in 12 within it)."""
+    checkout's gpt-4o taking 6-8 s in the last five minutes, and support-bot's gpt-4o-mini answers turning
+    uncertain (1 in 20 before the last half hour, 6 in 12 within it) while its gpt-4o stays sure."""
     requests = []
     scenarios = {
         CHECKOUT: [(m, "gpt-4o", seconds, SURE_ANSWER) for m, seconds in ((4, 6.0), (3, 7.5), (1, 8.0))],
@@ -229,6 +229,8 @@ def built_requests(now: datetime) -> list[Any]:
               for i, m in enumerate(_spread(20, newest=40, oldest=300))),
             *((m, "gpt-4o-mini", 0.8, UNCERTAIN_ANSWER if i % 2 else SURE_ANSWER)
               for i, m in enumerate(_spread(12, newest=8, oldest=28))),
+            # a steady model next to it: as sure as ever, so the rule must leave it alone
+            *((m, "gpt-4o", 1.2, SURE_ANSWER) for m in (*_spread(12, newest=40), *_spread(12, newest=6, oldest=28))),
         ],
     }  # fmt: skip
     now_ns = int(now.timestamp() * 1e9)

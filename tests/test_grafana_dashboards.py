@@ -111,9 +111,11 @@ def test_uids_are_stable_and_unique() -> None:
 
 
 @pytest.mark.parametrize("uid", DOCUMENTS)
-def test_panel_ids_are_unique(uid: str) -> None:
+def test_panel_ids_and_titles_are_unique(uid: str) -> None:
     ids = [p["id"] for p in DOCUMENTS[uid]["panels"]]
     assert len(ids) == len(set(ids)) and all(isinstance(i, int) and i > 0 for i in ids)
+    titles = [p["title"] for p in DATA_PANELS[uid]]
+    assert len(titles) == len(set(titles))
 
 
 @pytest.mark.parametrize("uid", DOCUMENTS)

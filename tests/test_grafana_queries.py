@@ -1,0 +1,284 @@
+"""Every panel, variable and alert query, expanded as Grafana and the ClickHouse plugin expand it, run on chDB over
+the migrations and calls recorded by llmtap's instrumentation (see grafana_calls.py): each returns rows of the
+shape its panel needs, the numbers agree with the stored calls, and each alert rule fires for exactly the
+series the data was built to trip."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import pytest
+
+pytest.importorskip("grafana_foundation_sdk")
+pytest.importorskip("chdb")
+pytest.importorskip("openai")
+
+import grafana_calls as calls
+from llmtap.clickhouse.connection import connect
+from llmtap.clickhouse.migrations import migrate
+from llmtap.clickhouse.prices import load_bundled_prices
+from llmtap.grafana import alerts, build, links, validate
+from llmtap.grafana.interpolate import ALL, QueryContext, Variable, expand_alert_sql, expand_dashboard_sql
+
+DOCUMENTS = {doc["uid"]: doc for doc in (build.dashboard_json(make()) for make in build.DASHBOARDS)}
+QUERIES = [(uid, query) for uid, doc in DOCUMENTS.items() for query in validate.dashboard_queries(doc)]
+ALERTING = alerts.provisioning()
+
+# A selection that matches stored calls in every variable, so each filter narrows without emptying a panel.
+FILTERED: dict[str, str | list[str]] = {
+    "project": ["shop"],
+    "service": ["checkout"],
+    "model": ["gpt-4o-mini"],
+    "user": ["user-1"],
+    "tag": ["beta"],
+    "session": "session-1",
+    "status": ["0"],
+    "search": "order",
+}
+
+
+@dataclass(frozen=True)
+class Store:
+    client: Any
+    now: datetime
+    redacted_trace: str
+    redacted_span: str
+
+    def context(self) -> QueryContext:
+        return QueryContext(self.now - timedelta(hours=6), self.now, interval_seconds=60)
+
+    def scalar(self, sql: str) -> Any:
+        return self.client.query(sql).result_rows[0][0]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    client = connect("chdb://" + str(tmp_path_factory.mktemp("grafana") / "chdb"), create_database=True)
+    try:
+        migrate(client)
+        load_bundled_prices(client)
+        now = calls.now_utc()
+        calls.load(client, calls.instrumented_requests(now) + calls.built_requests(now))
+        trace_id, span_id = client.query(
+            "SELECT TraceId, SpanId FROM llm_calls WHERE RedactionCount > 0"
+        ).result_rows[0]
+        yield Store(client, now, trace_id, span_id)
+    finally:
+        client.close()
+
+
+def _selection(uid: str, name: str, store: Store) -> list[Variable]:
+    """The variables of dashboard `uid` for selection `name` ("all" or "filtered")."""
+    chosen = []
+    for variable in DOCUMENTS[uid]["templating"]["list"]:
+        var = variable["name"]
+        if variable["type"] == "datasource":
+            continue
+        if var == "trace_id":
+            chosen.append(Variable(var, store.redacted_trace))
+        elif var == "span_id":
+            chosen.append(Variable(var, store.redacted_span if name == "filtered" else ""))
+        elif name == "filtered":
+            chosen.append(Variable(var, FILTERED[var]))
+        else:
+            chosen.append(Variable(var, ALL if variable.get("includeAll") else ""))
+    return chosen
+
+
+def _run(store: Store, uid: str, sql: str, selection: str) -> tuple[list[tuple[str, str]], list[tuple]]:
+    expanded = expand_dashboard_sql(sql, _selection(uid, selection, store), store.context())
+    return validate.describe(store.client, expanded), store.client.query(expanded).result_rows
+
+
+def _panel(uid: str, title: str) -> dict:
+    (panel,) = [p for p in DOCUMENTS[uid]["panels"] if p.get("title") == title]
+    return panel
+
+
+def _units(panel: dict) -> dict[str, str]:
+    units = {}
+    for override in panel["fieldConfig"].get("overrides", []):
+        for prop in override["properties"]:
+            if prop["id"] == "unit":
+                units[override["matcher"]["options"]] = prop["value"]
+    return units
+
+
+@pytest.mark.parametrize("selection", ["all", "filtered"])
+@pytest.mark.parametrize(("uid", "query"), QUERIES, ids=[query.source for _, query in QUERIES])
+def test_query_returns_rows_of_its_panels_shape(
+    store: Store, uid: str, query: validate.Query, selection: str
+) -> None:
+    columns, rows = _run(store, uid, query.sql, selection)
+    assert validate.shape_problems(query.shape, columns) == []
+    assert rows, f"{query.source} [{selection}] returned nothing although calls match"
+    numeric = [i for i, (_, column_type) in enumerate(columns) if validate.is_numeric(column_type)]
+    for row in rows:
+        for index in numeric:
+            value = row[index]
+            assert value is None or math.isfinite(value), f"{columns[index][0]} = {value}"
+    if query.shape in ("numbers", "time_series"):
+        assert any(row[i] is not None for row in rows for i in numeric)
+    if query.shape == "time_series":
+        times = [row[0] for row in rows]
+        assert times == sorted(times), "time series rows must come in time order"
+    if query.shape == "rows":  # tables: every numeric column has a unit
+        title = query.source.split(" / ", 1)[1]
+        units = _units(_panel(uid, title))
+        assert {columns[i][0] for i in numeric} <= set(units), f"numeric columns without a unit in {title}"
+
+
+def _value(store: Store, uid: str, title: str, selection: str) -> Any:
+    (target,) = _panel(uid, title)["targets"]
+    _, rows = _run(store, uid, target["rawSql"], selection)
+    return rows
+
+
+def test_totals_agree_with_the_stored_calls(store: Store) -> None:
+    window = "Timestamp >= now() - INTERVAL 6 HOUR - INTERVAL 1 MINUTE"  # the dataset spans 350 minutes
+    stored = store.scalar(f"SELECT count() FROM llm_calls WHERE {window}")
+    assert _value(store, "llmtap-overview", "Calls", "all") == [(stored,)]
+    filtered = store.scalar(
+        f"SELECT count() FROM llm_calls WHERE {window} AND Project = 'shop' AND ServiceName = 'checkout' "
+        "AND Model = 'gpt-4o-mini' AND UserId = 'user-1' AND has(Tags, 'beta')"
+    )
+    assert 0 < _value(store, "llmtap-overview", "Calls", "filtered")[0][0] == filtered < stored
+    # Rates: calls per second per 60 s bucket, summed back over the buckets, are the calls again.
+    per_second = _value(store, "llmtap-overview", "Calls per second by model", "all")
+    assert round(sum(rate for _, _, rate in per_second) * 60) == stored
+    failures = _value(store, "llmtap-failures", "Failed calls", "all")[0][0]
+    assert failures == store.scalar(f"SELECT countIf(IsError = 1) FROM llm_calls WHERE {window}") == 5
+    assert len(_value(store, "llmtap-failures", "Latest failed calls", "all")) == failures
+
+
+def test_explorer_rows_match_every_filter(store: Store) -> None:
+    rows = _value(store, "llmtap-explorer", "Calls", "filtered")
+    assert rows
+    for _time, service, model, status, *_, user, session, tags, prompt, response, trace_id, span_id in rows:
+        assert (service, model, status, user, session) == (
+            "checkout",
+            "gpt-4o-mini",
+            "ok",
+            "user-1",
+            "session-1",
+        )
+        assert "beta" in tags and "order" in prompt.lower() and response
+        assert len(trace_id) == 32 and len(span_id) == 16
+
+
+def test_variables_list_the_values_in_range(store: Store) -> None:
+    def values(name: str, selection: str) -> set[str]:
+        variable = next(v for v in DOCUMENTS["llmtap-overview"]["templating"]["list"] if v["name"] == name)
+        return {row[0] for row in _run(store, "llmtap-overview", variable["query"], selection)[1]}
+
+    assert values("project", "all") == {"shop", "helpdesk"}
+    assert values("service", "all") == {"checkout", "search", "support-bot"}
+    assert values("service", "filtered") == {"checkout", "search"}  # narrowed by the project (shop)
+    assert values("tag", "all") == {"beta", "web", "chat"}
+    assert values("model", "filtered") == {"gpt-4o-mini", "gpt-4o", "text-embedding-3-small"}
+
+
+def test_call_dashboard_shows_the_whole_call(store: Store) -> None:
+    summary = dict((field, value) for _, field, value in _value(store, "llmtap-call", "Call", "filtered"))
+    assert summary["Service"] == "checkout" and summary["Redactions"] == "1" and summary["Status"] == "ok"
+    prompt = _value(store, "llmtap-call", "Prompt", "filtered")
+    text = " ".join(content for *_, content in prompt)
+    assert "[REDACTED:EMAIL]" in text and "jane.doe@example.com" not in text
+    assert [role for _, _, role, _ in prompt] == ["system", "user"]
+    response = _value(store, "llmtap-call", "Response", "filtered")
+    assert response and response[0][2] == "assistant" and response[0][3]
+    attributes = {
+        (kind, key): value for _, kind, key, value in _value(store, "llmtap-call", "Attributes", "filtered")
+    }
+    assert attributes[("attribute", "plan")] in ("pro", "free")
+    spans = _value(store, "llmtap-call", "Trace", "filtered")
+    assert len(spans) == 2  # the application's request span and the LLM span under it
+    by_id = {span[1]: span for span in spans}
+    llm = by_id[store.redacted_span]
+    assert llm[2] in by_id and by_id[llm[2]][4].startswith("handle checkout")
+
+
+def test_the_trace_link_opens_a_working_trace_query(store: Store) -> None:
+    (link,) = [
+        link
+        for link in _panel_links(_panel("llmtap-explorer", "Calls"))["TraceId"]
+        if link["url"].startswith("/explore?")
+    ]
+    panes = json.loads(unquote(parse_qs(urlparse(link["url"]).query)["panes"][0]))
+    sql = panes["trace"]["queries"][0]["rawSql"].replace("${__data.fields.TraceId}", store.redacted_trace)
+    columns = validate.describe(store.client, sql)
+    assert validate.shape_problems("trace", columns) == []
+    assert len(store.client.query(sql).result_rows) == 2
+    assert links.trace_query_sql().count("${__data.fields.TraceId}") == 2
+
+
+def _panel_links(panel: dict) -> dict[str, list[dict]]:
+    found = {}
+    for override in panel["fieldConfig"].get("overrides", []):
+        for prop in override["properties"]:
+            if prop["id"] == "links":
+                found[override["matcher"]["options"]] = prop["value"]
+    return found
+
+
+# --- alert rules -------------------------------------------------------------------------------------------------
+
+EXPECTED_FIRING = {
+    "llmtap-p95-latency": {("shop", "checkout", "gpt-4o")},
+    "llmtap-error-rate": {("helpdesk", "support-bot")},
+    "llmtap-redactions": {("shop", "checkout", "gpt-4o-mini")},
+    "llmtap-traffic-stopped": {("shop", "search")},
+    "llmtap-uncertain-answers": {("helpdesk", "support-bot", "gpt-4o-mini")},
+}
+
+
+def _firing(rule: alerts.Rule, columns: Sequence[tuple[str, str]], rows: Sequence[tuple]) -> set[tuple]:
+    """The label sets whose value passes the rule's threshold (what Grafana's threshold expression does)."""
+    (value_index,) = [i for i, (_, t) in enumerate(columns) if validate.is_numeric(t)]
+    passes = (lambda v: v > rule.threshold) if rule.comparison == "gt" else (lambda v: v < rule.threshold)
+    return {
+        tuple(v for i, v in enumerate(row) if i != value_index) for row in rows if passes(row[value_index])
+    }
+
+
+@pytest.mark.parametrize("rule", alerts.RULES, ids=[rule.uid for rule in alerts.RULES])
+def test_alert_fires_for_exactly_the_tripped_series(store: Store, rule: alerts.Rule) -> None:
+    ctx = QueryContext(store.now - timedelta(seconds=rule.window_seconds), store.now, interval_seconds=1)
+    sql = expand_alert_sql(rule.sql, ctx)
+    columns = validate.describe(store.client, sql)
+    assert validate.shape_problems("alert", columns) == []
+    rows = store.client.query(sql).result_rows
+    assert _firing(rule, columns, rows) == EXPECTED_FIRING[rule.uid]
+    quiet = {tuple(v for v in row if isinstance(v, str)) for row in rows} - EXPECTED_FIRING[rule.uid]
+    if rule.uid != "llmtap-redactions":  # that query returns only redacted series
+        assert quiet, "the rule should also see healthy series and leave them alone"
+
+
+def test_alert_queries_in_the_provisioning_file_are_the_rules(store: Store) -> None:
+    assert [q.sql for q in validate.alert_queries(ALERTING)] == [rule.sql for rule in alerts.RULES]
+
+
+# --- the build refuses broken SQL ----------------------------------------------------------------------------------
+
+
+def test_validation_reports_broken_sql_and_wrong_shapes(store: Store) -> None:
+    document = json.loads(json.dumps(DOCUMENTS["llmtap-overview"]))
+    panels = {p["title"]: p for p in document["panels"]}
+    panels["Calls"]["targets"][0]["rawSql"] = (
+        "SELECT count() FROM llm_calls WHERE $__timeFilter(Timestamp) AND Nope = 1"
+    )
+    panels["Latency percentiles"]["targets"][0]["rawSql"] = (
+        "SELECT Model, count() FROM llm_calls GROUP BY Model"
+    )
+    panels["Error rate"]["targets"][0]["rawSql"] = "SELECT $undefined_variable"
+    problems = [str(p) for p in validate.check(store.client, [document], {"groups": []}, now=store.now)]
+    assert any(p.startswith("llmtap-overview / Calls [all]") and "Nope" in p for p in problems)
+    assert any(p.startswith("llmtap-overview / Latency percentiles") and "not a time" in p for p in problems)
+    assert any(p.startswith("llmtap-overview / Error rate") and "undefined variable" in p for p in problems)
+    assert validate.check(store.client, list(DOCUMENTS.values()), ALERTING, now=store.now) == []

@@ -1,0 +1,357 @@
+"""What each LLM observability library adds to an OpenAI call, side by side, in one run.
+
+    python bench/peers.py            # builds/reuses bench/.venvs/*, ~10 minutes on 2 cores
+    python bench/peers.py --quick    # CI smoke: bare client vs llmtap in this interpreter, no venvs
+
+Every peer (the official OpenTelemetry instrumentation, OpenLLMetry, OpenInference, OpenLIT) gets its own
+venv with the openai version pip resolves for it, and the same OTel SDK setup with content capture on (see
+_peer_worker.py). llmtap and the bare client run in one venv per distinct openai version, so a peer's added
+cost is always measured against the bare client on *its* openai version, in the same run. Runs are
+interleaved (workers started afresh each session, blocks rotated each round) so machine drift hits all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _common import machine_info, markdown_table, median, quantile, rotations
+from _venvs import Venv, ensure_venv, installed_versions, llmtap_requirement
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "_peer_worker.py"
+STARTUP_TIMEOUT_S = 180
+BLOCK_TIMEOUT_S = 300
+STREAM_CHUNKS = 50  # must match _peer_worker.STREAM_CHUNKS; the per-chunk figure divides by it
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    title: str
+    # Requirement sets tried in order; the first that installs is used.
+    alternatives: tuple[tuple[str, ...], ...]
+
+
+LLMTAP = tuple(llmtap_requirement())
+PEERS = (
+    Peer(
+        "otel",
+        "OpenTelemetry official",
+        (
+            # The newer official package is published as pre-releases only; naming one in the specifier lets
+            # pip pick pre-releases for it (and its opentelemetry-util-genai) without --pre for everything.
+            ("opentelemetry-instrumentation-genai-openai[instruments]>=1.0b0", *LLMTAP),
+            ("opentelemetry-instrumentation-openai-v2[instruments]", *LLMTAP),
+        ),
+    ),
+    Peer(
+        "openllmetry",
+        "OpenLLMetry (Traceloop)",
+        (("opentelemetry-instrumentation-openai", "openai", *LLMTAP),),
+    ),
+    Peer(
+        "openinference",
+        "OpenInference (Arize)",
+        (("openinference-instrumentation-openai[instruments]", *LLMTAP),),
+    ),
+    # openlit requires a dozen contrib instrumentations (httpx, flask, django, ...) that each pin one exact
+    # opentelemetry-instrumentation release; some lack the newest one, and pip then backtracks for tens of
+    # minutes. Naming the last complete release set resolves in seconds.
+    Peer(
+        "openlit",
+        "OpenLIT",
+        (("openlit", "opentelemetry-sdk==1.45.1", "opentelemetry-instrumentation==0.66b1", *LLMTAP),),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    calls: int  # per block in full mode
+
+
+WORKLOADS = (
+    Workload("chat", "non-streaming chat", 100),
+    Workload("stream", f"streaming chat, {STREAM_CHUNKS} chunks", 20),
+    Workload("stream1", "streaming chat, 1 chunk (for the per-chunk slope)", 60),
+    Workload("embeddings", "embeddings", 100),
+)
+
+
+@dataclass
+class Variant:
+    """One worker configuration: a peer (or llmtap, or the bare client) in a venv."""
+
+    key: str  # unique, e.g. "openlit" or "llmtap@openai-2.30.0"
+    peer: str  # the worker's setup flavour
+    title: str
+    python: str
+    openai: str
+    versions: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    startup: list[dict] = field(default_factory=list)
+    samples: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+
+
+class Worker:
+    """A running _peer_worker.py, driven one JSON line at a time."""
+
+    def __init__(self, variant: Variant) -> None:
+        self.variant = variant
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the worker
+        self.process = subprocess.Popen(
+            [variant.python, str(WORKER), variant.peer],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            cwd=HERE,
+        )
+
+    def receive(self, timeout: float) -> dict:
+        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+        line = self.process.stdout.readline() if ready else ""
+        if line:
+            return json.loads(line)
+        self._stop()
+        self.stderr.seek(0)
+        tail = " ".join(self.stderr.read().strip().splitlines()[-3:])
+        reason = "timed out" if not ready else f"exited with status {self.process.returncode}"
+        return {"error": f"worker {reason}: {tail}"[:600]}
+
+    def run(self, workload: str, calls: int) -> dict:
+        self.process.stdin.write(json.dumps({"workload": workload, "calls": calls}) + "\n")
+        self.process.stdin.flush()
+        return self.receive(BLOCK_TIMEOUT_S)
+
+    def close(self) -> None:
+        self._stop()
+        self.stderr.close()
+
+    def _stop(self) -> None:
+        if not self.process.stdin.closed:
+            self.process.stdin.close()  # the worker's cue to exit
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def measure(variants: list[Variant], sessions: int, rounds: int, scale: float) -> None:
+    """Fill each variant's startup figures and samples; a variant that fails gets ``error`` and drops out."""
+    for session, order in enumerate(rotations([v.key for v in variants], sessions), 1):
+        by_key = {v.key: v for v in variants if v.error is None}
+        workers = []
+        for key in order:  # started one at a time: import timings must not compete with each other
+            if key not in by_key:
+                continue
+            worker = Worker(by_key[key])
+            message = worker.receive(STARTUP_TIMEOUT_S)
+            if "error" in message:
+                worker.variant.error = message["error"]
+                worker.close()
+                continue
+            worker.variant.startup.append(message["ready"])
+            workers.append(worker)
+        for round_order in rotations([w.variant.key for w in workers], rounds):
+            for workload in WORKLOADS:
+                for key in round_order:
+                    worker = next(w for w in workers if w.variant.key == key)
+                    if worker.variant.error:
+                        continue
+                    reply = worker.run(workload.name, max(3, round(workload.calls * scale)))
+                    if "error" in reply:
+                        worker.variant.error = f"{workload.name}: {reply['error']}"
+                    else:
+                        worker.variant.samples[workload.name].extend(reply["ns"])
+        for worker in workers:
+            worker.close()
+        print(f"[peers] session {session}/{sessions} done", file=sys.stderr, flush=True)
+
+
+def build_variants(quick: bool, log) -> tuple[list[Variant], list[Venv]]:
+    """The venvs (or, in quick mode, this interpreter) and the variants run in them."""
+    if quick:
+        openai_version = installed_versions(sys.executable).get("openai", "?")
+        return [
+            Variant(f"bare@openai-{openai_version}", "bare", "bare client", sys.executable, openai_version),
+            Variant(f"llmtap@openai-{openai_version}", "llmtap", "llmtap", sys.executable, openai_version),
+        ], []
+    built = [(peer, ensure_venv(peer.name, peer.alternatives, log=log)) for peer in PEERS]
+    variants, failed = [], []
+    for peer, venv in built:
+        if venv.error:
+            failed.append(venv)
+            continue
+        variants.append(
+            Variant(
+                peer.name, peer.name, peer.title, str(venv.python), venv.versions["openai"], venv.versions
+            )
+        )
+    openai_versions = sorted({v.openai for v in variants}) or [installed_versions(sys.executable)["openai"]]
+    for openai_version in openai_versions:
+        # The bare client and llmtap share a venv: llmtap is installed everywhere, enabled only where asked.
+        venv = ensure_venv(f"openai-{openai_version}", [(f"openai=={openai_version}", *LLMTAP)], log=log)
+        if venv.error:
+            failed.append(venv)
+            continue
+        for peer, title in (("bare", "bare client"), ("llmtap", "llmtap")):
+            variants.append(
+                Variant(
+                    f"{peer}@openai-{openai_version}",
+                    peer,
+                    title,
+                    str(venv.python),
+                    openai_version,
+                    venv.versions,
+                )
+            )
+    return variants, failed
+
+
+# --- the report ---------------------------------------------------------------------------------------------
+
+
+def _added(variant: Variant, bare: Variant, workload: str, q: float) -> float | None:
+    mine, base = variant.samples.get(workload), bare.samples.get(workload)
+    if not mine or not base:
+        return None
+    return (quantile(mine, q) - quantile(base, q)) / 1000
+
+
+def _reference(variants: list[Variant], peer: str, openai_version: str) -> Variant | None:
+    return next((v for v in variants if v.peer == peer and v.openai == openai_version and not v.error), None)
+
+
+def report(variants: list[Variant], failed: list[Venv], quick: bool) -> str:
+    measured = [v for v in variants if v.peer != "bare" and not v.error]
+    out = ["## Peers: added cost per OpenAI call", ""]
+    if quick:
+        out += [
+            "_Quick mode: only the bare client and llmtap, in this interpreter. Building the peers' venvs takes "
+            "several minutes of pip (OpenLIT alone pulls in boto3 and a dozen instrumentations), too long for a "
+            "CI smoke test; run `python bench/peers.py` for the comparison._",
+            "",
+        ]
+    out += [
+        "Added µs = the variant's per-call quantile minus the bare client's on the same openai version, same run. "
+        "`× llmtap` = added median over llmtap's on that openai version (higher is costlier). All with content "
+        "capture on; llmtap with redaction on too.",
+        "",
+    ]
+    for workload in (w for w in WORKLOADS if w.name != "stream1"):
+        rows = []
+        for variant in measured:
+            bare = _reference(variants, "bare", variant.openai)
+            llmtap = _reference(variants, "llmtap", variant.openai)
+            if bare is None:
+                continue
+            mid, p90 = _added(variant, bare, workload.name, 0.5), _added(variant, bare, workload.name, 0.9)
+            ours = _added(llmtap, bare, workload.name, 0.5) if llmtap else None
+            ratio = f"{mid / ours:.1f}×" if mid is not None and ours and ours > 0 else "—"
+            row = [variant.title, variant.openai, _num(mid), _num(p90), ratio]
+            if workload.name == "stream":
+                slope = _added(variant, bare, "stream", 0.5), _added(variant, bare, "stream1", 0.5)
+                per_chunk = (slope[0] - slope[1]) / (STREAM_CHUNKS - 1) if None not in slope else None
+                row.append(_num(per_chunk, 2))
+            rows.append(row)
+        headers = ["peer", "openai", "added µs median", "added µs p90", "× llmtap"]
+        if workload.name == "stream":
+            headers.append("µs per chunk")
+        out += [f"### {workload.title}", "", markdown_table(headers, rows), ""]
+    out += ["### Bare client (the baseline)", ""]
+    rows = [
+        [
+            v.openai,
+            *(_num(median(v.samples[w.name]) / 1000) for w in WORKLOADS if w.name != "stream1"),
+            len(v.samples["chat"]),
+        ]
+        for v in variants
+        if v.peer == "bare" and not v.error and v.samples.get("chat")
+    ]
+    out += [
+        markdown_table(["openai", "chat µs", "stream µs", "embeddings µs", "calls per workload"], rows),
+        "",
+    ]
+    out += ["### Startup and memory", ""]
+    rows = []
+    for variant in measured:
+        startup = variant.startup
+        checks = startup[-1]["checks"] if startup else {}
+        rows.append(
+            [
+                variant.title,
+                startup[-1]["peer_version"] if startup else "—",
+                _num(median([s["import_ms"] for s in startup]) if startup else None),
+                _num(median([s["setup_ms"] for s in startup]) if startup else None),
+                _num(median([s["rss_added_bytes"] for s in startup]) / 2**20 if startup else None),
+                "/".join(
+                    f"{checks[w]['spans_per_call']:g}"
+                    for w in ("chat", "stream", "embeddings")
+                    if w in checks
+                ),
+                "yes" if checks.get("chat", {}).get("content") else "NO",
+            ]
+        )
+    headers = [
+        "peer",
+        "version",
+        "import ms",
+        "setup ms",
+        "RSS added MiB",
+        "spans/call chat/stream/emb",
+        "prompt recorded",
+    ]
+    out += [markdown_table(headers, rows), ""]
+    errors = [[v.title, v.openai, v.error] for v in variants if v.error]
+    errors += [[venv.name, "—", f"install failed: {venv.error}"] for venv in failed]
+    if errors:
+        out += ["### Failed", "", markdown_table(["peer", "openai", "error"], errors), ""]
+    return "\n".join(out)
+
+
+def _num(value: float | None, digits: int = 0) -> float | str:
+    return "—" if value is None else round(value, digits or (1 if abs(value) < 100 else 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="CI smoke: bare vs llmtap here, few calls, no venvs"
+    )
+    parser.add_argument(
+        "--sessions", type=int, help="fresh worker processes per variant (default 5; quick 1)"
+    )
+    parser.add_argument("--rounds", type=int, help="rotated rounds per session (default 4; quick 1)")
+    parser.add_argument("--scale", type=float, help="multiplier for calls per block (default 1; quick 0.1)")
+    args = parser.parse_args(argv)
+    sessions = args.sessions or (1 if args.quick else 5)
+    rounds = args.rounds or (1 if args.quick else 4)
+    scale = args.scale or (0.1 if args.quick else 1.0)
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    variants, failed = build_variants(args.quick, log)
+    measure(variants, sessions, rounds, scale)
+    machine = machine_info()
+    print(report(variants, failed, args.quick))
+    print("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -383,14 +383,40 @@ def test_provisioned_datasource_is_the_one_the_dashboards_use_with_the_reader(se
     dashboards = sorted(DASHBOARDS.glob("*.json")) if DASHBOARDS.is_dir() else []
     if not dashboards:
         pytest.skip("grafana/dashboards has not landed yet")
+    checked = 0
     for path in dashboards:
-        text = path.read_text(encoding="utf-8")
-        for ref in re.findall(r'"datasource":\s*\{[^}]*\}', text):
-            uid = re.search(r'"uid":\s*"([^"]*)"', ref)
-            if uid and not uid.group(1).startswith("$") and "clickhouse" in ref:
-                assert uid.group(1) in uids, (
-                    f"{path.name} uses datasource {uid.group(1)}, provisioned: {uids}"
-                )
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+        variables = {v["name"]: v for v in dashboard.get("templating", {}).get("list", [])}
+        for ref in _datasource_refs(dashboard):
+            uid = ref.get("uid", "")
+            variable = re.fullmatch(r"\$\{?(\w+)\}?", uid)
+            if variable:  # a datasource variable: its default must be the provisioned datasource
+                chosen = variables[variable.group(1)]
+                assert chosen["type"] == "datasource" and chosen["query"] == "grafana-clickhouse-datasource"
+                uid = chosen["current"]["value"]
+            if ref.get("type") == "grafana-clickhouse-datasource":
+                assert uid in uids, f"{path.name} uses datasource {uid!r}, provisioned: {sorted(uids)}"
+                checked += 1
+    assert checked, "no dashboard panel names the ClickHouse datasource"
+    for path in _provisioning_files("alerting", True):
+        for group in (load_yaml(path) or {}).get("groups", []):
+            for rule in group.get("rules", []):
+                for query in rule.get("data", []):
+                    if query.get("datasourceUid") not in ("__expr__", None):
+                        assert query["datasourceUid"] in uids, f"{path.name}: rule {rule.get('title')}"
+
+
+def _datasource_refs(node):
+    """Every `datasource` reference object in a dashboard."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource" and isinstance(value, dict):
+                yield value
+            else:
+                yield from _datasource_refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _datasource_refs(item)
 
 
 def test_dashboard_provider_reads_the_mounted_dashboards(services):

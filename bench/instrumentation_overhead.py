@@ -117,6 +117,40 @@ def _per_chunk_seconds(client: openai.OpenAI, instrument: Callable[[bool], None]
     return (statistics.median(traced) - statistics.median(plain)) / len(chunks)
 
 
+def _sdk_floor_seconds(
+    client: openai.OpenAI, instrument: Callable[[bool], None], exporter, repeat: int
+) -> float:
+    """What the OpenTelemetry SDK alone costs for one such span and its three histogram points: the part of the
+    overhead any OTel instrumentation pays, whatever it does."""
+    from llmtap.instrumentation import patching
+
+    instrument(True)
+    exporter.clear()
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    span = exporter.get_finished_spans()[0]
+    attributes = dict(span.attributes)
+    telemetry = patching.active_telemetry()
+    metric_attributes = {
+        k: attributes[k]
+        for k in (
+            "gen_ai.operation.name",
+            "gen_ai.provider.name",
+            "gen_ai.request.model",
+            "gen_ai.response.model",
+            "server.address",
+            "server.port",
+        )
+    }
+
+    def sdk_only() -> None:
+        telemetry.tracer.start_span(span.name, kind=span.kind, attributes=attributes).end()
+        telemetry.record_metrics(metric_attributes, 0.5, 10, 20, None)
+
+    samples = _timed(sdk_only, repeat)
+    instrument(False)
+    return statistics.median(samples)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -167,12 +201,14 @@ def main() -> None:
     plain, traced = _alternate(chat, rounds, batch, instrument)
     stream_plain, stream_traced = _alternate(stream(CHUNKS), rounds, max(2, batch // 4), instrument)
     per_chunk = _per_chunk_seconds(client, instrument, rounds * batch)
+    sdk_floor = _sdk_floor_seconds(client, instrument, exporter, rounds * batch)
 
     print(f"rounds={rounds} batch={batch} (alternating plain/instrumented), content capture + redaction on")
     print(
         f"non-streamed call : plain {plain * 1e6:8.1f} us, instrumented {traced * 1e6:8.1f} us, "
         f"added {(traced - plain) * 1e6:7.1f} us per call ({traced / plain:.2f}x)"
     )
+    print(f"  of which the OTel SDK itself (span + export + 3 histogram points): {sdk_floor * 1e6:.1f} us")
     print(
         f"streamed call     : plain {stream_plain * 1e6:8.1f} us, instrumented {stream_traced * 1e6:8.1f} us "
         f"for {CHUNKS} chunks ({stream_traced / stream_plain:.2f}x)"

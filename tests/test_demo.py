@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from llmtap.clickhouse.connection import connect
 
 

@@ -74,7 +74,7 @@ def _import_check_script() -> str:
         "import importlib, importlib.resources, json, sys\n"
         f"mods = {modules!r}\n"
         "files = {m: importlib.import_module(m).__file__ for m in mods}\n"
-        "assets = sorted(str(p) for m in mods for p in importlib.resources.files(m).rglob('*')\n"
+        "assets = set(str(p) for m in mods for p in importlib.resources.files(m).rglob('*')\n"
         f"                if p.suffix in {sorted(ASSET_SUFFIXES)!r})\n"
         "print(json.dumps({'files': files, 'assets': len(assets)}))\n"
     )

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from grafana_foundation_sdk.models.dashboard import Dashboard
-from llmtap.grafana import links, panels, sql, variables
+from llmtap.grafana import aggregate, links, panels, sql, variables
+from llmtap.grafana.aggregate import Measure
 from llmtap.grafana.board import Board
 
 UID = "llmtap-failures"
 
 FAILED = "IsError = 1"
-_ERRORS_PER_SECOND = ("count() / $__interval_s", "errors_per_second")
 _ERROR_TYPE = "if(ErrorType = '', 'unknown', ErrorType)"
 
 
-def _failed_total(expression: str, alias: str) -> str:
-    return f"SELECT {expression} AS {alias}\nFROM {sql.CALLS}\n{sql.where(FAILED)}"
+def _failed(measure: Measure, alias: str) -> str:
+    return aggregate.query([(measure, alias)], extra=[FAILED])
+
+
+def _same(expression: str) -> Measure:
+    """An aggregate the rollup's dimension columns answer the same way."""
+    return Measure(expression, expression)
 
 
 def dashboard() -> Dashboard:
@@ -30,7 +35,7 @@ def dashboard() -> Dashboard:
         panels.big_number(
             "Failed calls",
             "Calls that ended in an error.",
-            _failed_total("count()", "failed"),
+            _failed(aggregate.CALLS, "failed"),
             "short",
             thresholds=red,
         ),
@@ -41,7 +46,7 @@ def dashboard() -> Dashboard:
         panels.big_number(
             "Error rate",
             "Share of calls that failed.",
-            f"SELECT if(count() = 0, 0, {sql.error_ratio()}) AS error_rate\nFROM {sql.CALLS}\n{sql.where()}",
+            aggregate.query([(aggregate.ERROR_RATIO, "error_rate")]),
             "percentunit",
             decimals=2,
             thresholds=((None, "green"), (0.01, "orange"), (0.05, "red")),
@@ -53,7 +58,7 @@ def dashboard() -> Dashboard:
         panels.big_number(
             "Distinct error types",
             "Distinct error.type values among failures.",
-            _failed_total(f"uniqExact({_ERROR_TYPE})", "error_types"),
+            _failed(_same(f"uniqExact({_ERROR_TYPE})"), "error_types"),
             "short",
         ),
         6,
@@ -63,7 +68,7 @@ def dashboard() -> Dashboard:
         panels.big_number(
             "Services affected",
             "Services with at least one failed call.",
-            _failed_total("uniqExact(ServiceName)", "services"),
+            _failed(_same("uniqExact(ServiceName)"), "services"),
             "short",
         ),
         6,
@@ -72,7 +77,7 @@ def dashboard() -> Dashboard:
 
     board.section("Errors over time")
     for title, by, label in (
-        ("Errors by error type", _ERROR_TYPE, "ErrorType"),
+        ("Errors by error type", f"{_ERROR_TYPE} AS ErrorType", "ErrorType"),
         ("Errors by model", "Model", "Model"),
         ("Errors by service", "ServiceName", "ServiceName"),
     ):
@@ -80,7 +85,12 @@ def dashboard() -> Dashboard:
             panels.time_series(
                 title,
                 f"Failed calls per second, stacked by {label}.",
-                sql.time_series([_ERRORS_PER_SECOND], by=by, label=label, extra=(FAILED,)),
+                aggregate.query(
+                    [(aggregate.rate(aggregate.CALLS), "errors_per_second")],
+                    over_time=True,
+                    by=[by],
+                    extra=[FAILED],
+                ),
                 "reqps",
                 axis_label="errors/s",
                 series_label=label,

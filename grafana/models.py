@@ -3,20 +3,38 @@
 from __future__ import annotations
 
 from grafana_foundation_sdk.models.dashboard import Dashboard
-from llmtap.grafana import panels, sql, variables
+from llmtap.grafana import aggregate, panels, sql, variables
+from llmtap.grafana.aggregate import Measure
 from llmtap.grafana.board import Board
 from llmtap.grafana.panels import Link
 
 UID = "llmtap-models"
 EXPLORER_UID = "llmtap-explorer"
 
-_LATENCY_COLUMNS = ("Min latency", "Avg latency", "p90 latency", "p95 latency", "Max latency")
+_PROVIDERS = "arrayStringConcat(groupUniqArray(Provider), ', ')"
+_COLUMNS = (
+    (Measure(_PROVIDERS, _PROVIDERS), "Provider", None),
+    (aggregate.CALLS, "`Number of calls`", "short"),  # not "Calls": that is a rollup column
+    (aggregate.ERROR_RATIO, "`Error rate`", "percentunit"),
+    (aggregate.MIN_LATENCY, "`Min latency`", "ms"),
+    (aggregate.AVG_LATENCY, "`Avg latency`", "ms"),
+    (aggregate.latency(0.9), "`p90 latency`", "ms"),
+    (aggregate.latency(0.95), "`p95 latency`", "ms"),
+    (aggregate.MAX_LATENCY, "`Max latency`", "ms"),
+    (aggregate.INPUT_TOKENS, "`Input tokens`", "short"),
+    (aggregate.OUTPUT_TOKENS, "`Output tokens`", "short"),
+    (aggregate.COST, "Cost", "currencyUSD"),
+)
 
 
-def _per_model(expression: str, alias: str, table: str = sql.CALLS) -> str:
-    return (
-        f"SELECT Model, {expression} AS {alias}\nFROM {table}\n{sql.where()}\n"
-        f"GROUP BY Model\nHAVING {alias} > 0\nORDER BY {alias} DESC\nLIMIT 20"
+def _per_model(measure: Measure, alias: str, *, costed: bool = False) -> str:
+    return aggregate.query(
+        [(measure, alias)],
+        by=["Model"],
+        costed=costed,
+        having=f"{alias} > 0",
+        order_by=f"{alias} DESC",
+        limit=20,
     )
 
 
@@ -37,31 +55,13 @@ def dashboard() -> Dashboard:
         panels.grid(
             "Models",
             "One row per model. Latencies are whole-call durations; cost uses model_prices (empty when unpriced).",
-            f"""SELECT
-  Model,
-  arrayStringConcat(groupUniqArray(Provider), ', ') AS Provider,
-  count() AS Calls,
-  {sql.error_ratio()} AS `Error rate`,
-  min(DurationMs) AS `Min latency`,
-  avg(DurationMs) AS `Avg latency`,
-  quantile(0.9)(DurationMs) AS `p90 latency`,
-  quantile(0.95)(DurationMs) AS `p95 latency`,
-  max(DurationMs) AS `Max latency`,
-  sum(InputTokens) AS `Input tokens`,
-  sum(OutputTokens) AS `Output tokens`,
-  sum(Cost) AS Cost
-FROM {sql.COSTED}
-{sql.where()}
-GROUP BY Model
-ORDER BY Calls DESC""",
-            units={
-                "Calls": "short",
-                "Error rate": "percentunit",
-                **{column: "ms" for column in _LATENCY_COLUMNS},
-                "Input tokens": "short",
-                "Output tokens": "short",
-                "Cost": "currencyUSD",
-            },
+            aggregate.query(
+                [(measure, alias) for measure, alias, _ in _COLUMNS],
+                by=["Model"],
+                costed=True,
+                order_by="`Number of calls` DESC",
+            ),
+            units={alias.strip("`"): unit for _, alias, unit in _COLUMNS if unit},
             links={"Model": [explore_model]},
         ),
         24,
@@ -84,7 +84,7 @@ ORDER BY Calls DESC""",
         panels.time_series(
             "p95 latency by model",
             "95th percentile of the call duration, per model.",
-            sql.time_series([("quantile(0.95)(DurationMs)", "p95_ms")], by="Model"),
+            aggregate.query([(aggregate.latency(0.95), "p95_ms")], over_time=True, by=["Model"]),
             "ms",
             axis_label="duration",
             series_label="Model",
@@ -95,13 +95,13 @@ ORDER BY Calls DESC""",
 
     board.section("Volume and cost")
     board.add(
-        panels.bars("Calls by model", "Calls per model.", _per_model("count()", "calls"), "short"), 8, 8
+        panels.bars("Calls by model", "Calls per model.", _per_model(aggregate.CALLS, "calls"), "short"), 8, 8
     )
     board.add(
         panels.bars(
             "Tokens by model",
             "Input plus output tokens per model.",
-            _per_model("sum(InputTokens + OutputTokens)", "tokens"),
+            _per_model(aggregate.TOKENS, "tokens"),
             "short",
         ),
         8,
@@ -111,7 +111,7 @@ ORDER BY Calls DESC""",
         panels.bars(
             "Cost by model",
             "Spend per model (priced models only).",
-            _per_model("sum(Cost)", "cost", sql.COSTED),
+            _per_model(aggregate.COST, "cost", costed=True),
             "currencyUSD",
         ),
         8,

@@ -2,41 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from grafana_foundation_sdk.models.dashboard import Dashboard
-from llmtap.grafana import panels, sql, variables
+from llmtap.grafana import aggregate, panels, sql, variables
+from llmtap.grafana.aggregate import Measure
 from llmtap.grafana.board import Board
 
 UID = "llmtap-overview"
 
-_RPS = ("count() / $__interval_s", "calls_per_second")
-_ERROR_RATE = (sql.error_ratio(), "error_rate")
-_P95 = ("quantile(0.95)(DurationMs)", "p95_ms")
-_PERCENTILES = (
-    ("quantile(0.5)(DurationMs)", "p50"),
-    ("quantile(0.95)(DurationMs)", "p95"),
-    ("quantile(0.99)(DurationMs)", "p99"),
-)
-_COST_PER_HOUR = ("sum(Cost) * 3600 / $__interval_s", "usd_per_hour")
 _BY = {"model": "Model", "service": "ServiceName"}
+_PERCENTILES = (0.5, 0.95, 0.99)
 
 
-def _total(expression: str, alias: str, table: str = sql.CALLS) -> str:
-    return f"SELECT {expression} AS {alias}\nFROM {table}\n{sql.where()}"
-
-
-def _by(title: str, what: str, metric: tuple[str, str], unit: str, axis: str, **options: object) -> list:
-    """The same metric split by model and by service: two panels side by side."""
+def _by(
+    title: str, what: str, measure: Measure, alias: str, unit: str, axis: str, *, costed: bool = False
+) -> list:
+    """The same measure over time, split by model and by service: two panels side by side."""
     return [
         panels.time_series(
             f"{title} by {name}",
             f"{what} per {name}.",
-            sql.time_series([metric], by=column, **options),  # type: ignore[arg-type]
+            aggregate.query([(measure, alias)], over_time=True, by=[column], costed=costed),
             unit,
             axis_label=axis,
             series_label=column,
         )
         for name, column in _BY.items()
     ]
+
+
+def _percentiles(measure: Callable[[float], Measure]) -> list[tuple[Measure, str]]:
+    return [(measure(q), f"p{round(q * 100)}") for q in _PERCENTILES]
 
 
 def dashboard() -> Dashboard:
@@ -48,11 +45,13 @@ def dashboard() -> Dashboard:
     )
     board.section("Totals")
     for stat in (
-        panels.big_number("Calls", "LLM calls in the time range.", _total("count()", "calls"), "short"),
+        panels.big_number(
+            "Calls", "LLM calls in the time range.", aggregate.query([(aggregate.CALLS, "calls")]), "short"
+        ),
         panels.big_number(
             "Error rate",
             "Share of calls that failed (span status Error).",
-            _total(f"if(count() = 0, 0, {sql.error_ratio()})", "error_rate"),
+            aggregate.query([(aggregate.ERROR_RATIO, "error_rate")]),
             "percentunit",
             decimals=2,
             thresholds=((None, "green"), (0.01, "orange"), (0.05, "red")),
@@ -60,23 +59,26 @@ def dashboard() -> Dashboard:
         panels.big_number(
             "p95 latency",
             "95th percentile of the call duration.",
-            _total("quantile(0.95)(DurationMs)", "p95_ms"),
+            aggregate.query([(aggregate.latency(0.95), "p95_ms")]),
             "ms",
             thresholds=((None, "green"), (2000, "orange"), (5000, "red")),
         ),
         panels.big_number(
-            "Input tokens", "Prompt tokens sent.", _total("sum(InputTokens)", "input_tokens"), "short"
+            "Input tokens",
+            "Prompt tokens sent.",
+            aggregate.query([(aggregate.INPUT_TOKENS, "input_tokens")]),
+            "short",
         ),
         panels.big_number(
             "Output tokens",
             "Completion tokens received.",
-            _total("sum(OutputTokens)", "output_tokens"),
+            aggregate.query([(aggregate.OUTPUT_TOKENS, "output_tokens")]),
             "short",
         ),
         panels.big_number(
             "Cost",
             "Spend at the prices in model_prices; calls of unpriced models count as nothing.",
-            _total("sum(Cost)", "cost_usd", sql.COSTED),
+            aggregate.query([(aggregate.COST, "cost_usd")], costed=True),
             "currencyUSD",
             decimals=2,
         ),
@@ -84,9 +86,11 @@ def dashboard() -> Dashboard:
         board.add(stat, 4, 4)
 
     board.section("Traffic and errors")
-    for panel in _by("Calls per second", "Calls per second", _RPS, "reqps", "calls/s"):
+    for panel in _by("Calls per second", "Calls per second", aggregate.rate(aggregate.CALLS), "calls_per_second",
+                     "reqps", "calls/s"):  # fmt: skip
         board.add(panel, 12, 8)
-    for panel in _by("Error rate", "Share of failed calls", _ERROR_RATE, "percentunit", "failed calls"):
+    for panel in _by("Error rate", "Share of failed calls", aggregate.ERROR_RATIO, "error_rate", "percentunit",
+                     "failed calls"):  # fmt: skip
         board.add(panel, 12, 8)
 
     board.section("Latency")
@@ -94,7 +98,7 @@ def dashboard() -> Dashboard:
         panels.time_series(
             "Latency percentiles",
             "p50, p95 and p99 of the call duration (whole call, including streaming).",
-            sql.time_series(_PERCENTILES),
+            aggregate.query(_percentiles(aggregate.latency), over_time=True),
             "ms",
             axis_label="duration",
         ),
@@ -105,20 +109,15 @@ def dashboard() -> Dashboard:
         panels.time_series(
             "Time to first chunk (streams)",
             "p50, p95 and p99 of the time until the first streamed chunk arrived.",
-            sql.time_series(
-                [
-                    (f"quantile({q})(TimeToFirstChunkMs)", name)
-                    for q, name in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))
-                ],
-                extra=("IsStream = 1", "TimeToFirstChunkMs IS NOT NULL"),
-            ),
+            aggregate.query(_percentiles(aggregate.time_to_first_chunk), over_time=True),
             "ms",
             axis_label="time to first chunk",
         ),
         12,
         8,
     )
-    for panel in _by("p95 latency", "95th percentile of the call duration", _P95, "ms", "duration"):
+    for panel in _by("p95 latency", "95th percentile of the call duration", aggregate.latency(0.95), "p95_ms",
+                     "ms", "duration"):  # fmt: skip
         board.add(panel, 12, 8)
 
     board.section("Tokens and cost")
@@ -126,11 +125,12 @@ def dashboard() -> Dashboard:
         panels.time_series(
             "Tokens per second",
             "Input (prompt) and output (completion) tokens per second.",
-            sql.time_series(
+            aggregate.query(
                 [
-                    (sql.per_second("sum(InputTokens)"), "input"),
-                    (sql.per_second("sum(OutputTokens)"), "output"),
-                ]
+                    (aggregate.rate(aggregate.INPUT_TOKENS), "input"),
+                    (aggregate.rate(aggregate.OUTPUT_TOKENS), "output"),
+                ],
+                over_time=True,
             ),
             "short",
             axis_label="tokens/s",
@@ -142,7 +142,7 @@ def dashboard() -> Dashboard:
         panels.time_series(
             "Tokens per second by model",
             "Input plus output tokens per second, per model.",
-            sql.time_series([(sql.per_second("sum(InputTokens + OutputTokens)"), "tokens")], by="Model"),
+            aggregate.query([(aggregate.rate(aggregate.TOKENS), "tokens")], over_time=True, by=["Model"]),
             "short",
             axis_label="tokens/s",
             series_label="Model",
@@ -151,14 +151,8 @@ def dashboard() -> Dashboard:
         12,
         8,
     )
-    for panel in _by(
-        "Cost per hour",
-        "Spend rate in USD per hour",
-        _COST_PER_HOUR,
-        "currencyUSD",
-        "USD/h",
-        table=sql.COSTED,
-    ):
+    for panel in _by("Cost per hour", "Spend rate in USD per hour", aggregate.per_hour(aggregate.COST),
+                     "usd_per_hour", "currencyUSD", "USD/h", costed=True):  # fmt: skip
         board.add(panel, 12, 8)
 
     board.section("Answer quality")
@@ -166,10 +160,11 @@ def dashboard() -> Dashboard:
         panels.time_series(
             "Uncertain answers by model",
             'Share of answers containing a phrase such as "I\'m not sure" (the list is in llmtap.grafana.sql).',
-            sql.time_series(
-                [(f"avg({sql.is_uncertain()})", "uncertain_share")],
-                by="Model",
-                extra=(sql.ANSWER_OPERATIONS,),
+            aggregate.query(
+                [(Measure(f"avg({sql.is_uncertain()})"), "uncertain_share")],
+                over_time=True,
+                by=["Model"],
+                extra=[sql.ANSWER_OPERATIONS],
             ),
             "percentunit",
             axis_label="uncertain answers",

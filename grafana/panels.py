@@ -59,6 +59,8 @@ def time_series(
         .description(description)
         .datasource(DATASOURCE)
         .with_target(_target(sql, Format.TIME_SERIES))
+        # The rollup has one row per minute: finer buckets would show gaps and wrong rates.
+        .interval("1m")
         .unit(unit)
         .axis_label(axis_label)
         .min(0)

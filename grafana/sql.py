@@ -1,8 +1,9 @@
 """SQL shared by the dashboards and alert rules: the LLM-layer tables, the variable filters and the few
-expressions (message text, percentiles, rates) that several panels need.
+expressions (message text, rates, uncertain answers, a trace's spans) that several panels need.
 
-Every query reads the LLM layer (`llm_calls`, `llm_calls_costed`), never the raw `SpanAttributes` maps, and uses
-the ClickHouse plugin's macros so Grafana's time picker and interval drive it.
+Every query reads the LLM layer (`llm_calls`, `llm_calls_costed`, the `llm_calls_1m` rollup — see `aggregate`),
+never the raw `SpanAttributes` maps, and uses the ClickHouse plugin's macros so Grafana's time picker and
+interval drive it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from collections.abc import Sequence
 
 CALLS = "llm_calls"
 COSTED = "llm_calls_costed"  # llm_calls + Cost (USD, NULL when the model has no price)
-
-TIME_FILTER = "$__timeFilter(Timestamp)"
 
 # Dashboard variable -> the condition it adds. Wrapped in $__conditionalAll so "All" costs nothing (1=1).
 VARIABLE_CONDITIONS: dict[str, str] = {
@@ -38,34 +37,10 @@ def conditional(variable: str) -> str:
     return f"$__conditionalAll({VARIABLE_CONDITIONS[variable]}, ${variable})"
 
 
-def where(*extra: str, filters: Sequence[str] = CALL_FILTERS) -> str:
-    """`WHERE` with the time range, the variable filters and any extra conditions."""
-    conditions = [TIME_FILTER, *(conditional(name) for name in filters), *extra]
+def where(*extra: str, filters: Sequence[str] = CALL_FILTERS, time_column: str = "Timestamp") -> str:
+    """`WHERE` with the dashboard's time range, the variable filters and any extra conditions."""
+    conditions = [f"$__timeFilter({time_column})", *(conditional(name) for name in filters), *extra]
     return "WHERE " + "\n  AND ".join(conditions)
-
-
-def time_series(
-    metrics: Sequence[tuple[str, str]],
-    *,
-    by: str | None = None,
-    label: str | None = None,
-    table: str = CALLS,
-    extra: Sequence[str] = (),
-) -> str:
-    """One row per `$__timeInterval` bucket (and per value of the `by` expression, named `label`).
-
-    `metrics` are (expression, alias) pairs; with `by`, the plugin pivots the long result into one series per
-    label value.
-    """
-    label = label or by
-    dimension = "" if by is None else (f", {by}" if by == label else f", {by} AS {label}")
-    group = f", {label}" if label else ""
-    values = ",\n  ".join(f"{expression} AS {alias}" for expression, alias in metrics)
-    return (
-        f"SELECT\n  $__timeInterval(Timestamp) AS time{dimension},\n  {values}\n"
-        f"FROM {table}\n{where(*extra)}\n"
-        f"GROUP BY time{group}\nORDER BY time{group}"
-    )
 
 
 def per_second(expression: str) -> str:

@@ -140,20 +140,24 @@ def dashboard() -> Dashboard:
     )
     board.add(
         panels.time_series(
-            "Tokens per second by model",
-            "Input plus output tokens per second, per model.",
-            aggregate.query([(aggregate.rate(aggregate.TOKENS), "tokens")], over_time=True, by=["Model"]),
-            "short",
-            axis_label="tokens/s",
-            series_label="Model",
-            stacked=True,
+            "Cost per hour",
+            "Spend rate in USD per hour, at the prices in model_prices.",
+            aggregate.query(
+                [(aggregate.per_hour(aggregate.COST), "usd_per_hour")], over_time=True, costed=True
+            ),
+            "currencyUSD",
+            axis_label="USD/h",
         ),
         12,
         8,
     )
-    for panel in _by("Cost per hour", "Spend rate in USD per hour", aggregate.per_hour(aggregate.COST),
-                     "usd_per_hour", "currencyUSD", "USD/h", costed=True):  # fmt: skip
-        board.add(panel, 12, 8)
+    tokens = _by("Tokens per second", "Input plus output tokens per second", aggregate.rate(aggregate.TOKENS),
+                 "tokens", "short", "tokens/s")  # fmt: skip
+    cost = _by("Cost per hour", "Spend rate in USD per hour", aggregate.per_hour(aggregate.COST), "usd_per_hour",
+               "currencyUSD", "USD/h", costed=True)  # fmt: skip
+    for by_model_or_service in zip(tokens, cost, strict=True):
+        for panel in by_model_or_service:
+            board.add(panel, 12, 8)
 
     board.section("Answer quality")
     board.add(

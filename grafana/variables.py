@@ -14,7 +14,7 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableRefresh,
     VariableSort,
 )
-from llmtap.grafana import sql
+from llmtap.grafana import aggregate, sql
 from llmtap.grafana.panels import DATASOURCE
 from llmtap.grafana.query import DATASOURCE_NAME, DATASOURCE_UID, PLUGIN_ID
 
@@ -31,12 +31,16 @@ def datasource() -> dash.DatasourceVariable:
     )
 
 
-def _values(name: str, label: str, expression: str, narrowed_by: tuple[str, ...]) -> dash.QueryVariable:
-    """A multi-value filter listing the distinct non-empty `expression` values in the time range."""
+def _values(
+    name: str, label: str, expression: str, narrowed_by: tuple[str, ...], *, rollup: bool = False
+) -> dash.QueryVariable:
+    """A multi-value filter listing the distinct non-empty `expression` values in the time range; project, service
+    and model are dimensions of the per-minute rollup, which lists them from far fewer rows."""
     non_empty = "value != ''"
+    table, time_column = (aggregate.ROLLUP, "Minute") if rollup else (sql.CALLS, "Timestamp")
     query = (
-        f"SELECT DISTINCT {expression} AS value FROM {sql.CALLS}\n"
-        f"{sql.where(non_empty, filters=narrowed_by)}\n"
+        f"SELECT DISTINCT {expression} AS value FROM {table}\n"
+        f"{sql.where(non_empty, filters=narrowed_by, time_column=time_column)}\n"
         "ORDER BY value LIMIT 1000"
     )
     return (
@@ -53,15 +57,15 @@ def _values(name: str, label: str, expression: str, narrowed_by: tuple[str, ...]
 
 
 def project() -> dash.QueryVariable:
-    return _values("project", "Project", "Project", ())
+    return _values("project", "Project", "Project", (), rollup=True)
 
 
 def service() -> dash.QueryVariable:
-    return _values("service", "Service", "ServiceName", ("project",))
+    return _values("service", "Service", "ServiceName", ("project",), rollup=True)
 
 
 def model() -> dash.QueryVariable:
-    return _values("model", "Model", "Model", ("project", "service"))
+    return _values("model", "Model", "Model", ("project", "service"), rollup=True)
 
 
 def user() -> dash.QueryVariable:

@@ -70,11 +70,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def memory_total() -> str:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            kib = int(meminfo.readline().split()[1])  # first line: MemTotal
+        return f"{kib / 2**20:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        return "?"
+
+
 def machine_info() -> dict[str, str]:
     """The facts a reader needs to judge a figure: what it ran on, and when."""
     return {
         "CPU": cpu_model(),
         "cores": str(os.cpu_count()),
+        "memory": memory_total(),
         "OS": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

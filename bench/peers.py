@@ -236,7 +236,7 @@ def _reference(variants: list[Variant], peer: str, openai_version: str) -> Varia
 
 def report(variants: list[Variant], failed: list[Venv], quick: bool) -> str:
     measured = [v for v in variants if v.peer != "bare" and not v.error]
-    out = ["## Peers: added cost per OpenAI call", ""]
+    out = ["What each observability library adds to an OpenAI call (µs), side by side.", ""]
     if quick:
         out += [
             "_Quick mode: only the bare client and llmtap, in this interpreter. Building the peers' venvs takes "

@@ -16,6 +16,7 @@ from typing import Any
 from llmtap.clickhouse.connection import StoreError, connect, parse_dsn, user_data_dir
 from llmtap.clickhouse.migrations import migrate
 from llmtap.collector import discovery
+from llmtap.collector.encode import EncoderPool
 from llmtap.collector.grpc_server import start_grpc_server
 from llmtap.collector.http_server import OTLPHTTPServer
 from llmtap.collector.pipeline import Limits, Pipeline
@@ -45,6 +46,7 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     max_body_bytes: int = 20 << 20
     query_api: bool = True
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # 0 = convert in-process
 
     def check(self) -> None:
         """Refuse non-loopback binding unless it was asked for explicitly."""
@@ -101,11 +103,12 @@ class Collector:
         except Exception:
             spool.close()
             raise
-        self._pipeline = Pipeline(self._connect, spool, self.stats, config.limits)
+        encoders = EncoderPool(config.workers) if config.workers > 0 else None
+        self._pipeline = Pipeline(self._connect, spool, self.stats, config.limits, encoders)
         self.replayed = self._pipeline.start()
         if config.query_api:
             # The query API keeps the first client: holding it also keeps the chDB engine (and its lock) open.
-            self._query_api = QueryAPI(lambda: client if client is not None else self._connect())
+            self._query_api = QueryAPI(self._connect, client)
         elif client is not None:
             client.close()
         receiver = Receiver(self._pipeline, self.stats, config.token)

@@ -107,6 +107,13 @@ _MB = 1 << 20
     help="Seconds a row may wait for its batch to fill.",
 )
 @click.option(
+    "--workers",
+    envvar="LLMTAP_WORKERS",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Processes converting spans to rows [default: CPU count, at most 4]; 0 converts in serve's process.",
+)
+@click.option(
     "--query-api/--no-query-api",
     envvar="LLMTAP_QUERY_API",
     default=True,
@@ -130,7 +137,7 @@ _MB = 1 << 20
 def serve(
     host: str, port: int, grpc_port: int, dsn: str | None, allow_remote: bool, token: str | None,
     spool_dir: Path | None, max_body_mb: int, memory_buffer_mb: int, spool_max_mb: int, batch_rows: int,
-    flush_interval: float, query_api: bool, show_status: bool, log_level: str,
+    flush_interval: float, workers: int | None, query_api: bool, show_status: bool, log_level: str,
 ) -> None:  # fmt: skip
     """Run the embedded collector: OTLP in (HTTP :4318, gRPC :4317), exporter-identical rows in ClickHouse.
 
@@ -155,6 +162,8 @@ def serve(
         max_body_bytes=max_body_mb * _MB,
         query_api=query_api,
     )
+    if workers is not None:
+        config.workers = workers
     try:
         collector = Collector(config)
         collector.start()

@@ -23,11 +23,14 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any
 
 from llmtap.collector import rows
 from llmtap.collector.decode import SIGNALS
+from llmtap.collector.encode import FORMAT as ENCODED_FORMAT
+from llmtap.collector.encode import Encoded, EncoderPool
 from llmtap.collector.spool import Record, Spool
 from llmtap.collector.stats import Stats
 
@@ -69,15 +72,22 @@ class _Entry:
     items: int
     dedupe: bool  # possibly already in ClickHouse (replayed after a crash, or a retried batch)
     replayed: bool = False  # accepted by a previous process and found in the spool on start
+    arrived: float = field(default_factory=time.monotonic)
 
 
 class Pipeline:
     """Accepts validated requests durably and writes them to ClickHouse in the background."""
 
     def __init__(
-        self, connect: Callable[[], Any], spool: Spool, stats: Stats, limits: Limits = Limits()
+        self,
+        connect: Callable[[], Any],
+        spool: Spool,
+        stats: Stats,
+        limits: Limits = Limits(),
+        encoders: EncoderPool | None = None,
     ) -> None:
         self._connect = connect
+        self._encoders = encoders
         self.spool = spool
         self.stats = stats
         self.limits = limits
@@ -110,6 +120,8 @@ class Pipeline:
         self._thread.join(timeout)
         drained = not self._thread.is_alive() and not self._queue
         if not self._thread.is_alive():
+            if self._encoders is not None:
+                self._encoders.close()
             if self._client is not None:
                 with contextlib.suppress(Exception):
                     self._client.close()
@@ -145,24 +157,44 @@ class Pipeline:
 
     # ---- writer -------------------------------------------------------------------------------------------
     def _run(self) -> None:
+        """Keep up to one batch per encoder worker in conversion while inserting finished ones, in seq order."""
+        inflight: deque[tuple[list[_Entry], Future[Encoded]]] = deque()
+        window = self._encoders.workers if self._encoders else 0
         while True:
-            entries = self._next_batch()
-            if not entries:
+            entries = self._next_batch(wait=not inflight)
+            if entries:
+                if self._encoders is not None and not any(e.dedupe or e.replayed for e in entries):
+                    payloads = [(e.record.signal, self._payload(e)) for e in entries]
+                    inflight.append((entries, self._encoders.submit(payloads)))
+                    if len(inflight) < window:
+                        continue
+                else:  # replays and retries take the careful path, after everything before them
+                    while inflight:
+                        self._finish(*inflight.popleft())
+                    self._write(entries)
+                    continue
+            if inflight:
+                self._finish(*inflight.popleft())
+            elif not entries and self._stopping:
                 return
-            self._write(entries)
 
-    def _next_batch(self) -> list[_Entry]:
-        """Wait for work, then gather entries until the batch is big enough or old enough."""
+    def _next_batch(self, wait: bool) -> list[_Entry]:
+        """Gather entries until the batch is big enough or its oldest entry old enough ([] if not yet/none).
+
+        With ``wait`` it blocks for that; without, it returns at once (work is in flight meanwhile).
+        """
         with self._cond:
-            while not self._queue and not self._stopping:
+            while wait and not self._queue and not self._stopping:
                 self._cond.wait()
             if not self._queue:
                 return []
-            deadline = time.monotonic() + self.limits.flush_seconds
+            deadline = self._queue[0].arrived + self.limits.flush_seconds
             while not self._stopping and self._queued_items() < self.limits.batch_rows:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
+                if not wait:
+                    return []
                 self._cond.wait(remaining)
             batch: list[_Entry] = []
             items = 0
@@ -175,7 +207,36 @@ class Pipeline:
     def _queued_items(self) -> int:
         return sum(entry.items or 1 for entry in self._queue)
 
+    def _payload(self, entry: _Entry) -> bytes:
+        return entry.payload if entry.payload is not None else self.spool.read(entry.record)
+
+    def _finish(self, entries: list[_Entry], future: Future[Encoded]) -> None:
+        """Insert a batch the workers encoded; any failure goes to the careful, retrying path."""
+        try:
+            tables, counts = future.result()
+            client = self._client or self._open()
+            self.spool.mark_inflight(entries[-1].record.seq)
+            started = time.perf_counter()
+            for table, (names, block) in tables.items():
+                client.raw_insert(table, names, insert_block=block, fmt=ENCODED_FORMAT)
+        except Exception as exc:
+            log.debug("encoded insert failed, retrying row by row: %s", _describe(exc))
+            for entry in entries:
+                entry.dedupe = True  # some tables may have been inserted
+            self._write(entries)
+            return
+        self._written(entries, counts, time.perf_counter() - started)
+
+    def _written(self, entries: list[_Entry], counts: dict[str, int], seconds: float) -> None:
+        if _EXIT_AFTER_INSERT:
+            os._exit(70)
+        self.stats.write_succeeded(seconds)
+        self._release(entries, advance_to=entries[-1].record.seq)
+        for signal, count in counts.items():
+            self.stats.add(signal, "written", count)
+
     def _write(self, entries: list[_Entry]) -> None:
+        """Convert and insert in this process, de-duplicating when needed; retry, split and quarantine."""
         attempt = 0
         while True:
             try:
@@ -193,6 +254,7 @@ class Pipeline:
                             self._write([entry])
                     else:
                         self._quarantine(entries[0], exc)
+                        self._release([], advance_to=entries[0].record.seq)
                     return
                 log.warning("write to ClickHouse failed (attempt %d): %s", attempt, _describe(exc))
                 if self._stopping and store_down:
@@ -201,12 +263,11 @@ class Pipeline:
 
     def _insert(self, entries: list[_Entry]) -> None:
         batch = rows.Batch()
-        written: Counter[str] = Counter()
+        counts: Counter[str] = Counter()
         convertible = []
         for entry in entries:
             try:
-                payload = entry.payload if entry.payload is not None else self.spool.read(entry.record)
-                request = SIGNALS[entry.record.signal].request_type.FromString(payload)
+                request = SIGNALS[entry.record.signal].request_type.FromString(self._payload(entry))
                 items = _CONVERTERS[entry.record.signal](batch, request)
             except Exception as exc:  # a request that cannot even be converted never will be
                 self._quarantine(entry, exc)
@@ -214,13 +275,13 @@ class Pipeline:
             if entry.replayed and not entry.items:
                 self.stats.add(entry.record.signal, "received", items)  # counted by the previous process only
             entry.items = items
-            written[entry.record.signal] += items
+            counts[entry.record.signal] += items
             convertible.append(entry)
         if not convertible:
+            self._release([], advance_to=entries[-1].record.seq)
             return
         client = self._client or self._open()
-        last_seq = convertible[-1].record.seq
-        self.spool.mark_inflight(last_seq)
+        self.spool.mark_inflight(entries[-1].record.seq)
         dedupe = any(entry.dedupe for entry in convertible)
         started = time.perf_counter()
         for table, columns in batch.columns.items():
@@ -229,32 +290,32 @@ class Pipeline:
             names = list(columns)
             if columns[names[0]]:
                 client.insert(table, [columns[n] for n in names], column_names=names, column_oriented=True)
-        if _EXIT_AFTER_INSERT:
-            os._exit(70)
-        self.stats.write_succeeded(time.perf_counter() - started)
-        self._release(entries, last_seq)
-        for signal, count in written.items():
-            self.stats.add(signal, "written", count)
+        self._written(convertible, dict(counts), time.perf_counter() - started)
+        if convertible[-1] is not entries[-1]:
+            self._release([], advance_to=entries[-1].record.seq)
 
-    def _release(self, entries: list[_Entry], last_seq: int) -> None:
+    def _release(self, entries: list[_Entry], advance_to: int) -> None:
+        """Forget written entries (memory, pending bytes) and move the spool checkpoint to ``advance_to``."""
         held = sum(entry.record.length for entry in entries if entry.payload is not None)
         for entry in entries:
             entry.payload = None
         with self._cond:
             self._memory_bytes -= held
-        self.spool.release_written(last_seq, sum(entry.record.length for entry in entries))
+        self.spool.release_written(advance_to, sum(entry.record.length for entry in entries))
 
     def _quarantine(self, entry: _Entry, exc: BaseException) -> None:
-        """Move a request ClickHouse will never accept aside (spool/quarantine/) so the rest keeps flowing."""
+        """Move a request ClickHouse will never accept aside (spool/quarantine/) so the rest keeps flowing.
+
+        The checkpoint is not advanced here: entries before it in the same batch may still be unwritten.
+        """
         directory = self.spool.directory / "quarantine"
         directory.mkdir(exist_ok=True)
         name = f"{entry.record.seq:020d}-{entry.record.signal}"
-        payload = entry.payload if entry.payload is not None else self.spool.read(entry.record)
-        (directory / f"{name}.pb").write_bytes(payload)
+        (directory / f"{name}.pb").write_bytes(self._payload(entry))
         (directory / f"{name}.error.txt").write_text(_describe(exc) + "\n")
         log.error("quarantined %s request %d: %s", entry.record.signal, entry.record.seq, _describe(exc))
         self.stats.add(entry.record.signal, "dropped", entry.items)
-        self._release([entry], entry.record.seq)
+        self._release([entry], advance_to=0)
 
     def _open(self) -> Any:
         self._client = self._connect()

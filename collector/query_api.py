@@ -47,9 +47,9 @@ class QueryError(ValueError):
 class QueryAPI:
     """Runs read-only queries on one shared client (chDB serializes queries on its engine anyway)."""
 
-    def __init__(self, connect: Callable[[], Any]) -> None:
+    def __init__(self, connect: Callable[[], Any], client: Any = None) -> None:
         self._connect = connect
-        self._client: Any = None
+        self._client: Any = client
         self._lock = threading.Lock()
 
     def handle(self, body: bytes) -> tuple[bytes, str]:

@@ -11,9 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
+_encode_json_string = json.encoder.encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
+_NEEDS_HTML_ESCAPE = re.compile("[<>&\u2028\u2029]")
 _HTML_ESCAPES = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 )
@@ -49,9 +53,10 @@ def go_float(value: float) -> str:
 
 
 def _go_json_string(text: str) -> str:
-    # encoding/json escapes like json.dumps(ensure_ascii=False), plus HTML-safe escapes of <, >, & and the
-    # JavaScript line separators (encodeState.string with escapeHTML=true).
-    return json.dumps(text, ensure_ascii=False).translate(_HTML_ESCAPES)
+    # encoding/json escapes like Python's JSON string encoder (ensure_ascii=False), plus HTML-safe escapes of
+    # <, >, & and the JavaScript line separators (encodeState.string with escapeHTML=true).
+    encoded = _encode_json_string(text)
+    return encoded.translate(_HTML_ESCAPES) if _NEEDS_HTML_ESCAPE.search(encoded) else encoded
 
 
 def _go_json(value: Any) -> str:
@@ -102,6 +107,10 @@ def as_string(value: Any) -> str:
     kind = value.WhichOneof("value")
     if kind == "string_value":
         return value.string_value
+    return _as_string(value, kind)
+
+
+def _as_string(value: Any, kind: str | None) -> str:
     if kind == "int_value":
         return str(value.int_value)  # strconv.FormatInt(v, 10)
     if kind == "bool_value":
@@ -118,17 +127,21 @@ def as_string(value: Any) -> str:
         return ""
 
 
+_by_key = itemgetter(0)
+
+
 def attributes_to_map(attributes: Any) -> dict[str, str]:
-    """exporter internal.AttributesToMap: every key -> AsString(value), ordered by key."""
+    """exporter internal.AttributesToMap: every key -> AsString(value), ordered by key (the last duplicate wins)."""
     if not attributes:
         return {}
-    pairs = {}
+    pairs = []
+    append = pairs.append
     for kv in attributes:
         value = kv.value
-        pairs[kv.key] = (
-            value.string_value if value.WhichOneof("value") == "string_value" else as_string(value)
-        )
-    return dict(sorted(pairs.items()))
+        kind = value.WhichOneof("value")
+        append((kv.key, value.string_value if kind == "string_value" else _as_string(value, kind)))
+    pairs.sort(key=_by_key)
+    return dict(pairs)
 
 
 def service_name(resource_attributes: Any) -> str:

@@ -220,9 +220,11 @@ def golden_logs() -> ExportLogsServiceRequest:
     )
 
 
-@pytest.fixture(scope="module")
-def collector(tmp_path_factory):
-    with running_collector(tmp_path_factory.mktemp("golden")) as running:
+@pytest.fixture(scope="module", params=[1, 0], ids=["encoder-workers", "in-process"])
+def collector(request, tmp_path_factory):
+    # Both write paths must store the same rows: worker processes sending JSONCompactEachRow (serve's normal
+    # path) and clickhouse-connect column inserts in serve's process (replays and retries).
+    with running_collector(tmp_path_factory.mktemp("golden"), workers=request.param) as running:
         yield running
 
 

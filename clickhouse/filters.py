@@ -99,26 +99,28 @@ _IN_COLUMNS = {
 _ROLLUP_FIELDS = ("project", "service", "model", "provider", "operation", "error_type")
 
 
-def where_clause(
-    flt: CallFilter, *, time_column: str = "Timestamp", rollup: bool = False
-) -> tuple[str, dict[str, Any]]:
-    """``(sql, parameters)`` for a ``WHERE`` over llm_calls (or, with ``rollup``, over llm_calls_1m).
+# rollup time column -> the function that rounds a time down to its bucket
+_ROLLUP_BUCKETS = {"Minute": "toStartOfMinute", "Hour": "toStartOfHour"}
 
-    Time bounds are bound as nanoseconds since the epoch so the server's timezone never shifts them; the
-    rollup's ``Minute`` includes the minute that contains ``since``.
+
+def where_clause(flt: CallFilter, *, rollup: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``(sql, parameters)`` for a ``WHERE`` over llm_calls, or over a rollup when ``rollup`` names its time
+    column ("Minute" for llm_calls_1m, "Hour" for llm_calls_1h).
+
+    Time bounds are bound as nanoseconds since the epoch so the server's timezone never shifts them; on a rollup
+    the bucket that contains ``since`` is included.
     """
     conditions: list[str] = []
     params: dict[str, Any] = {}
     if rollup and not flt.rollup_compatible:
         raise ValueError("this filter needs llm_calls: it constrains columns the rollup does not keep")
+    time_column = rollup or "Timestamp"
     if flt.since:
         params["since_ns"] = _epoch_ns(flt.since)
+        since = "fromUnixTimestamp64Nano({since_ns:Int64})"
         if rollup:
-            conditions.append(
-                f"{time_column} >= toStartOfMinute(fromUnixTimestamp64Nano({{since_ns:Int64}}))"
-            )
-        else:
-            conditions.append(f"{time_column} >= fromUnixTimestamp64Nano({{since_ns:Int64}})")
+            since = f"{_ROLLUP_BUCKETS[rollup]}({since})"
+        conditions.append(f"{time_column} >= {since}")
     if flt.until:
         params["until_ns"] = _epoch_ns(flt.until)
         conditions.append(f"{time_column} < fromUnixTimestamp64Nano({{until_ns:Int64}})")

@@ -5,7 +5,8 @@ Each function takes a clickhouse-connect client (``chdb://``, ``http://``, or ``
 with bound parameters, and returns frozen dataclasses, so callers never see SQL rows or column positions.
 
 Sources: single calls come from ``llm_calls``; aggregates with cost from ``llm_calls_costed``; time series
-from the per-minute rollup ``llm_calls_1m_costed`` whenever the filter only uses the rollup's dimensions.
+from the rollups (``llm_calls_1h_costed``, ``llm_calls_1m_costed``) whenever the filter only uses their
+dimensions.
 """
 
 from __future__ import annotations
@@ -269,27 +270,29 @@ def call_timeseries(
 ) -> list[TimeseriesPoint]:
     """Calls, errors, tokens, cost and latency per time bucket (and per group ``by``), oldest first.
 
-    Reads the per-minute rollup when the filter, the grouping and the step allow (whole minutes), else
-    llm_calls; both give the same counts and sums, latency quantiles differ only by the t-digest's error.
+    Reads the hourly rollup for steps of whole hours, the minute rollup for whole minutes (when the filter and
+    the grouping only use rollup dimensions), else llm_calls. All give the same counts and sums; latency
+    quantiles differ only by the t-digest's error.
     """
     seconds = int(step.total_seconds())
     if seconds < 1 or seconds != step.total_seconds():
         raise ValueError(f"step must be a whole number of seconds, got {step}")
-    use_rollup = flt.rollup_compatible and seconds % 60 == 0 and (by is None or by in ROLLUP_GROUPINGS)
     key = _group_expression(by) if by else "''"
-    params: dict[str, Any] = {"step": seconds}
-    if use_rollup:
-        where, filter_params = where_clause(flt, time_column="Minute", rollup=True)
+    rollup = None
+    if flt.rollup_compatible and (by is None or by in ROLLUP_GROUPINGS):
+        rollup = "Hour" if seconds % 3600 == 0 else "Minute" if seconds % 60 == 0 else None
+    where, params = where_clause(flt, rollup=rollup)
+    if rollup:
+        table = "llm_calls_1h_costed" if rollup == "Hour" else "llm_calls_1m_costed"
         sql = f"""
-        SELECT toStartOfInterval(Minute, toIntervalSecond({{step:UInt32}}), 'UTC') AS Bucket, {key} AS Key,
+        SELECT toStartOfInterval({rollup}, toIntervalSecond({{step:UInt32}}), 'UTC') AS Bucket, {key} AS Key,
                sum(Calls), sum(Errors), sum(InputTokens), sum(OutputTokens), sum(Cost),
                quantileTDigestMerge(0.5)(DurationMsQuantiles), quantileTDigestMerge(0.95)(DurationMsQuantiles)
-        FROM llm_calls_1m_costed
+        FROM {table}
         {where}
         GROUP BY Bucket, Key
         ORDER BY Bucket, Key"""
     else:
-        where, filter_params = where_clause(flt)
         sql = f"""
         SELECT toStartOfInterval(Timestamp, toIntervalSecond({{step:UInt32}}), 'UTC') AS Bucket, {key} AS Key,
                count(), sum(IsError), sum(InputTokens), sum(OutputTokens), sum(Cost),
@@ -298,7 +301,7 @@ def call_timeseries(
         {where}
         GROUP BY Bucket, Key
         ORDER BY Bucket, Key"""
-    rows = client.query(sql, parameters={**params, **filter_params}).result_rows
+    rows = client.query(sql, parameters={**params, "step": seconds}).result_rows
     return [TimeseriesPoint(_utc(r[0]), str(r[1]), *r[2:]) for r in rows]
 
 

@@ -249,19 +249,43 @@ def test_rollup_matches_the_calls(store):
         )
 
 
-def test_timeseries_from_rollup_and_from_calls_agree(store):
+@pytest.mark.parametrize(
+    "step", [timedelta(hours=1), timedelta(minutes=5)], ids=["hourly rollup", "minute rollup"]
+)
+def test_timeseries_from_rollups_and_from_calls_agree(store, step):
     client, calls, _ = store
     since = min(c.timestamp for c in calls) - timedelta(minutes=5)
-    from_rollup = queries.call_timeseries(
-        client, CallFilter(since=since), step=timedelta(hours=1), by="model"
+    from_rollup = queries.call_timeseries(client, CallFilter(since=since), step=step, by="model")
+    from_calls = queries.call_timeseries(
+        client, CallFilter(since=since, min_duration_ms=0), step=step, by="model"
     )
-    from_calls = queries.call_timeseries(client, CallFilter(since=since, min_duration_ms=0), step=timedelta(hours=1), by="model")  # fmt: skip
     assert [(p.bucket, p.key, p.calls, p.errors, p.input_tokens, p.output_tokens) for p in from_rollup] == [
         (p.bucket, p.key, p.calls, p.errors, p.input_tokens, p.output_tokens) for p in from_calls
     ]
     assert sum(p.calls for p in from_rollup) == len(calls)
     for a, b in zip(from_rollup, from_calls, strict=True):
         assert a.cost == (None if b.cost is None else pytest.approx(b.cost))
+
+
+def test_hourly_rollup_equals_minute_rollup_and_backfills(store):
+    client, calls, spans = store
+    totals = "SELECT sum(Calls), sum(Errors), sum(InputTokens), sum(OutputTokens), sum(CachedTokens) FROM {}"
+    assert (
+        client.query(totals.format("llm_calls_1h")).result_rows
+        == client.query(totals.format("llm_calls_1m")).result_rows
+    )
+    # A store that had calls before migration 0006 gets them folded into the hourly rollup once.
+    path = client.uri.removeprefix("chdb://")
+    older = connect(f"chdb://{path}?database=before_hourly", create_database=True)
+    try:
+        migrate(older, target=5)
+        insert_spans(older, spans)
+        migrate(older)
+        migrate(older)
+        assert older.query(totals.format("llm_calls_1h")).result_rows[0][0] == len(calls)
+    finally:
+        older.command("DROP DATABASE before_hourly SYNC")
+        older.close()
 
 
 def test_timeseries_rejects_fractional_steps(store):
@@ -346,7 +370,7 @@ def test_meaningless_filters_are_refused(fields, option):
 
 def test_rollup_where_refuses_columns_it_does_not_have():
     with pytest.raises(ValueError, match="needs llm_calls"):
-        where_clause(CallFilter(user=("u1",)), rollup=True)
+        where_clause(CallFilter(user=("u1",)), rollup="Minute")
 
 
 # ---------------------------------------------------------------- single calls

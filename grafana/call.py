@@ -111,28 +111,21 @@ ORDER BY Call, Kind, Key""",
         15,
         12,
     )
-    board.add(
-        panels.grid(
-            "Prompt",
-            "System instructions, then the input messages in order (text parts; other parts as raw JSON).",
-            _prompt_sql(),
-            units={"Position": "none"},
-            wrap_text=True,
-        ),
-        12,
-        12,
-    )
-    board.add(
-        panels.grid(
-            "Response",
-            "The output messages (text parts; tool calls and other parts as raw JSON).",
-            f"{_messages_sql('OutputMessages')}\nORDER BY Call, Position",
-            units={"Position": "none"},
-            wrap_text=True,
-        ),
-        12,
-        12,
-    )
+    for title, description, query in (
+        ("Prompt", "System instructions, then the input messages in order", _prompt_sql()),
+        ("Response", "The output messages", f"{_messages_sql('OutputMessages')}\nORDER BY Call, Position"),
+    ):
+        board.add(
+            panels.grid(
+                title,
+                f"{description} (text parts; tool calls and other parts as raw JSON).",
+                query,
+                units={"Position": "none"},
+                wrap_text=True,
+            ),
+            12,
+            12,
+        )
     board.add(
         panels.trace_view(
             "Trace",

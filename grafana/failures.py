@@ -6,6 +6,7 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 from llmtap.grafana import aggregate, links, panels, sql, variables
 from llmtap.grafana.aggregate import Measure
 from llmtap.grafana.board import Board
+from llmtap.grafana.overview import error_rate_stat
 
 UID = "llmtap-failures"
 
@@ -42,18 +43,7 @@ def dashboard() -> Dashboard:
         6,
         4,
     )
-    board.add(
-        panels.big_number(
-            "Error rate",
-            "Share of calls that failed.",
-            aggregate.query([(aggregate.ERROR_RATIO, "error_rate")]),
-            "percentunit",
-            decimals=2,
-            thresholds=((None, "green"), (0.01, "orange"), (0.05, "red")),
-        ),
-        6,
-        4,
-    )
+    board.add(error_rate_stat(), 6, 4)
     board.add(
         panels.big_number(
             "Distinct error types",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from grafana_foundation_sdk.builders import stat
 from grafana_foundation_sdk.models.dashboard import Dashboard
 from llmtap.grafana import aggregate, panels, sql, variables
 from llmtap.grafana.aggregate import Measure
@@ -36,6 +37,18 @@ def _percentiles(measure: Callable[[float], Measure]) -> list[tuple[Measure, str
     return [(measure(q), f"p{round(q * 100)}") for q in _PERCENTILES]
 
 
+def error_rate_stat() -> stat.Panel:
+    """The share of failed calls, amber above 1 % (the alert threshold) and red above 5 %."""
+    return panels.big_number(
+        "Error rate",
+        "Share of calls that failed (span status Error).",
+        aggregate.query([(aggregate.ERROR_RATIO, "error_rate")]),
+        "percentunit",
+        decimals=2,
+        thresholds=((None, "green"), (0.01, "orange"), (0.05, "red")),
+    )
+
+
 def dashboard() -> Dashboard:
     board = Board(
         UID,
@@ -44,18 +57,11 @@ def dashboard() -> Dashboard:
         variables.call_filters(),
     )
     board.section("Totals")
-    for stat in (
+    for total in (
         panels.big_number(
             "Calls", "LLM calls in the time range.", aggregate.query([(aggregate.CALLS, "calls")]), "short"
         ),
-        panels.big_number(
-            "Error rate",
-            "Share of calls that failed (span status Error).",
-            aggregate.query([(aggregate.ERROR_RATIO, "error_rate")]),
-            "percentunit",
-            decimals=2,
-            thresholds=((None, "green"), (0.01, "orange"), (0.05, "red")),
-        ),
+        error_rate_stat(),
         panels.big_number(
             "p95 latency",
             "95th percentile of the call duration.",
@@ -83,7 +89,7 @@ def dashboard() -> Dashboard:
             decimals=2,
         ),
     ):
-        board.add(stat, 4, 4)
+        board.add(total, 4, 4)
 
     board.section("Traffic and errors")
     for panel in _by("Calls per second", "Calls per second", aggregate.rate(aggregate.CALLS), "calls_per_second",
@@ -94,28 +100,22 @@ def dashboard() -> Dashboard:
         board.add(panel, 12, 8)
 
     board.section("Latency")
-    board.add(
-        panels.time_series(
-            "Latency percentiles",
-            "p50, p95 and p99 of the call duration (whole call, including streaming).",
-            aggregate.query(_percentiles(aggregate.latency), over_time=True),
-            "ms",
-            axis_label="duration",
-        ),
-        12,
-        8,
-    )
-    board.add(
-        panels.time_series(
-            "Time to first chunk (streams)",
-            "p50, p95 and p99 of the time until the first streamed chunk arrived.",
-            aggregate.query(_percentiles(aggregate.time_to_first_chunk), over_time=True),
-            "ms",
-            axis_label="time to first chunk",
-        ),
-        12,
-        8,
-    )
+    for title, description, measure, axis in (
+        ("Latency percentiles", "the call duration (whole call, including streaming)", aggregate.latency, "duration"),
+        ("Time to first chunk (streams)", "the time until the first streamed chunk arrived",
+         aggregate.time_to_first_chunk, "time to first chunk"),
+    ):  # fmt: skip
+        board.add(
+            panels.time_series(
+                title,
+                f"p50, p95 and p99 of {description}.",
+                aggregate.query(_percentiles(measure), over_time=True),
+                "ms",
+                axis_label=axis,
+            ),
+            12,
+            8,
+        )
     for panel in _by("p95 latency", "95th percentile of the call duration", aggregate.latency(0.95), "p95_ms",
                      "ms", "duration"):  # fmt: skip
         board.add(panel, 12, 8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from grafana_foundation_sdk.builders import bargauge, common, histogram, stat, table, timeseries
 from grafana_foundation_sdk.builders import dashboard as dash
@@ -26,8 +27,13 @@ class Link:
         return {"title": self.title, "url": self.url, "targetBlank": False}
 
 
-def _target(sql: str, fmt: Format) -> SQL:
-    return SQL(sql).format(fmt).datasource(DATASOURCE)
+P = TypeVar("P")
+
+
+def _querying(panel: P, title: str, description: str, sql: str, fmt: Format) -> P:
+    """`panel` titled, described and reading `sql` in format `fmt` from the `${datasource}` ClickHouse."""
+    target = SQL(sql).format(fmt).datasource(DATASOURCE)
+    return panel.title(title).description(description).datasource(DATASOURCE).with_target(target)  # type: ignore[attr-defined]
 
 
 def _thresholds(steps: Sequence[tuple[float | None, str]]) -> dash.ThresholdsConfig:
@@ -54,11 +60,7 @@ def time_series(
 ) -> timeseries.Panel:
     """A time series; `series_label` names series after that label column (e.g. one line per Model)."""
     panel = (
-        timeseries.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .with_target(_target(sql, Format.TIME_SERIES))
+        _querying(timeseries.Panel(), title, description, sql, Format.TIME_SERIES)
         # The rollup has one row per minute: finer buckets would show gaps and wrong rates.
         .interval("1m")
         .unit(unit)
@@ -96,11 +98,7 @@ def big_number(
 ) -> stat.Panel:
     """A stat panel showing the single value of a one-row table query."""
     panel = (
-        stat.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .with_target(_target(sql, Format.TABLE))
+        _querying(stat.Panel(), title, description, sql, Format.TABLE)
         .unit(unit)
         .thresholds(_thresholds(thresholds))
         .graph_mode(common_models.BigValueGraphMode.NONE)
@@ -113,11 +111,7 @@ def big_number(
 def bars(title: str, description: str, sql: str, unit: str) -> bargauge.Panel:
     """Horizontal bars, one per row of a (label, value) table query."""
     return (
-        bargauge.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .with_target(_target(sql, Format.TABLE))
+        _querying(bargauge.Panel(), title, description, sql, Format.TABLE)
         .unit(unit)
         .min(0)
         .thresholds(_thresholds(NEUTRAL))
@@ -130,11 +124,7 @@ def bars(title: str, description: str, sql: str, unit: str) -> bargauge.Panel:
 def distribution(title: str, description: str, sql: str, unit: str, *, axis_label: str) -> histogram.Panel:
     """A histogram of the raw values a table query returns (Grafana computes the buckets)."""
     return (
-        histogram.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .with_target(_target(sql, Format.TABLE))
+        _querying(histogram.Panel(), title, description, sql, Format.TABLE)
         .unit(unit)
         .axis_label(axis_label)
         .fill_opacity(60)
@@ -156,11 +146,7 @@ def grid(
     """A table; `units` gives each numeric column its unit (a table-wide unit would also reformat numeric-looking
     strings such as user ids), `links` adds data links to columns."""
     panel = (
-        table.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .with_target(_target(sql, Format.TABLE))
+        _querying(table.Panel(), title, description, sql, Format.TABLE)
         .thresholds(_thresholds(NEUTRAL))
         .filterable(True)
         .cell_options(common_models.TableAutoCellOptions(wrap_text=wrap_text))
@@ -174,12 +160,4 @@ def grid(
 
 def trace_view(title: str, description: str, sql: str) -> dash.Panel:
     """Grafana's trace view over a query in the plugin's trace format (the SDK has no builder for it)."""
-    return (
-        dash.Panel()
-        .type("traces")
-        .title(title)
-        .description(description)
-        .datasource(DATASOURCE)
-        .with_target(_target(sql, Format.TRACE))
-        .unit("ms")
-    )
+    return _querying(dash.Panel().type("traces"), title, description, sql, Format.TRACE).unit("ms")

@@ -52,6 +52,7 @@ class Query:
     sql: str
     shape: str  # "time_series", "numbers", "rows", "trace", "alert" or "variable"
     window_seconds: int = 0  # alert rules: how far back the query looks
+    units: frozenset[str] = frozenset()  # tables: the columns given a unit
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,20 @@ def dashboard_queries(document: Mapping[str, Any]) -> list[Query]:
         if variable.get("type") == "query":
             found.append(Query(f"{uid} / variable {variable['name']}", _variable_sql(variable), "variable"))
     for panel in document.get("panels", []):
+        units = frozenset(column_overrides(panel, "unit"))
         for target in panel.get("targets", []):
             shape = _shape(panel["type"], target.get("format", Format.TABLE))
-            found.append(Query(f"{uid} / {panel['title']}", target["rawSql"], shape))
+            found.append(Query(f"{uid} / {panel['title']}", target["rawSql"], shape, units=units))
+    return found
+
+
+def column_overrides(panel: Mapping[str, Any], property_id: str) -> dict[str, Any]:
+    """Column name -> the value a by-name field override sets for `property_id` ("unit", "links", …)."""
+    found = {}
+    for override in panel.get("fieldConfig", {}).get("overrides", []):
+        for prop in override["properties"]:
+            if prop["id"] == property_id and override["matcher"]["id"] == "byName":
+                found[override["matcher"]["options"]] = prop["value"]
     return found
 
 
@@ -102,6 +114,9 @@ def alert_queries(document: Mapping[str, Any]) -> list[Query]:
     return found
 
 
+_MULTI = {"project", "service", "model", "user", "tag", "status"}
+
+
 def selections(document: Mapping[str, Any]) -> dict[str, list[Variable]]:
     """The two variable selections every dashboard query is checked with."""
     names = [
@@ -110,9 +125,6 @@ def selections(document: Mapping[str, Any]) -> dict[str, list[Variable]]:
     everything = [Variable(name, ALL if name in _MULTI else "", options=["a", "b"]) for name in names]
     specific = [Variable(name, SPECIFIC_VALUES[name]) for name in names]
     return {"all": everything, "specific": specific}
-
-
-_MULTI = {"project", "service", "model", "user", "tag", "status"}
 
 
 def expansions(query: Query, document: Mapping[str, Any] | None, now: datetime) -> Iterator[tuple[str, str]]:
@@ -144,8 +156,11 @@ def is_string(column_type: str) -> bool:
     return bool(_STRING.match(column_type))
 
 
-def shape_problems(shape: str, columns: Sequence[tuple[str, str]]) -> list[str]:
-    """What is wrong with result columns (name, ClickHouse type) for a consumer of `shape`."""
+def shape_problems(
+    shape: str, columns: Sequence[tuple[str, str]], units: frozenset[str] = frozenset()
+) -> list[str]:
+    """What is wrong with result columns (name, ClickHouse type) for a consumer of `shape`; `units` are the
+    table columns that have a unit."""
     types = [column_type for _, column_type in columns]
     numeric = [name for name, column_type in columns if is_numeric(column_type)]
     if not columns:
@@ -170,7 +185,9 @@ def shape_problems(shape: str, columns: Sequence[tuple[str, str]]) -> list[str]:
         return (
             [] if len(columns) in (1, 2) else [f"a variable query returns 1 or 2 columns, not {len(columns)}"]
         )
-    return []
+    # tables: a table-wide unit would also reformat numeric-looking strings, so each number column needs its own
+    without = [name for name in numeric if name not in units]
+    return [f"numeric column(s) without a unit: {', '.join(without)}"] if without else []
 
 
 def describe(client: Any, sql: str) -> list[tuple[str, str]]:
@@ -199,9 +216,8 @@ def check(
                 except Exception as exc:  # ClickHouse's own message says what is wrong
                     problems.append(Problem(f"{query.source} [{selection}]", _first_line(exc)))
                     continue
-                problems += [
-                    Problem(f"{query.source} [{selection}]", m) for m in shape_problems(query.shape, columns)
-                ]
+                found = shape_problems(query.shape, columns, query.units)
+                problems += [Problem(f"{query.source} [{selection}]", message) for message in found]
         except InterpolationError as exc:
             problems.append(Problem(query.source, str(exc)))
     return problems

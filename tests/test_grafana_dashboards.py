@@ -17,7 +17,7 @@ pytest.importorskip("grafana_foundation_sdk")
 yaml = pytest.importorskip("yaml")
 
 from click.testing import CliRunner  # noqa: E402
-from llmtap.grafana import alerts, build, links  # noqa: E402
+from llmtap.grafana import alerts, build, links, validate  # noqa: E402
 from llmtap.grafana.cli import grafana  # noqa: E402
 from llmtap.grafana.interpolate import ALL, Variable, apply_conditional_all  # noqa: E402
 from llmtap.grafana.query import DATASOURCE_UID, PLUGIN_ID  # noqa: E402
@@ -249,21 +249,12 @@ def test_the_issue_panels_exist() -> None:
 # --- links from rows to the call and its trace -------------------------------------------------------------------
 
 
-def _column_links(panel: dict) -> dict[str, list[dict]]:
-    found = {}
-    for override in panel["fieldConfig"].get("overrides", []):
-        for prop in override["properties"]:
-            if prop["id"] == "links":
-                found[override["matcher"]["options"]] = prop["value"]
-    return found
-
-
 @pytest.mark.parametrize(
     ("uid", "title"), [("llmtap-explorer", "Calls"), ("llmtap-failures", "Latest failed calls")]
 )
 def test_call_rows_link_to_the_call_dashboard_and_the_trace(uid: str, title: str) -> None:
     (panel,) = [p for p in DATA_PANELS[uid] if p["title"] == title]
-    column_links = _column_links(panel)
+    column_links = validate.column_overrides(panel, "links")
     call_variables = set(_variables(DOCUMENTS[links.CALL_UID]))
     urls = [link["url"] for column in ("Time", "TraceId") for link in column_links[column]]
     call_urls = [url for url in urls if url.startswith(f"/d/{links.CALL_UID}/")]

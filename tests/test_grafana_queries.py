@@ -101,22 +101,13 @@ def _panel(uid: str, title: str) -> dict:
     return panel
 
 
-def _units(panel: dict) -> dict[str, str]:
-    units = {}
-    for override in panel["fieldConfig"].get("overrides", []):
-        for prop in override["properties"]:
-            if prop["id"] == "unit":
-                units[override["matcher"]["options"]] = prop["value"]
-    return units
-
-
 @pytest.mark.parametrize("selection", ["all", "filtered"])
 @pytest.mark.parametrize(("uid", "query"), QUERIES, ids=[query.source for _, query in QUERIES])
 def test_query_returns_rows_of_its_panels_shape(
     store: Store, uid: str, query: validate.Query, selection: str
 ) -> None:
     columns, rows = _run(store, uid, query.sql, selection)
-    assert validate.shape_problems(query.shape, columns) == []
+    assert validate.shape_problems(query.shape, columns, query.units) == []
     assert rows, f"{query.source} [{selection}] returned nothing although calls match"
     numeric = [i for i, (_, column_type) in enumerate(columns) if validate.is_numeric(column_type)]
     for row in rows:
@@ -128,10 +119,6 @@ def test_query_returns_rows_of_its_panels_shape(
     if query.shape == "time_series":
         times = [row[0] for row in rows]
         assert times == sorted(times), "time series rows must come in time order"
-    if query.shape == "rows":  # tables: every numeric column has a unit
-        title = query.source.split(" / ", 1)[1]
-        units = _units(_panel(uid, title))
-        assert {columns[i][0] for i in numeric} <= set(units), f"numeric columns without a unit in {title}"
 
 
 def _value(store: Store, uid: str, title: str, selection: str) -> Any:
@@ -207,7 +194,7 @@ def test_call_dashboard_shows_the_whole_call(store: Store) -> None:
 def test_the_trace_link_opens_a_working_trace_query(store: Store) -> None:
     (link,) = [
         link
-        for link in _panel_links(_panel("llmtap-explorer", "Calls"))["TraceId"]
+        for link in validate.column_overrides(_panel("llmtap-explorer", "Calls"), "links")["TraceId"]
         if link["url"].startswith("/explore?")
     ]
     panes = json.loads(unquote(parse_qs(urlparse(link["url"]).query)["panes"][0]))
@@ -216,15 +203,6 @@ def test_the_trace_link_opens_a_working_trace_query(store: Store) -> None:
     assert validate.shape_problems("trace", columns) == []
     assert len(store.client.query(sql).result_rows) == 2
     assert links.trace_query_sql().count("${__data.fields.TraceId}") == 2
-
-
-def _panel_links(panel: dict) -> dict[str, list[dict]]:
-    found = {}
-    for override in panel["fieldConfig"].get("overrides", []):
-        for prop in override["properties"]:
-            if prop["id"] == "links":
-                found[override["matcher"]["options"]] = prop["value"]
-    return found
 
 
 # --- alert rules -------------------------------------------------------------------------------------------------
@@ -281,4 +259,20 @@ def test_validation_reports_broken_sql_and_wrong_shapes(store: Store) -> None:
     assert any(p.startswith("llmtap-overview / Calls [all]") and "Nope" in p for p in problems)
     assert any(p.startswith("llmtap-overview / Latency percentiles") and "not a time" in p for p in problems)
     assert any(p.startswith("llmtap-overview / Error rate") and "undefined variable" in p for p in problems)
+
+    models = json.loads(json.dumps(DOCUMENTS["llmtap-models"]))
+    (table,) = [p for p in models["panels"] if p.get("title") == "Models"]
+    table["fieldConfig"]["overrides"] = [
+        o for o in table["fieldConfig"]["overrides"] if o["matcher"]["options"] != "Cost"
+    ]
+    alerting = json.loads(json.dumps(ALERTING))
+    alerting["groups"][0]["rules"][0]["data"][0]["model"]["rawSql"] = (
+        "SELECT ServiceName, Model, 1 AS a, 2 AS b FROM llm_calls"
+    )
+    problems = [str(p) for p in validate.check(store.client, [models], alerting, now=store.now)]
+    assert problems == [
+        "llmtap-models / Models [all]: numeric column(s) without a unit: Cost",
+        "llmtap-models / Models [specific]: numeric column(s) without a unit: Cost",
+        "alert llmtap-p95-latency [alert]: needs exactly one numeric column, has ['a', 'b']",
+    ]
     assert validate.check(store.client, list(DOCUMENTS.values()), ALERTING, now=store.now) == []

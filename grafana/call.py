@@ -13,11 +13,11 @@ from llmtap.grafana.board import Board
 
 UID = links.CALL_UID
 
-_THE_CALL = """WHERE TraceId = ${trace_id:singlequote}
-  AND $__conditionalAll(SpanId = ${span_id:singlequote}, $span_id)
-  AND Timestamp >= (SELECT min(Start) FROM otel_traces_trace_id_ts WHERE TraceId = ${trace_id:singlequote})
-  AND Timestamp <= (SELECT max(End) + INTERVAL 1 SECOND FROM otel_traces_trace_id_ts
-                    WHERE TraceId = ${trace_id:singlequote})"""
+_TRACE_ID = sql.typed("trace_id")
+_THE_CALL = f"""WHERE TraceId = {_TRACE_ID}
+  AND $__conditionalAll(SpanId = {sql.typed("span_id")}, $span_id)
+  AND Timestamp >= (SELECT min(Start) FROM otel_traces_trace_id_ts WHERE TraceId = {_TRACE_ID})
+  AND Timestamp <= (SELECT max(End) + INTERVAL 1 SECOND FROM otel_traces_trace_id_ts WHERE TraceId = {_TRACE_ID})"""
 
 _SUMMARY_FIELDS = (
     ("Time", "toString(Timestamp)"),
@@ -130,7 +130,7 @@ ORDER BY Call, Kind, Key""",
         panels.trace_view(
             "Trace",
             "Every span of the trace, the application's own spans included.",
-            sql.trace_spans("${trace_id:singlequote}"),
+            sql.trace_spans(_TRACE_ID),
         ),
         24,
         14,

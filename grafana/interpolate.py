@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 ALL = "$__all"  # the value Grafana gives a variable whose "All" option is selected
 
@@ -150,8 +151,16 @@ def _plugin_format(value: str | list[str]) -> str:
     return "'" + "','".join(value) + "'" if isinstance(value, list) else value
 
 
+def _percent_encode(value: str | list[str]) -> str:
+    """formatRegistry `percentencode` (encodeURIComponentStrict): only letters, digits and `-_.~` stay as they
+    are, so the result can sit in a SQL string literal whatever the user typed."""
+    text = "{" + ",".join(value) + "}" if isinstance(value, list) else value
+    return quote(text, safe="-_.~")
+
+
 _FORMATS: dict[str, Callable[[str | list[str]], str]] = {
     "singlequote": _single_quote,
+    "percentencode": _percent_encode,
     "raw": lambda v: _js_to_string(v),
     "csv": lambda v: _js_to_string(v),
     "pipe": lambda v: "|".join(v) if isinstance(v, list) else v,

@@ -13,6 +13,14 @@ from collections.abc import Sequence
 CALLS = "llm_calls"
 COSTED = "llm_calls_costed"  # llm_calls + Cost (USD, NULL when the model has no price)
 
+
+def typed(variable: str) -> str:
+    """A free-text variable as a SQL string. Percent-encoded by Grafana and decoded by ClickHouse: whatever is
+    typed (quotes, backslashes) arrives as plain text and can never end the string literal early, which the
+    `singlequote` format cannot promise (a trailing backslash escapes its closing quote)."""
+    return f"decodeURLComponent('${{{variable}:percentencode}}')"
+
+
 # Dashboard variable -> the condition it adds. Wrapped in $__conditionalAll so "All" costs nothing (1=1).
 VARIABLE_CONDITIONS: dict[str, str] = {
     "project": "Project IN (${project:singlequote})",
@@ -20,11 +28,11 @@ VARIABLE_CONDITIONS: dict[str, str] = {
     "model": "Model IN (${model:singlequote})",
     "user": "UserId IN (${user:singlequote})",
     "tag": "hasAny(Tags, [${tag:singlequote}])",
-    "session": "SessionId = ${session:singlequote}",
+    "session": f"SessionId = {typed('session')}",
     "status": "IsError IN (${status:singlequote})",
     "search": (
-        "(positionCaseInsensitiveUTF8(InputMessages, ${search:singlequote}) > 0"
-        " OR positionCaseInsensitiveUTF8(OutputMessages, ${search:singlequote}) > 0)"
+        f"(positionCaseInsensitiveUTF8(InputMessages, {typed('search')}) > 0"
+        f" OR positionCaseInsensitiveUTF8(OutputMessages, {typed('search')}) > 0)"
     ),
 }
 

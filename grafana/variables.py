@@ -52,6 +52,9 @@ def _values(
         .sort(VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
         .multi(True)
         .include_all(True)
+        # Only values ClickHouse listed: a typed value would be quoted by `singlequote`, which a trailing
+        # backslash defeats (free text goes through `sql.typed` instead).
+        .allow_custom_value(False)
         .current(ALL)
     )
 

@@ -144,3 +144,12 @@ def test_alert_sql_has_only_backend_macros() -> None:
 def test_context_needs_aware_times() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         QueryContext(datetime(2025, 1, 1), TO)
+
+
+def test_percent_encoding_leaves_nothing_that_can_end_a_string() -> None:
+    hostile = Variable("search", "x\\' OR 1=1 -- é")
+    assert (
+        replace_variables("${search:percentencode}", {"search": hostile})
+        == "x%5C%27%20OR%201%3D1%20--%20%C3%A9"
+    )
+    assert replace_variables("${v:percentencode}", {"v": Variable("v", ["a", "b,c"])}) == "%7Ba%2Cb%2Cc%7D"

@@ -159,6 +159,18 @@ def test_explorer_rows_match_every_filter(store: Store) -> None:
         assert len(trace_id) == 32 and len(span_id) == 16
 
 
+@pytest.mark.parametrize("typed", ["x\\' OR 1=1 --", "'", "\\", 'It\\\'s "quoted" %27'])
+def test_typed_text_is_searched_for_literally(store: Store, typed: str) -> None:
+    (target,) = _panel("llmtap-explorer", "Calls")["targets"]
+    variables = [
+        Variable(v["name"], typed if v["name"] in ("search", "session") else ALL)
+        for v in DOCUMENTS["llmtap-explorer"]["templating"]["list"]
+        if v["type"] != "datasource"
+    ]
+    sql = expand_dashboard_sql(target["rawSql"], variables, store.context())
+    assert store.client.query(sql).result_rows == []  # runs, and matches no call instead of every call
+
+
 def test_variables_list_the_values_in_range(store: Store) -> None:
     def values(name: str, selection: str) -> set[str]:
         variable = next(v for v in DOCUMENTS["llmtap-overview"]["templating"]["list"] if v["name"] == name)

@@ -18,8 +18,9 @@ from llmtap.grafana import sql
 from llmtap.grafana.query import DATASOURCE_UID, SQL, Format, datasource_ref
 
 FOLDER = "llmtap"
-GROUP = "llmtap"
-EVALUATE_EVERY = "1m"
+# Rule groups and how often Grafana evaluates them: the operational rules every minute, the answer-quality
+# rule, which reads six hours of responses, every ten.
+GROUPS = {"llmtap": "1m", "llmtap-answer-quality": "10m"}
 CONTACT_POINT = "llmtap example (email)"
 
 # The uncertain-answers rule compares the last RECENT_MINUTES with the rest of its window and fires when the
@@ -44,6 +45,7 @@ class Rule:
     severity: Literal["warning", "critical"]
     dashboard_uid: str
     for_: str = "0s"
+    group: str = "llmtap"
 
 
 _LATENCY = f"""SELECT Project, ServiceName, Model, quantile(0.95)(DurationMs) AS p95_latency_ms
@@ -139,6 +141,7 @@ RULES = (
         UNCERTAIN_SHARE_INCREASE,
         "warning",
         "llmtap-overview",
+        group="llmtap-answer-quality",
     ),
 )
 
@@ -204,17 +207,20 @@ def provisioning() -> dict[str, Any]:
     The SDK builds rules in the HTTP API's shape; the file format nests them in a group with a folder title and
     has no per-rule org/folder/group keys, and links a rule to a dashboard with `dashboardUid`.
     """
-    rules = []
+    groups = {name: [] for name in GROUPS}
     for rule in RULES:
         data = _plain(_rule_builder(rule).build())
         for api_only in ("orgID", "folderUID", "ruleGroup"):
             data.pop(api_only, None)
         data["dashboardUid"] = rule.dashboard_uid
         data["isPaused"] = False
-        rules.append(data)
+        groups[rule.group].append(data)
     return {
         "apiVersion": 1,
-        "groups": [{"orgId": 1, "name": GROUP, "folder": FOLDER, "interval": EVALUATE_EVERY, "rules": rules}],
+        "groups": [
+            {"orgId": 1, "name": name, "folder": FOLDER, "interval": GROUPS[name], "rules": rules}
+            for name, rules in groups.items()
+        ],
         "contactPoints": [
             {
                 "orgId": 1,

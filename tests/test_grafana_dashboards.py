@@ -309,9 +309,12 @@ def test_dashboard_provider_reads_the_folder_compose_mounts() -> None:
 
 
 def test_alert_rules_are_valid_provisioning() -> None:
-    (group,) = ALERTING["groups"]
-    assert group["folder"] == "llmtap" and group["interval"] == "1m"
-    rules = group["rules"]
+    groups = ALERTING["groups"]
+    assert [(g["name"], g["folder"], g["interval"]) for g in groups] == [
+        ("llmtap", "llmtap", "1m"),
+        ("llmtap-answer-quality", "llmtap", "10m"),
+    ]
+    rules = [rule for group in groups for rule in group["rules"]]
     assert len({rule["uid"] for rule in rules}) == len(rules) == 5
     receivers = {point["name"] for point in ALERTING["contactPoints"]}
     for rule in rules:

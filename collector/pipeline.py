@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import BrokenExecutor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,9 +163,9 @@ class Pipeline:
         while True:
             entries = self._next_batch(wait=not inflight)
             if entries:
-                if self._encoders is not None and not any(e.dedupe or e.replayed for e in entries):
-                    payloads = [(e.record.signal, self._payload(e)) for e in entries]
-                    inflight.append((entries, self._encoders.submit(payloads)))
+                future = self._submit(entries)
+                if future is not None:
+                    inflight.append((entries, future))
                     if len(inflight) < window:
                         continue
                 else:  # replays and retries take the careful path, after everything before them
@@ -177,6 +177,23 @@ class Pipeline:
                 self._finish(*inflight.popleft())
             elif not entries and self._stopping:
                 return
+
+    def _submit(self, entries: list[_Entry]) -> Future[Encoded] | None:
+        """Hand a batch to the encoder workers (None: it must take the careful path in this process)."""
+        if self._encoders is None or any(e.dedupe or e.replayed for e in entries):
+            return None
+        try:
+            return self._encoders.submit([(e.record.signal, self._payload(e)) for e in entries])
+        except Exception as exc:  # a broken pool: keep going without it
+            self._disable_encoders(exc)
+            return None
+
+    def _disable_encoders(self, exc: BaseException) -> None:
+        log.error("encoder workers failed (%s); converting in serve's process from now on", _describe(exc))
+        encoders, self._encoders = self._encoders, None
+        if encoders is not None:
+            with contextlib.suppress(Exception):
+                encoders.close()
 
     def _next_batch(self, wait: bool) -> list[_Entry]:
         """Gather entries until the batch is big enough or its oldest entry old enough ([] if not yet/none).
@@ -220,7 +237,9 @@ class Pipeline:
             for table, (names, block) in tables.items():
                 client.raw_insert(table, names, insert_block=block, fmt=ENCODED_FORMAT)
         except Exception as exc:
-            log.debug("encoded insert failed, retrying row by row: %s", _describe(exc))
+            if isinstance(exc, BrokenExecutor):
+                self._disable_encoders(exc)
+            log.debug("encoded insert failed, retrying in this process: %s", _describe(exc))
             for entry in entries:
                 entry.dedupe = True  # some tables may have been inserted
             self._write(entries)

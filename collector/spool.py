@@ -170,6 +170,7 @@ class Spool:
             with self._sync_lock:
                 os.fsync(self._fd)
                 os.close(self._fd)
+                self._fd = None  # callers still waiting to fsync the old segment see it was done
         path = self.directory / f"segment-{self._next_seq:020d}.wal"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         _fsync_directory(self.directory)

@@ -13,7 +13,6 @@ import json
 import math
 import re
 from decimal import Decimal
-from operator import itemgetter
 from typing import Any
 
 _encode_json_string = json.encoder.encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
@@ -127,21 +126,20 @@ def _as_string(value: Any, kind: str | None) -> str:
         return ""
 
 
-_by_key = itemgetter(0)
-
-
 def attributes_to_map(attributes: Any) -> dict[str, str]:
     """exporter internal.AttributesToMap: every key -> AsString(value), ordered by key (the last duplicate wins)."""
     if not attributes:
         return {}
-    pairs = []
-    append = pairs.append
+    pairs = {}
     for kv in attributes:
         value = kv.value
-        kind = value.WhichOneof("value")
-        append((kv.key, value.string_value if kind == "string_value" else _as_string(value, kind)))
-    pairs.sort(key=_by_key)
-    return dict(pairs)
+        text = value.string_value  # the hot path: a non-empty string needs no WhichOneof
+        if not text:
+            kind = value.WhichOneof("value")
+            if kind != "string_value":
+                text = _as_string(value, kind)
+        pairs[kv.key] = text
+    return dict(sorted(pairs.items()))
 
 
 def service_name(resource_attributes: Any) -> str:

@@ -230,15 +230,21 @@ def test_concurrent_appends_share_fsyncs_and_lose_nothing(tmp_path):
     spool = Spool(tmp_path, segment_bytes=4096)
     spool.recover()
 
+    errors = []
+
     def writer(index: int) -> None:
-        for n in range(50):
-            spool.append("traces", f"{index}-{n}".encode())
+        try:
+            for n in range(50):
+                spool.append("traces", f"{index}-{n}".encode())
+        except Exception as exc:  # surfaced below: a thread's exception would otherwise only be a warning
+            errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert errors == []
     spool.close()
     reopened = Spool(tmp_path)
     replay = reopened.recover()

@@ -67,13 +67,18 @@ def time_to_first_chunk(quantile: float) -> Measure:
     )
 
 
+def _scaled(measure: Measure, template: str) -> Measure:
+    return Measure(template.format(measure.raw), template.format(measure.rollup) if measure.rollup else None)
+
+
 def rate(measure: Measure) -> Measure:
     """Per second over the interval bucket, so values do not change with the zoom level."""
-    return Measure(sql.per_second(measure.raw), sql.per_second(measure.rollup) if measure.rollup else None)
+    return _scaled(measure, "{} / $__interval_s")
 
 
 def per_hour(measure: Measure) -> Measure:
-    return Measure(f"{measure.raw} * 3600 / $__interval_s", f"{measure.rollup} * 3600 / $__interval_s")
+    """Per hour over the interval bucket (spend reads better as USD/h than USD/s)."""
+    return _scaled(measure, "{} * 3600 / $__interval_s")
 
 
 def query(

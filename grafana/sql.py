@@ -1,9 +1,9 @@
 """SQL shared by the dashboards and alert rules: the LLM-layer tables, the variable filters and the few
 expressions (message text, rates, uncertain answers, a trace's spans) that several panels need.
 
-Every query reads the LLM layer (`llm_calls`, `llm_calls_costed`, the `llm_calls_1m` rollup — see `aggregate`),
-never the raw `SpanAttributes` maps, and uses the ClickHouse plugin's macros so Grafana's time picker and
-interval drive it.
+Every chart and table reads the LLM layer (`llm_calls`, `llm_calls_costed`, the `llm_calls_1m` rollup — see
+`aggregate`), never the raw `SpanAttributes` maps (only the trace view shows a whole trace from `otel_traces`),
+and uses the ClickHouse plugin's macros so Grafana's time picker and interval drive it.
 """
 
 from __future__ import annotations
@@ -49,11 +49,6 @@ def where(*extra: str, filters: Sequence[str] = CALL_FILTERS, time_column: str =
     """`WHERE` with the dashboard's time range, the variable filters and any extra conditions."""
     conditions = [f"$__timeFilter({time_column})", *(conditional(name) for name in filters), *extra]
     return "WHERE " + "\n  AND ".join(conditions)
-
-
-def per_second(expression: str) -> str:
-    """A per-interval sum turned into a rate, so values do not change with the zoom level."""
-    return f"{expression} / $__interval_s"
 
 
 def error_ratio() -> str:

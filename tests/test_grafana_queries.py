@@ -23,7 +23,7 @@ import grafana_calls as calls
 from llmtap.clickhouse.connection import connect
 from llmtap.clickhouse.migrations import migrate
 from llmtap.clickhouse.prices import load_bundled_prices
-from llmtap.grafana import alerts, build, links, validate
+from llmtap.grafana import alerts, build, links, sql, validate
 from llmtap.grafana.interpolate import ALL, QueryContext, Variable, expand_alert_sql, expand_dashboard_sql
 
 DOCUMENTS = {doc["uid"]: doc for doc in (build.dashboard_json(make()) for make in build.DASHBOARDS)}
@@ -169,6 +169,20 @@ def test_typed_text_is_searched_for_literally(store: Store, typed: str) -> None:
     ]
     sql = expand_dashboard_sql(target["rawSql"], variables, store.context())
     assert store.client.query(sql).result_rows == []  # runs, and matches no call instead of every call
+
+
+@pytest.mark.parametrize(
+    ("content", "uncertain"),
+    [
+        ("I’m not sure which plan you have.", 1),  # json.dumps escapes the curly apostrophe as \u2019
+        ("Honestly, I DON'T KNOW.", 1),
+        ("The refund takes three days.", 0),
+    ],
+)
+def test_uncertain_answers_are_found_in_the_response_text(store: Store, content: str, uncertain: int) -> None:
+    messages = json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": content}]}])
+    literal = "'" + messages.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    assert store.scalar(f"SELECT {sql.is_uncertain(literal)}") == uncertain
 
 
 def test_variables_list_the_values_in_range(store: Store) -> None:

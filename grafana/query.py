@@ -68,16 +68,6 @@ class ClickHouseQuery(cogvariants.Dataquery):
         )
         return payload
 
-    @classmethod
-    def from_json(cls, data: dict[str, typing.Any]) -> typing.Self:
-        ref = data.get("datasource")
-        return cls(
-            raw_sql=data["rawSql"],
-            fmt=Format(data.get("format", Format.TABLE)),
-            ref_id=data.get("refId", "A"),
-            datasource=DataSourceRef.from_json(ref) if ref else None,
-        )
-
 
 class SQL(cogbuilder.Builder[ClickHouseQuery]):
     """Builder for a ClickHouse SQL target: `SQL("SELECT …").format(Format.TABLE).ref_id("B")`."""

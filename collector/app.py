@@ -45,6 +45,7 @@ class ServeConfig:
     spool_dir: Path | None = None
     limits: Limits = field(default_factory=Limits)
     max_body_bytes: int = 20 << 20
+    inflight_body_bytes: int = 64 << 20  # request bodies held at once by the HTTP receiver
     query_api: bool = True
     workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # 0 = convert in-process
 
@@ -115,7 +116,7 @@ class Collector:
         try:
             self._http = OTLPHTTPServer(
                 (config.host, config.port), receiver, self._query_api, self.health, self.metrics_text,
-                config.max_body_bytes,
+                config.max_body_bytes, config.inflight_body_bytes,
             )  # fmt: skip
             self.http_port = self._http.server_address[1]
             if config.grpc_port >= 0:

@@ -94,7 +94,7 @@ _MB = 1 << 20
     "--batch-rows",
     envvar="LLMTAP_BATCH_ROWS",
     type=click.IntRange(1, 1_000_000),
-    default=10_000,
+    default=5_000,
     show_default=True,
     help="Rows per ClickHouse insert at most.",
 )

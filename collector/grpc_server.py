@@ -91,12 +91,14 @@ class _Logs(_Export, logs_service_pb2_grpc.LogsServiceServicer):
 
 
 def start_grpc_server(
-    receiver: Receiver, host: str, port: int, max_body_bytes: int, workers: int = 8
+    receiver: Receiver, host: str, port: int, max_body_bytes: int, workers: int = 4
 ) -> tuple[grpc.Server, int]:
     """Start the OTLP/gRPC server; returns it with the bound port (useful when ``port`` is 0)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmtap-grpc"),
         interceptors=[_DecodeInterceptor()],
+        # Bounds the requests held at once (each up to max_body_bytes); more get RESOURCE_EXHAUSTED to retry.
+        maximum_concurrent_rpcs=2 * workers,
         options=[
             ("grpc.max_receive_message_length", max_body_bytes),
             ("grpc.so_reuseport", 0),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import threading
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,13 +53,35 @@ class OTLPHTTPServer(ThreadingHTTPServer):
         health: Callable[[], dict[str, Any]],
         metrics_text: Callable[[], str],
         max_body_bytes: int,
+        inflight_body_bytes: int,
     ) -> None:
+        self.bodies = ByteBudget(inflight_body_bytes)
         self.receiver = receiver
         self.query_api = query_api
         self.health = health
         self.metrics_text = metrics_text
         self.max_body_bytes = max_body_bytes
         super().__init__(address, _Handler)
+
+
+class ByteBudget:
+    """Bounds the request bodies held in memory at once across all connections (a thread serves each one)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def try_take(self, size: int) -> bool:
+        with self._lock:
+            if self._used and self._used + size > self.limit:
+                return False  # (a lone body may use the whole budget even if larger, up to --max-body-mb)
+            self._used += size
+            return True
+
+    def give_back(self, size: int) -> None:
+        with self._lock:
+            self._used -= size
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -109,6 +132,13 @@ class _Handler(BaseHTTPRequestHandler):
             receiver.stats.refused()
             self._status_error(401, "missing or wrong bearer token", kind, {"WWW-Authenticate": "Bearer"})
             return
+        reserved = min(self._declared_length(), self.server.max_body_bytes)
+        if not self.server.bodies.try_take(reserved):
+            self._drain_or_close()
+            receiver.stats.refused()
+            self._status_error(429, "llmtap serve is overloaded (too many requests in flight); retry later", kind,
+                               {"Retry-After": "1"})  # fmt: skip
+            return
         try:
             kind = media_type(content_type)
             body = self._read_body()
@@ -124,7 +154,19 @@ class _Handler(BaseHTTPRequestHandler):
             status = 503 if exc.store_down else 429
             self._status_error(status, str(exc), kind, {"Retry-After": str(exc.retry_after)})
             return
+        finally:
+            self.server.bodies.give_back(reserved)
         self._send(200, encode_response(response, kind), kind)
+
+    def _declared_length(self) -> int:
+        # Compressed bodies may inflate up to the body limit: reserve for that. Unknown lengths (chunked) too.
+        length = self.headers.get("Content-Length", "")
+        if (
+            self.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+            or not length.isdigit()
+        ):
+            return self.server.max_body_bytes
+        return int(length)
 
     def _read_body(self) -> bytes:
         limit = self.server.max_body_bytes

@@ -51,7 +51,7 @@ class Limits:
 
     memory_bytes: int = 64 << 20
     spool_bytes: int = 1 << 30
-    batch_rows: int = 10_000
+    batch_rows: int = 5_000
     flush_seconds: float = 1.0
     retry_after_seconds: int = 5
 

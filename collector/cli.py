@@ -21,6 +21,7 @@ _MB = 1 << 20
 @click.option(
     "--host",
     envvar="LLMTAP_HOST",
+    show_envvar=True,
     default="127.0.0.1",
     show_default=True,
     help="Address to listen on. Non-loopback addresses need --allow-remote.",
@@ -28,6 +29,7 @@ _MB = 1 << 20
 @click.option(
     "--port",
     envvar="LLMTAP_PORT",
+    show_envvar=True,
     type=click.IntRange(0, 65535),
     default=4318,
     show_default=True,
@@ -36,6 +38,7 @@ _MB = 1 << 20
 @click.option(
     "--grpc-port",
     envvar="LLMTAP_GRPC_PORT",
+    show_envvar=True,
     type=click.IntRange(-1, 65535),
     default=4317,
     show_default=True,
@@ -44,24 +47,28 @@ _MB = 1 << 20
 @click.option(
     "--dsn",
     envvar="LLMTAP_DSN",
+    show_envvar=True,
     default=None,
     help="Store: chdb:///path (embedded, default under the user data dir) or http(s)://user:pass@host:port/db.",
 )
 @click.option(
     "--allow-remote",
     envvar="LLMTAP_ALLOW_REMOTE",
+    show_envvar=True,
     is_flag=True,
     help="Allow listening on a non-loopback address (use with --token).",
 )
 @click.option(
     "--token",
     envvar="LLMTAP_TOKEN",
+    show_envvar=True,
     default=None,
     help="Require `Authorization: Bearer <token>` (HTTP) / `authorization` metadata (gRPC).",
 )
 @click.option(
     "--spool-dir",
     envvar="LLMTAP_SPOOL_DIR",
+    show_envvar=True,
     type=click.Path(path_type=Path),
     default=None,
     help="Write-ahead spool directory [default: next to the chDB store, or under the user data dir].",
@@ -69,6 +76,7 @@ _MB = 1 << 20
 @click.option(
     "--max-body-mb",
     envvar="LLMTAP_MAX_BODY_MB",
+    show_envvar=True,
     type=click.IntRange(1, 1024),
     default=20,
     show_default=True,
@@ -77,6 +85,7 @@ _MB = 1 << 20
 @click.option(
     "--memory-buffer-mb",
     envvar="LLMTAP_MEMORY_BUFFER_MB",
+    show_envvar=True,
     type=click.IntRange(1, 65536),
     default=64,
     show_default=True,
@@ -85,6 +94,7 @@ _MB = 1 << 20
 @click.option(
     "--spool-max-mb",
     envvar="LLMTAP_SPOOL_MAX_MB",
+    show_envvar=True,
     type=click.IntRange(1, 1 << 20),
     default=1024,
     show_default=True,
@@ -93,6 +103,7 @@ _MB = 1 << 20
 @click.option(
     "--batch-rows",
     envvar="LLMTAP_BATCH_ROWS",
+    show_envvar=True,
     type=click.IntRange(1, 1_000_000),
     default=5_000,
     show_default=True,
@@ -101,6 +112,7 @@ _MB = 1 << 20
 @click.option(
     "--flush-interval",
     envvar="LLMTAP_FLUSH_INTERVAL",
+    show_envvar=True,
     type=click.FloatRange(0.01, 60),
     default=1.0,
     show_default=True,
@@ -109,6 +121,7 @@ _MB = 1 << 20
 @click.option(
     "--workers",
     envvar="LLMTAP_WORKERS",
+    show_envvar=True,
     type=click.IntRange(0, 64),
     default=None,
     help="Processes converting spans to rows [default: CPU count, at most 4]; 0 converts in serve's process.",
@@ -116,6 +129,7 @@ _MB = 1 << 20
 @click.option(
     "--query-api/--no-query-api",
     envvar="LLMTAP_QUERY_API",
+    show_envvar=True,
     default=True,
     show_default=True,
     help="Serve read-only SQL on POST /api/query (loopback clients only unless --token).",
@@ -130,6 +144,7 @@ _MB = 1 << 20
 @click.option(
     "--log-level",
     envvar="LLMTAP_LOG_LEVEL",
+    show_envvar=True,
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),

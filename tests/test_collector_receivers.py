@@ -361,3 +361,33 @@ def test_non_loopback_binding_needs_allow_remote():
         ServeConfig(dsn="chdb:///tmp/x", host="0.0.0.0").check()
     ServeConfig(dsn="chdb:///tmp/x", host="0.0.0.0", allow_remote=True).check()
     ServeConfig(dsn="chdb:///tmp/x", host="::1").check()
+
+
+def test_cli_refuses_a_public_address_without_allow_remote(tmp_path):
+    from click.testing import CliRunner
+
+    from llmtap.cli import main
+
+    result = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0", "--dsn", f"chdb://{tmp_path / 'x'}"])
+    assert result.exit_code == 1
+    assert "--allow-remote" in result.output
+    help_text = CliRunner().invoke(main, ["serve", "--help"]).output
+    for flag in (
+        "--host",
+        "--port",
+        "--grpc-port",
+        "--dsn",
+        "--token",
+        "--spool-dir",
+        "--workers",
+        "LLMTAP_DSN",
+    ):
+        assert flag in help_text
+
+
+def test_status_line_is_compact(collector):
+    from llmtap.collector.cli import status_line
+
+    line = status_line(collector.health())
+    assert line.startswith("spans ") and "written" in line and "store ok" in line
+    assert "\n" not in line and len(line) < 220

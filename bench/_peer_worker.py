@@ -6,7 +6,8 @@ synchronously) and an OpenAI client on llmtap.fake_openai's in-process transport
 and no sleep: what differs between peers is the instrumentation alone.
 
 Protocol: one JSON object per line. The worker writes ``{"ready": {...}}`` (or ``{"error": ...}``), then for
-each line ``{"workload": name, "calls": n}`` read from stdin answers ``{"ns": [...]}``, until stdin closes.
+each line ``{"workload": name, "calls": n}`` read from stdin answers ``{"cpu": [ns, ...], "wall": [ns, ...]}``,
+until stdin closes.
 Its own stdout is kept for the protocol; anything a peer prints goes to stderr.
 """
 
@@ -72,7 +73,7 @@ def main() -> None:
             return
         finally:
             requests_log.clear()  # the fake API logs every request; keep memory flat
-        protocol.write(json.dumps({"ns": samples}) + "\n")
+        protocol.write(json.dumps(samples) + "\n")
 
 
 def set_up(peer: str) -> tuple[dict[str, Any], dict[str, Callable[[], object]], list]:
@@ -90,11 +91,12 @@ def set_up(peer: str) -> tuple[dict[str, Any], dict[str, Callable[[], object]], 
     gc.collect()
     rss_before = rss_bytes()
 
-    started = time.perf_counter()
+    # CPU time, like the per-call figures: on a shared machine wall time measures the neighbours.
+    started = time.process_time()
     instrument = INSTRUMENT[peer]()  # the import of the instrumentation
-    imported = time.perf_counter()
+    imported = time.process_time()
     version = instrument()  # its setup: patching, provider lookup
-    set_up_at = time.perf_counter()
+    set_up_at = time.process_time()
 
     checks = {}
     for name, run in workloads.items():

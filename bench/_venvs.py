@@ -103,7 +103,15 @@ def _base_python() -> str:
 
 
 def _pyproject_hash() -> str:
-    return hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    """Hash of llmtap's base dependencies: what its editable install puts into every venv (extras are unused)."""
+    text = (REPO / "pyproject.toml").read_text()
+    try:
+        import tomllib
+
+        text = json.dumps(tomllib.loads(text)["project"]["dependencies"])
+    except (ImportError, KeyError, ValueError):  # Python 3.10 has no tomllib: any change to the file counts
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _read_manifest(path: Path) -> dict:

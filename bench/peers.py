@@ -100,7 +100,10 @@ class Variant:
     versions: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     startup: list[dict] = field(default_factory=list)
-    samples: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    # workload -> clock ("cpu" or "wall") -> nanoseconds per call
+    samples: dict[str, dict[str, list[int]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
 
 
 class Worker:
@@ -174,7 +177,8 @@ def measure(variants: list[Variant], sessions: int, rounds: int, scale: float) -
                     if "error" in reply:
                         worker.variant.error = f"{workload.name}: {reply['error']}"
                     else:
-                        worker.variant.samples[workload.name].extend(reply["ns"])
+                        for clock, values in reply.items():
+                            worker.variant.samples[workload.name][clock].extend(values)
         for worker in workers:
             worker.close()
         print(f"[peers] session {session}/{sessions} done", file=sys.stderr, flush=True)
@@ -223,8 +227,9 @@ def build_variants(quick: bool, log) -> tuple[list[Variant], list[Venv]]:
 # --- the report ---------------------------------------------------------------------------------------------
 
 
-def _added(variant: Variant, bare: Variant, workload: str, q: float) -> float | None:
-    mine, base = variant.samples.get(workload), bare.samples.get(workload)
+def _added(variant: Variant, bare: Variant, workload: str, q: float, clock: str = "cpu") -> float | None:
+    """µs the variant adds at quantile ``q`` over the bare client (same openai version, same run)."""
+    mine, base = variant.samples[workload][clock], bare.samples[workload][clock]
     if not mine or not base:
         return None
     return (quantile(mine, q) - quantile(base, q)) / 1000
@@ -234,9 +239,82 @@ def _reference(variants: list[Variant], peer: str, openai_version: str) -> Varia
     return next((v for v in variants if v.peer == peer and v.openai == openai_version and not v.error), None)
 
 
+def _workload_table(variants: list[Variant], measured: list[Variant], workload: Workload) -> str:
+    rows = []
+    for variant in measured:
+        bare = _reference(variants, "bare", variant.openai)
+        llmtap = _reference(variants, "llmtap", variant.openai)
+        if bare is None:
+            continue
+        cpu_median, cpu_p90 = (_added(variant, bare, workload.name, q) for q in (0.5, 0.9))
+        ours = _added(llmtap, bare, workload.name, 0.5) if llmtap else None
+        ratio = f"{cpu_median / ours:.1f}×" if cpu_median is not None and ours and ours > 0 else "—"
+        row = [variant.title, variant.openai, _num(cpu_median), _num(cpu_p90), ratio]
+        row.append(_num(_added(variant, bare, workload.name, 0.5, "wall")))
+        if workload.name == "stream":
+            long, short = _added(variant, bare, "stream", 0.5), _added(variant, bare, "stream1", 0.5)
+            row.append(_num(None if None in (long, short) else (long - short) / (STREAM_CHUNKS - 1), 2))
+        rows.append(row)
+    headers = [
+        "peer",
+        "openai",
+        "added CPU µs median",
+        "added CPU µs p90",
+        "× llmtap",
+        "added wall µs median",
+    ]
+    if workload.name == "stream":
+        headers.append("CPU µs per chunk")
+    return markdown_table(headers, rows)
+
+
+def _baseline_table(variants: list[Variant]) -> str:
+    shown = [w for w in WORKLOADS if w.name != "stream1"]
+    rows = [
+        [
+            v.openai,
+            *(_num(median(v.samples[w.name]["cpu"]) / 1000) for w in shown),
+            len(v.samples["chat"]["cpu"]),
+        ]
+        for v in variants
+        if v.peer == "bare" and not v.error and v.samples["chat"]["cpu"]
+    ]
+    return markdown_table(["openai", *(f"{w.name} CPU µs" for w in shown), "calls per workload"], rows)
+
+
+def _startup_table(measured: list[Variant]) -> str:
+    rows = []
+    for variant in measured:
+        startup = variant.startup
+        checks = startup[-1]["checks"] if startup else {}
+        figures = [
+            _num(median([s[key] for s in startup]) / scale if startup else None)
+            for key, scale in (("import_ms", 1), ("setup_ms", 1), ("rss_added_bytes", 2**20))
+        ]
+        spans = "/".join(
+            f"{checks[w]['spans_per_call']:g}" for w in ("chat", "stream", "embeddings") if w in checks
+        )
+        recorded = "yes" if checks.get("chat", {}).get("content") else "NO"
+        rows.append(
+            [variant.title, startup[-1]["peer_version"] if startup else "—", *figures, spans, recorded]
+        )
+    headers = [
+        "peer",
+        "version",
+        "import CPU ms",
+        "setup CPU ms",
+        "RSS added MiB",
+        "spans/call chat/stream/emb",
+    ]
+    return markdown_table([*headers, "prompt recorded"], rows)
+
+
 def report(variants: list[Variant], failed: list[Venv], quick: bool) -> str:
-    measured = [v for v in variants if v.peer != "bare" and not v.error]
-    out = ["What each observability library adds to an OpenAI call (µs), side by side.", ""]
+    # llmtap first (once per openai version), then the peers in the order of PEERS.
+    measured = sorted(
+        (v for v in variants if v.peer != "bare" and not v.error), key=lambda v: v.peer != "llmtap"
+    )
+    out = ["What each observability library adds to an OpenAI call, side by side.", ""]
     if quick:
         out += [
             "_Quick mode: only the bare client and llmtap, in this interpreter. Building the peers' venvs takes "
@@ -245,75 +323,16 @@ def report(variants: list[Variant], failed: list[Venv], quick: bool) -> str:
             "",
         ]
     out += [
-        "Added µs = the variant's per-call quantile minus the bare client's on the same openai version, same run. "
-        "`× llmtap` = added median over llmtap's on that openai version (higher is costlier). All with content "
-        "capture on; llmtap with redaction on too.",
+        "Added µs = the peer's per-call quantile minus the bare client's, on the same openai version, in the same "
+        "run. CPU time of the process is the headline: on a shared machine wall time also counts the neighbours "
+        "(wall median shown for context). `× llmtap` = added CPU median over llmtap's on the same openai version. "
+        "Per chunk = (50-chunk stream − 1-chunk stream) / 49. Content capture on everywhere; llmtap also redacts.",
         "",
     ]
     for workload in (w for w in WORKLOADS if w.name != "stream1"):
-        rows = []
-        for variant in measured:
-            bare = _reference(variants, "bare", variant.openai)
-            llmtap = _reference(variants, "llmtap", variant.openai)
-            if bare is None:
-                continue
-            mid, p90 = _added(variant, bare, workload.name, 0.5), _added(variant, bare, workload.name, 0.9)
-            ours = _added(llmtap, bare, workload.name, 0.5) if llmtap else None
-            ratio = f"{mid / ours:.1f}×" if mid is not None and ours and ours > 0 else "—"
-            row = [variant.title, variant.openai, _num(mid), _num(p90), ratio]
-            if workload.name == "stream":
-                slope = _added(variant, bare, "stream", 0.5), _added(variant, bare, "stream1", 0.5)
-                per_chunk = (slope[0] - slope[1]) / (STREAM_CHUNKS - 1) if None not in slope else None
-                row.append(_num(per_chunk, 2))
-            rows.append(row)
-        headers = ["peer", "openai", "added µs median", "added µs p90", "× llmtap"]
-        if workload.name == "stream":
-            headers.append("µs per chunk")
-        out += [f"### {workload.title}", "", markdown_table(headers, rows), ""]
-    out += ["### Bare client (the baseline)", ""]
-    rows = [
-        [
-            v.openai,
-            *(_num(median(v.samples[w.name]) / 1000) for w in WORKLOADS if w.name != "stream1"),
-            len(v.samples["chat"]),
-        ]
-        for v in variants
-        if v.peer == "bare" and not v.error and v.samples.get("chat")
-    ]
-    out += [
-        markdown_table(["openai", "chat µs", "stream µs", "embeddings µs", "calls per workload"], rows),
-        "",
-    ]
-    out += ["### Startup and memory", ""]
-    rows = []
-    for variant in measured:
-        startup = variant.startup
-        checks = startup[-1]["checks"] if startup else {}
-        rows.append(
-            [
-                variant.title,
-                startup[-1]["peer_version"] if startup else "—",
-                _num(median([s["import_ms"] for s in startup]) if startup else None),
-                _num(median([s["setup_ms"] for s in startup]) if startup else None),
-                _num(median([s["rss_added_bytes"] for s in startup]) / 2**20 if startup else None),
-                "/".join(
-                    f"{checks[w]['spans_per_call']:g}"
-                    for w in ("chat", "stream", "embeddings")
-                    if w in checks
-                ),
-                "yes" if checks.get("chat", {}).get("content") else "NO",
-            ]
-        )
-    headers = [
-        "peer",
-        "version",
-        "import ms",
-        "setup ms",
-        "RSS added MiB",
-        "spans/call chat/stream/emb",
-        "prompt recorded",
-    ]
-    out += [markdown_table(headers, rows), ""]
+        out += [f"### {workload.title}", "", _workload_table(variants, measured, workload), ""]
+    out += ["### Bare client (the baseline)", "", _baseline_table(variants), ""]
+    out += ["### Startup and memory", "", _startup_table(measured), ""]
     errors = [[v.title, v.openai, v.error] for v in variants if v.error]
     errors += [[venv.name, "—", f"install failed: {venv.error}"] for venv in failed]
     if errors:

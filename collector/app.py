@@ -22,6 +22,7 @@ from llmtap.collector.http_server import OTLPHTTPServer
 from llmtap.collector.pipeline import Limits, Pipeline
 from llmtap.collector.query_api import QueryAPI
 from llmtap.collector.receiver import Receiver
+from llmtap.collector.rows import TABLE_COLUMNS
 from llmtap.collector.spool import Spool
 from llmtap.collector.stats import Stats
 
@@ -104,7 +105,9 @@ class Collector:
         except Exception:
             spool.close()
             raise
-        encoders = EncoderPool(config.workers) if config.workers > 0 else None
+        encoders = None
+        if config.workers > 0 and client is not None:
+            encoders = EncoderPool(config.workers, _column_types(client))
         self._pipeline = Pipeline(self._connect, spool, self.stats, config.limits, encoders)
         self.replayed = self._pipeline.start()
         if config.query_api:
@@ -186,6 +189,18 @@ class Collector:
             "llmtap_serve_queued_requests": pipeline.queued_requests() if pipeline else 0,
         }
         return self.stats.prometheus(extra)
+
+
+def _column_types(client: Any) -> dict[str, dict[str, str]]:
+    """Every column's ClickHouse type for the tables serve writes (the encoder workers serialize to them)."""
+    result = client.query(
+        "SELECT table, name, type FROM system.columns WHERE database = currentDatabase() AND has({t:Array(String)}, table)",
+        parameters={"t": list(TABLE_COLUMNS)},
+    )
+    types: dict[str, dict[str, str]] = {}
+    for table, name, type_ in result.result_rows:
+        types.setdefault(table, {})[name] = type_
+    return types
 
 
 def _is_loopback_host(host: str) -> bool:

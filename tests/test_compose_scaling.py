@@ -117,6 +117,8 @@ def test_committed_cluster_migrations_are_generated_from_the_single_node_ones():
 def test_every_cluster_statement_runs_on_the_whole_cluster_and_replicates():
     for name, statements in _cluster_statements().items():
         for statement in statements:
+            if statement.startswith("INSERT INTO "):
+                continue  # a one-off backfill through the Distributed tables (see generate.convert)
             head = statement.split("(")[0].split(" AS ")[0]
             assert "ON CLUSTER '{cluster}'" in head, f"{name}: {statement.splitlines()[0]}"
             engine = re.search(r"ENGINE\s*=\s*(\w+)", statement)

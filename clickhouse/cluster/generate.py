@@ -111,6 +111,10 @@ def convert(statement: str, sharded: set[str]) -> list[str]:
         return [head + match.group(3) + body]
     if match := _CREATE_VIEW.match(statement):
         return [f"CREATE VIEW IF NOT EXISTS {match.group(1)} ON CLUSTER {CLUSTER}{statement[match.end(1) :]}"]
+    if statement.lstrip().upper().startswith("INSERT INTO "):
+        # Backfills run once, from one node: the original names are Distributed tables on the cluster, so the
+        # SELECT reads every shard and the INSERT spreads the rows by the sharding key.
+        return [statement]
     raise GenerateError(f"cannot derive a cluster statement for: {statement.splitlines()[0]}")
 
 

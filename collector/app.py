@@ -48,7 +48,9 @@ class ServeConfig:
     max_body_bytes: int = 20 << 20
     inflight_body_bytes: int = 64 << 20  # request bodies held at once by the HTTP receiver
     query_api: bool = True
-    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # 0 = convert in-process
+    # Encoder processes; 0 = one encoder thread in serve's process (best on two cores, measured: bench/ingest.py);
+    # -1 = the writer converts each batch itself (no batch converted ahead: least memory).
+    workers: int = field(default_factory=lambda: min(4, max(0, (os.cpu_count() or 1) - 2)))
 
     def check(self) -> None:
         """Refuse non-loopback binding unless it was asked for explicitly."""
@@ -105,8 +107,9 @@ class Collector:
         except Exception:
             spool.close()
             raise
+        # Without a store to ask the column types of (a server that is down), batches convert in the writer.
         encoders = None
-        if config.workers > 0 and client is not None:
+        if config.workers >= 0 and client is not None:
             encoders = EncoderPool(config.workers, _column_types(client))
         self._pipeline = Pipeline(self._connect, spool, self.stats, config.limits, encoders)
         self.replayed = self._pipeline.start()

@@ -122,9 +122,10 @@ _MB = 1 << 20
     "--workers",
     envvar="LLMTAP_WORKERS",
     show_envvar=True,
-    type=click.IntRange(0, 64),
+    type=click.IntRange(-1, 64),
     default=None,
-    help="Processes converting spans to rows [default: CPU count, at most 4]; 0 converts in serve's process.",
+    help="Processes converting spans to rows while the previous batch is inserted [default: CPU count - 2, at "
+    "most 4]; 0 = one thread in serve's process; -1 = no overlap (least memory).",
 )
 @click.option(
     "--query-api/--no-query-api",

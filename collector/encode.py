@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import Counter
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 from llmtap.collector import rows
@@ -63,18 +63,27 @@ def encode_requests(payloads: list[tuple[str, bytes]]) -> Encoded:
 
 
 class EncoderPool:
-    """A few worker processes running :func:`encode_requests` (spawned: serve has threads, never fork them)."""
+    """Runs :func:`encode_requests` beside the writer, so conversion overlaps ClickHouse's insert work.
 
-    def __init__(self, workers: int, table_types: dict[str, dict[str, str]]) -> None:
-        self.workers = workers
+    ``processes=0`` uses one thread in serve's process: conversion holds the GIL, but the insert it overlaps with
+    runs in ClickHouse's C++ code without it, which is the best use of two cores. More cores pay for worker
+    processes (spawned: serve has threads, never fork them).
+    """
+
+    def __init__(self, processes: int, table_types: dict[str, dict[str, str]]) -> None:
+        self.workers = max(1, processes)
+        if processes == 0:
+            init_worker(table_types)
+            self._executor: Executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmtap-encoder")
+            return
         self._executor = ProcessPoolExecutor(
-            max_workers=workers,
+            max_workers=processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=init_worker,
             initargs=(table_types,),
         )
         # Start the workers now (imports take a moment) rather than on the first request.
-        for future in [self._executor.submit(encode_requests, []) for _ in range(workers)]:
+        for future in [self._executor.submit(encode_requests, []) for _ in range(processes)]:
             future.result()
 
     def submit(self, payloads: list[tuple[str, bytes]]) -> Future[Encoded]:

@@ -22,7 +22,7 @@ def running_collector(directory: Path, **options: Any) -> Iterator[Collector]:
     """A started Collector on chDB under ``directory`` with free HTTP and gRPC ports; stopped on exit."""
     options.setdefault("dsn", f"chdb://{directory / 'chdb'}")
     options.setdefault("limits", FAST)
-    options.setdefault("workers", 1)  # the encoder pool is serve's normal path; one worker keeps tests light
+    options.setdefault("workers", 0)  # serve's default on two cores: one encoder thread
     collector = Collector(ServeConfig(port=0, grpc_port=0, **options))
     collector.start()
     try:

@@ -220,10 +220,10 @@ def golden_logs() -> ExportLogsServiceRequest:
     )
 
 
-@pytest.fixture(scope="module", params=[1, 0], ids=["encoder-workers", "in-process"])
+@pytest.fixture(scope="module", params=[1, -1], ids=["encoder-workers", "in-writer"])
 def collector(request, tmp_path_factory):
-    # Both write paths must store the same rows: worker processes sending JSONCompactEachRow (serve's normal
-    # path) and clickhouse-connect column inserts in serve's process (replays and retries).
+    # Both write paths must store the same rows: encoders serializing Native blocks (serve's normal path, the
+    # same code in a thread or in worker processes) and the writer's own column inserts (replays and retries).
     with running_collector(tmp_path_factory.mktemp("golden"), workers=request.param) as running:
         yield running
 

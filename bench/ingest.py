@@ -13,6 +13,7 @@ already converted, one process, no network): what ClickHouse itself costs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -53,7 +54,9 @@ def _value(value: object) -> AnyValue:
 def llm_span(rng: random.Random, index: int) -> trace_pb2.Span:
     """One chat-completion span as llmtap.instrumentation emits it."""
     prompt = "Summarise the following support ticket for the on-call engineer. " * 14  # ~900 bytes
-    answer = "The customer reports intermittent 502 errors from the EU gateway since 09:00. " * 12  # ~950 bytes
+    answer = (
+        "The customer reports intermittent 502 errors from the EU gateway since 09:00. " * 12
+    )  # ~950 bytes
     start = START_NS + index * 1_000_000
     model = rng.choice(["gpt-4o", "gpt-4o-mini", "o3-mini"])
     attributes = {
@@ -103,7 +106,9 @@ def build_requests(total_spans: int, seed: int) -> list[bytes]:
                 resource_spans=[
                     trace_pb2.ResourceSpans(
                         resource={"attributes": resource},
-                        scope_spans=[trace_pb2.ScopeSpans(scope={"name": "llmtap", "version": "0.1.0"}, spans=spans)],
+                        scope_spans=[
+                            trace_pb2.ScopeSpans(scope={"name": "llmtap", "version": "0.1.0"}, spans=spans)
+                        ],
                     )
                 ]
             ).SerializeToString()
@@ -153,6 +158,19 @@ class ServeProcess:
                     return int(line.split()[1]) * 1024
         return 0
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of serve and its encoder processes so far."""
+        pids = [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        with contextlib.suppress(OSError):
+            pids += [int(pid) for pid in children.read_text().split()]
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(120)
@@ -193,6 +211,7 @@ def run_transport(transport: str, requests: list[bytes], total: int) -> dict[str
         else:
             targets = [lambda share=share: send_grpc(serve.grpc_port, share) for share in shares]
         threads = [threading.Thread(target=target) for target in targets]
+        cpu_before = serve.cpu_seconds()
         started = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -203,6 +222,7 @@ def run_transport(transport: str, requests: list[bytes], total: int) -> dict[str
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
         return {
+            "cpu_us_per_span": (serve.cpu_seconds() - cpu_before) / total * 1e6,
             "spans_per_s": total / elapsed,
             "ack_spans_per_s": total / acknowledged,
             "peak_rss_mb": serve.peak_rss_bytes() / 2**20,
@@ -231,37 +251,57 @@ def run_baseline(requests: list[bytes], total: int) -> dict[str, float]:
                 batch = rows.Batch()
         if batch:
             batches.append(batch)
+        cpu_before = time.process_time()
         started = time.perf_counter()
         for batch in batches:
             columns = batch.columns[rows.TRACES_TABLE]
             names = list(columns)
-            client.insert(rows.TRACES_TABLE, [columns[n] for n in names], column_names=names, column_oriented=True)
+            client.insert(
+                rows.TRACES_TABLE, [columns[n] for n in names], column_names=names, column_oriented=True
+            )
         elapsed = time.perf_counter() - started
-        return {"spans_per_s": total / elapsed, "seconds": elapsed}
+        cpu = (time.process_time() - cpu_before) / total * 1e6
+        return {"spans_per_s": total / elapsed, "seconds": elapsed, "cpu_us_per_span": cpu}
     finally:
         client.close()
         shutil.rmtree(directory, ignore_errors=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="30k spans per transport instead of 200k")
     parser.add_argument("--spans", type=int, help="spans per transport (overrides --quick)")
     args = parser.parse_args()
     total = args.spans or (30_000 if args.quick else 200_000)
     requests = build_requests(total, seed=7)
     size = sum(len(body) for body in requests) / total
-    print(f"{total} spans per transport, {size:.0f} bytes of OTLP protobuf per span, {CLIENT_THREADS} client threads")
+    print(
+        f"{total} spans per transport, {size:.0f} bytes of OTLP protobuf per span, {CLIENT_THREADS} client threads"
+    )
     print(", ".join(f"{k}: {v}" for k, v in machine_info().items()))
     results = {transport: run_transport(transport, requests, total) for transport in ("http", "grpc")}
     baseline = run_baseline(requests, total)
     table = [
         [f"serve OTLP/{t.upper()} → chDB", f"{r['spans_per_s']:,.0f}", f"{r['ack_spans_per_s']:,.0f}",
-         f"{r['spans_per_s'] / baseline['spans_per_s']:.2f}", f"{r['peak_rss_mb']:.0f}"]
+         f"{r['spans_per_s'] / baseline['spans_per_s']:.2f}", f"{r['cpu_us_per_span']:.0f}", f"{r['peak_rss_mb']:.0f}"]
         for t, r in results.items()
     ]  # fmt: skip
-    table.append(["baseline: clickhouse-connect insert", f"{baseline['spans_per_s']:,.0f}", "—", "1.00", "—"])
-    print(markdown_table(["path", "spans/s written", "spans/s acknowledged", "× baseline", "serve peak RSS MiB"], table))
+    table.append(
+        ["baseline: clickhouse-connect insert", f"{baseline['spans_per_s']:,.0f}", "—", "1.00",
+         f"{baseline['cpu_us_per_span']:.0f}", "—"]
+    )  # fmt: skip
+    headers = [
+        "path",
+        "spans/s written",
+        "spans/s acknowledged",
+        "× baseline",
+        "CPU µs/span",
+        "serve peak RSS MiB",
+    ]
+    print(markdown_table(headers, table))
+    print(f"load average after the run: {os.getloadavg()[0]:.1f} (other processes share these cores)")
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ class Pipeline:
     def _run(self) -> None:
         """Keep up to one batch per encoder worker in conversion while inserting finished ones, in seq order."""
         inflight: deque[tuple[list[_Entry], Future[Encoded]]] = deque()
-        window = self._encoders.workers if self._encoders else 0
+        window = self._encoders.workers + 1 if self._encoders else 0  # every encoder busy while one inserts
         while True:
             entries = self._next_batch(wait=not inflight)
             if entries:

@@ -108,9 +108,7 @@ def test_log_interaction_and_capture_produce_the_same_span_shape(stored) -> None
     assert all(call[0] == "chat" and "good morning" in calls[0][7] for call in calls[:1])
 
 
-@pytest.mark.skipif(
-    not (shutil.which("node") and JS_MODULES.is_dir()), reason="node or tests/js modules missing"
-)
 def test_a_node_service_joins_over_otlp(stored) -> None:
+    js_node_modules()  # skips, with the reason, where node is missing
     ((operation, model, _, user, *_),) = stored["node-chatbot"]
     assert (operation, model, user) == ("chat", "gpt-4o-mini", "node-user")

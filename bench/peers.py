@@ -100,10 +100,13 @@ class Variant:
     versions: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     startup: list[dict] = field(default_factory=list)
-    # workload -> clock ("cpu" or "wall") -> nanoseconds per call
-    samples: dict[str, dict[str, list[int]]] = field(
-        default_factory=lambda: defaultdict(lambda: defaultdict(list))
+    # workload -> clock ("cpu" or "wall") -> round number -> nanoseconds of each call of that round's block
+    blocks: dict[str, dict[str, dict[int, list[int]]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(dict))
     )
+
+    def pooled(self, workload: str, clock: str = "cpu") -> list[int]:
+        return [ns for block in self.blocks[workload][clock].values() for ns in block]
 
 
 class Worker:
@@ -152,7 +155,8 @@ class Worker:
 
 
 def measure(variants: list[Variant], sessions: int, rounds: int, scale: float) -> None:
-    """Fill each variant's startup figures and samples; a variant that fails gets ``error`` and drops out."""
+    """Fill each variant's startup figures and blocks; a variant that fails gets ``error`` and drops out."""
+    round_number = 0
     for session, order in enumerate(rotations([v.key for v in variants], sessions), 1):
         by_key = {v.key: v for v in variants if v.error is None}
         workers = []
@@ -168,6 +172,7 @@ def measure(variants: list[Variant], sessions: int, rounds: int, scale: float) -
             worker.variant.startup.append(message["ready"])
             workers.append(worker)
         for round_order in rotations([w.variant.key for w in workers], rounds):
+            round_number += 1
             for workload in WORKLOADS:
                 for key in round_order:
                     worker = next(w for w in workers if w.variant.key == key)
@@ -178,7 +183,7 @@ def measure(variants: list[Variant], sessions: int, rounds: int, scale: float) -
                         worker.variant.error = f"{workload.name}: {reply['error']}"
                     else:
                         for clock, values in reply.items():
-                            worker.variant.samples[workload.name][clock].extend(values)
+                            worker.variant.blocks[workload.name][clock][round_number] = values
         for worker in workers:
             worker.close()
         print(f"[peers] session {session}/{sessions} done", file=sys.stderr, flush=True)
@@ -228,11 +233,16 @@ def build_variants(quick: bool, log) -> tuple[list[Variant], list[Venv]]:
 
 
 def _added(variant: Variant, bare: Variant, workload: str, q: float, clock: str = "cpu") -> float | None:
-    """µs the variant adds at quantile ``q`` over the bare client (same openai version, same run)."""
-    mine, base = variant.samples[workload][clock], bare.samples[workload][clock]
-    if not mine or not base:
+    """µs the variant adds at quantile ``q`` over the bare client on its openai version.
+
+    Paired by round: each round's difference compares blocks run moments apart, and the median over rounds
+    shrugs off the rounds a neighbour's burst of load happened to hit.
+    """
+    mine, base = variant.blocks[workload][clock], bare.blocks[workload][clock]
+    rounds = sorted(mine.keys() & base.keys())
+    if not rounds:
         return None
-    return (quantile(mine, q) - quantile(base, q)) / 1000
+    return median([quantile(mine[r], q) - quantile(base[r], q) for r in rounds]) / 1000
 
 
 def _reference(variants: list[Variant], peer: str, openai_version: str) -> Variant | None:
@@ -273,11 +283,11 @@ def _baseline_table(variants: list[Variant]) -> str:
     rows = [
         [
             v.openai,
-            *(_num(median(v.samples[w.name]["cpu"]) / 1000) for w in shown),
-            len(v.samples["chat"]["cpu"]),
+            *(_num(median(v.pooled(w.name)) / 1000) for w in shown),
+            len(v.pooled("chat")),
         ]
         for v in variants
-        if v.peer == "bare" and not v.error and v.samples["chat"]["cpu"]
+        if v.peer == "bare" and not v.error and v.pooled("chat")
     ]
     return markdown_table(["openai", *(f"{w.name} CPU µs" for w in shown), "calls per workload"], rows)
 
@@ -323,8 +333,8 @@ def report(variants: list[Variant], failed: list[Venv], quick: bool) -> str:
             "",
         ]
     out += [
-        "Added µs = the peer's per-call quantile minus the bare client's, on the same openai version, in the same "
-        "run. CPU time of the process is the headline: on a shared machine wall time also counts the neighbours "
+        "Added µs = the peer's per-call quantile minus the bare client's on the same openai version, taken per "
+        "round (blocks run moments apart) and the median over rounds reported. CPU time of the process is the headline: on a shared machine wall time also counts the neighbours "
         "(wall median shown for context). `× llmtap` = added CPU median over llmtap's on the same openai version. "
         "Per chunk = (50-chunk stream − 1-chunk stream) / 49. Content capture on everywhere; llmtap also redacts.",
         "",
@@ -356,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, help="rotated rounds per session (default 4; quick 1)")
     parser.add_argument("--scale", type=float, help="multiplier for calls per block (default 1; quick 0.1)")
+    parser.add_argument(
+        "--dump", type=Path, help="also write every sample and startup figure to this JSON file"
+    )
     args = parser.parse_args(argv)
     sessions = args.sessions or (1 if args.quick else 5)
     rounds = args.rounds or (1 if args.quick else 4)
@@ -366,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
 
     variants, failed = build_variants(args.quick, log)
     measure(variants, sessions, rounds, scale)
+    if args.dump:
+        args.dump.write_text(json.dumps([vars(variant) for variant in variants]))
     machine = machine_info()
     print(report(variants, failed, args.quick))
     print("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))

@@ -59,7 +59,7 @@ def test_a_peer_that_breaks_is_reported_with_its_error_and_the_others_still_run(
     peers.measure(variants, sessions=1, rounds=1, scale=0.03)
     broken = variants[2]
     assert broken.error and "openlit" in broken.error and "ModuleNotFoundError" in broken.error
-    assert all(variants[0].samples[w.name] for w in peers.WORKLOADS)
+    assert all(variants[0].pooled(w.name) for w in peers.WORKLOADS)
     text = peers.report(variants, [], quick=True)
     assert "### Failed" in text and "ModuleNotFoundError" in text
     assert "| llmtap | x |" in text

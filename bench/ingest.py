@@ -7,7 +7,7 @@ measured in the same run, inserts the very same rows straight into a chDB store 
 already converted, one process, no network): what ClickHouse itself costs.
 
     python bench/ingest.py            # 200k spans per transport
-    python bench/ingest.py --quick    # 30k spans per transport
+    python bench/ingest.py --quick    # 10k spans per transport
 """
 
 from __future__ import annotations
@@ -271,10 +271,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="30k spans per transport instead of 200k")
+    parser.add_argument("--quick", action="store_true", help="10k spans per transport instead of 200k")
     parser.add_argument("--spans", type=int, help="spans per transport (overrides --quick)")
     args = parser.parse_args()
-    total = args.spans or (30_000 if args.quick else 200_000)
+    total = args.spans or (10_000 if args.quick else 200_000)
     requests = build_requests(total, seed=7)
     size = sum(len(body) for body in requests) / total
     print(

@@ -22,15 +22,15 @@ from llmtap.clickhouse.connection import StoreError, default_dsn, parse_dsn
 from llmtap.clickhouse.export import FORMATS, count_calls, export_calls, export_parquet_file
 from llmtap.clickhouse.filters import STATUSES, CallFilter, FilterError
 from llmtap.clickhouse.follow import follow_calls
-from llmtap.clickhouse.migrations import MigrationError, migrate, status
+from llmtap.clickhouse.migrations import MigrationError, status
 from llmtap.clickhouse.prices import (
     PriceFileError,
     list_prices,
-    load_bundled_prices,
     load_prices,
     read_prices,
 )
 from llmtap.clickhouse.retention import current_retention, set_retention
+from llmtap.clickhouse.schema import bring_up_to_date
 from llmtap.clickhouse.store import is_embedded, open_store, running_serve
 from llmtap.clickhouse.timeparse import TIME_HELP, parse_duration, parse_time
 from rich.console import Console
@@ -394,11 +394,11 @@ def db() -> None:
 def db_migrate(dsn: str | None) -> None:
     """Create the tables/views that are missing and reload the bundled model prices."""
     client = _open(dsn, create_database=True, writable=True)
-    report = migrate(client)
+    report, prices = bring_up_to_date(client)
     click.echo(report.summary())
     for changed in report.changed_since_applied:
         click.echo(f"warning: {changed.path.name} changed after it was applied; it is not re-run", err=True)
-    click.echo(f"loaded {load_bundled_prices(client)} model prices")
+    click.echo(f"loaded {prices} model prices")
 
 
 @db.command("status")

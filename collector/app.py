@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtap.clickhouse.connection import StoreError, connect, parse_dsn, user_data_dir
-from llmtap.clickhouse.migrations import migrate
+from llmtap.clickhouse.schema import bring_up_to_date
 from llmtap.collector import discovery
 from llmtap.collector.encode import EncoderPool
 from llmtap.collector.grpc_server import start_grpc_server
@@ -95,7 +95,8 @@ class Collector:
         client = None
         try:
             client = connect(config.dsn, create_database=True)
-            self.migration_summary = migrate(client).summary()
+            report, _ = bring_up_to_date(client)
+            self.migration_summary = report.summary()
             self._migrated = True
         except StoreError as exc:
             if parse_dsn(config.dsn).is_chdb:
@@ -145,7 +146,7 @@ class Collector:
         if self._migrated:
             return client
         try:
-            migrate(client)
+            bring_up_to_date(client)
         except Exception:
             client.close()
             raise

@@ -47,3 +47,14 @@ def test_demo_store_holds_both_services_users_tags_and_content(demo_run) -> None
         "SELECT countIf(InputMessages != '' OR Operation = 'embeddings'), countIf(Project = 'demo-shop') FROM llm_calls"
     ).result_rows[0]
     assert content == (16, 16)
+
+
+def test_demo_calls_are_priced_by_the_bundled_prices(demo_run) -> None:
+    """serve loads llmtap's prices when it creates the store, so known models are costed with no extra step."""
+    result, data_dir = demo_run
+    assert result.returncode == 0
+    client = connect(f"chdb://{data_dir / 'chdb'}")
+    unpriced = client.query(
+        "SELECT groupUniqArray(Model) FROM llm_calls_costed WHERE Cost IS NULL AND Model LIKE 'gpt-%'"
+    ).result_rows[0][0]
+    assert unpriced == []

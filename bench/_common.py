@@ -110,7 +110,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+def format_number(value: float) -> str:
+    """Three significant-ish figures: 1.4, 58.1, 1,275."""
+    return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
+
+
 def _cell(value: object) -> str:
     if isinstance(value, float):
-        return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
+        return format_number(value)
     return str(value).replace("|", "\\|")

@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import machine_info, markdown_table, median, quantile, rotations
+from _common import format_number, machine_info, markdown_table, median, quantile, rotations
 from _venvs import Venv, ensure_venv, installed_versions, llmtap_requirement
 
 HERE = Path(__file__).resolve().parent
@@ -232,17 +232,37 @@ def build_variants(quick: bool, log) -> tuple[list[Variant], list[Venv]]:
 # --- the report ---------------------------------------------------------------------------------------------
 
 
-def _added(variant: Variant, bare: Variant, workload: str, q: float, clock: str = "cpu") -> float | None:
-    """µs the variant adds at quantile ``q`` over the bare client on its openai version.
+def _per_round(
+    variant: Variant, bare: Variant, workload: str, q: float, clock: str = "cpu"
+) -> dict[int, float]:
+    """Round -> µs the variant adds at quantile ``q`` over the bare client on its openai version.
 
-    Paired by round: each round's difference compares blocks run moments apart, and the median over rounds
-    shrugs off the rounds a neighbour's burst of load happened to hit.
+    Paired by round: each difference compares blocks run moments apart; the report takes the median over
+    rounds, which shrugs off the rounds a neighbour's burst of load happened to hit.
     """
     mine, base = variant.blocks[workload][clock], bare.blocks[workload][clock]
-    rounds = sorted(mine.keys() & base.keys())
-    if not rounds:
-        return None
-    return median([quantile(mine[r], q) - quantile(base[r], q) for r in rounds]) / 1000
+    return {
+        r: (quantile(mine[r], q) - quantile(base[r], q)) / 1000 for r in sorted(mine.keys() & base.keys())
+    }
+
+
+def _added(variant: Variant, bare: Variant, workload: str, q: float, clock: str = "cpu") -> float | None:
+    rounds = _per_round(variant, bare, workload, q, clock)
+    return median(list(rounds.values())) if rounds else None
+
+
+def _per_chunk(variant: Variant, bare: Variant) -> list[float]:
+    """Per round: (added on the 50-chunk stream - added on the 1-chunk stream) / 49."""
+    long, short = _per_round(variant, bare, "stream", 0.5), _per_round(variant, bare, "stream1", 0.5)
+    return [(long[r] - short[r]) / (STREAM_CHUNKS - 1) for r in long.keys() & short.keys()]
+
+
+def _with_spread(values: list[float]) -> str:
+    """Median ± half the interquartile range over rounds: how far to trust the figure on this machine."""
+    if not values:
+        return "—"
+    spread = (quantile(values, 0.75) - quantile(values, 0.25)) / 2
+    return f"{format_number(median(values))} ±{format_number(spread)}"
 
 
 def _reference(variants: list[Variant], peer: str, openai_version: str) -> Variant | None:
@@ -256,14 +276,14 @@ def _workload_table(variants: list[Variant], measured: list[Variant], workload: 
         llmtap = _reference(variants, "llmtap", variant.openai)
         if bare is None:
             continue
+        rounds = list(_per_round(variant, bare, workload.name, 0.5).values())
         cpu_median, cpu_p90 = (_added(variant, bare, workload.name, q) for q in (0.5, 0.9))
         ours = _added(llmtap, bare, workload.name, 0.5) if llmtap else None
         ratio = f"{cpu_median / ours:.1f}×" if cpu_median is not None and ours and ours > 0 else "—"
-        row = [variant.title, variant.openai, _num(cpu_median), _num(cpu_p90), ratio]
+        row = [variant.title, variant.openai, _with_spread(rounds), _num(cpu_p90), ratio]
         row.append(_num(_added(variant, bare, workload.name, 0.5, "wall")))
         if workload.name == "stream":
-            long, short = _added(variant, bare, "stream", 0.5), _added(variant, bare, "stream1", 0.5)
-            row.append(_num(None if None in (long, short) else (long - short) / (STREAM_CHUNKS - 1), 2))
+            row.append(_with_spread(_per_chunk(variant, bare)))
         rows.append(row)
     headers = [
         "peer",
@@ -336,7 +356,8 @@ def report(variants: list[Variant], failed: list[Venv], quick: bool) -> str:
         "Added µs = the peer's per-call quantile minus the bare client's on the same openai version, taken per "
         "round (blocks run moments apart) and the median over rounds reported. CPU time of the process is the headline: on a shared machine wall time also counts the neighbours "
         "(wall median shown for context). `× llmtap` = added CPU median over llmtap's on the same openai version. "
-        "Per chunk = (50-chunk stream − 1-chunk stream) / 49. Content capture on everywhere; llmtap also redacts.",
+        "Per chunk = (50-chunk stream − 1-chunk stream) / 49. `±` = half the interquartile range of the "
+        "per-round figures (one round's noise; the median over all rounds is about 2.5× tighter). Content capture on everywhere; llmtap also redacts.",
         "",
     ]
     for workload in (w for w in WORKLOADS if w.name != "stream1"):

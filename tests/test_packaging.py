@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -124,3 +127,39 @@ def test_editable_install_maps_every_subpackage_to_its_folder(tmp_path: Path) ->
     for module, path in report["files"].items():
         folder = PACKAGE_DIRS[module]
         assert Path(path) == ROOT / folder / "__init__.py", f"{module} -> {path}"
+
+
+def _oldest_python() -> str | None:
+    """A Python 3.10 interpreter (the oldest the base install supports), if this machine has one."""
+    candidates = [
+        *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3.10"))),
+        shutil.which("python3.10"),  # last: a pyenv shim fails unless 3.10 is selected
+    ]
+    for candidate in filter(None, candidates):
+        if subprocess.run([candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
+    return None
+
+
+@pytest.mark.slow
+def test_base_install_works_on_python_3_10(wheel: Path, tmp_path: Path) -> None:
+    """The light base install: instrumentation and the CLI on 3.10; heavy commands say which extra they need."""
+    python = _oldest_python()
+    if python is None:
+        pytest.skip("no Python 3.10 on this machine")
+    venv = tmp_path / "venv310"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], check=True, timeout=600)
+    code = "import llmtap; llmtap.instrument(service_name='py310'); import sys; print(sys.version_info[:2])"
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "(3, 10)"
+    installed = subprocess.run(
+        [str(venv / "bin" / "pip"), "list", "--format=freeze"], check=True, capture_output=True, text=True
+    ).stdout.lower()
+    for heavy in ("chdb", "grpcio", "clickhouse-connect", "grafana-foundation-sdk"):
+        assert f"{heavy}==" not in installed, f"{heavy} is not part of the base install"
+    serve = subprocess.run([str(venv / "bin" / "llmtap"), "serve"], capture_output=True, text=True)
+    assert serve.returncode == 2 and "pip install 'llmtap[all]'" in serve.stderr
+    assert "Traceback" not in serve.stderr

@@ -160,6 +160,8 @@ def test_base_install_works_on_python_3_10(wheel: Path, tmp_path: Path) -> None:
     ).stdout.lower()
     for heavy in ("chdb", "grpcio", "clickhouse-connect", "grafana-foundation-sdk"):
         assert f"{heavy}==" not in installed, f"{heavy} is not part of the base install"
-    serve = subprocess.run([str(venv / "bin" / "llmtap"), "serve"], capture_output=True, text=True)
+    serve = subprocess.run(
+        [str(venv / "bin" / "llmtap"), "serve"], cwd=tmp_path, capture_output=True, text=True
+    )
     assert serve.returncode == 2 and "pip install 'llmtap[all]'" in serve.stderr
     assert "Traceback" not in serve.stderr

@@ -152,8 +152,9 @@ def test_base_install_works_on_python_3_10(wheel: Path, tmp_path: Path) -> None:
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], check=True, timeout=600)
     code = "import llmtap; llmtap.instrument(service_name='py310'); import sys; print(sys.version_info[:2])"
     out = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True
+        [str(venv / "bin" / "python"), "-c", code], cwd=tmp_path, capture_output=True, text=True
     )
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(3, 10)"
     installed = subprocess.run(
         [str(venv / "bin" / "pip"), "list", "--format=freeze"], check=True, capture_output=True, text=True

@@ -172,9 +172,31 @@ class TimeseriesPoint:
 def search_calls(
     client: Client, flt: CallFilter, *, limit: int = 50, oldest_first: bool = False, preview_chars: int = 120
 ) -> list[CallSummary]:
-    """The newest (or, for ``--follow``, oldest) ``limit`` calls matching ``flt``."""
+    """The newest (or, for ``--follow``, oldest) ``limit`` calls matching ``flt``.
+
+    llm_calls is sorted by project/service/model, not by time, so "the newest N" reads every timestamp in the
+    range. Newest-first searches therefore look back a widening window (an hour, a day, a week, then the whole
+    range) and stop at the first that holds ``limit`` calls: daily partitions outside the window are not read,
+    and the answer is the same, since every call outside the window is older than those inside it.
+    """
+    if oldest_first:
+        return _search(client, flt, limit, "ASC", preview_chars)
+    end = flt.until or datetime.now(timezone.utc)
+    for window in _NEWEST_WINDOWS:
+        since = end - window if window else None
+        if since is None or (flt.since is not None and flt.since >= since):
+            return _search(client, flt, limit, "DESC", preview_chars)
+        calls = _search(client, dataclasses.replace(flt, since=since), limit, "DESC", preview_chars)
+        if len(calls) >= limit:
+            return calls
+    raise AssertionError("unreachable: the last window is the whole range")
+
+
+_NEWEST_WINDOWS = (timedelta(hours=1), timedelta(days=1), timedelta(days=7), None)
+
+
+def _search(client: Client, flt: CallFilter, limit: int, order: str, preview_chars: int) -> list[CallSummary]:
     where, params = where_clause(flt)
-    order = "ASC" if oldest_first else "DESC"
     sql = f"""
     SELECT toDateTime64(Timestamp, 9, 'UTC'), TraceId, SpanId, Project, ServiceName, Operation, Model,
            Duration / 1e6, InputTokens, OutputTokens, IsError, ErrorType, StatusMessage, IsStream, UserId,

@@ -15,7 +15,7 @@ from typing import Any
 
 import openai
 from llmtap.clickhouse.prices import BUNDLED_PRICES, ModelPrice, read_prices
-from llmtap.collector.rows import TRACES_TABLE, Batch, add_traces
+from llmtap.collector.rows import TRACES_TABLE, Batch, add_request
 from llmtap.fake_openai.transport import http_client_class, sync_transport
 from llmtap.instrumentation import context
 from llmtap.instrumentation.instrumentor import OpenAIInstrumentor
@@ -160,7 +160,7 @@ def insert_spans(
 ) -> int:
     """Insert the spans as the collector would (optionally with the old exporter's STATUS_CODE_ERROR)."""
     batch = Batch()
-    rows = add_traces(batch, encode_spans(spans))
+    rows = add_request(batch, "traces", encode_spans(spans).SerializeToString())
     columns = batch.table(TRACES_TABLE)
     columns["StatusCode"] = [
         "STATUS_CODE_ERROR" if span_id in old_status_spelling and status == "Error" else status

@@ -559,3 +559,34 @@ def test_times_and_durations():
     for bad in ("yesterday", "1y", "", "-1h", "12:00"):
         with pytest.raises(ValueError, match="expected"):
             parse_time(bad, now=now)
+
+
+def test_newest_calls_are_found_through_widening_windows(store):
+    client, _, _ = store
+    path = client.uri.removeprefix("chdb://")
+    spread = connect(f"chdb://{path}?database=spread_calls", create_database=True)
+    try:
+        migrate(spread)
+        now = datetime.now(timezone.utc)
+        ages = {"a": timedelta(minutes=30), "b": timedelta(hours=3), "c": timedelta(days=10)}
+        spread.insert(
+            "otel_traces",
+            [
+                [now - age, name * 32, name * 16, {"gen_ai.operation.name": "chat"}]
+                for name, age in ages.items()
+            ],
+            column_names=["Timestamp", "TraceId", "SpanId", "SpanAttributes"],
+        )
+
+        def newest(limit: int, **fields) -> list[str]:
+            return [c.span_id[0] for c in queries.search_calls(spread, CallFilter(**fields), limit=limit)]
+
+        assert newest(1) == ["a"]
+        assert newest(2) == ["a", "b"]
+        assert newest(5) == ["a", "b", "c"]
+        assert newest(1, until=now - timedelta(hours=2)) == ["b"]
+        assert newest(5, since=now - timedelta(hours=5)) == ["a", "b"]
+        assert newest(5, since=now - timedelta(days=30), until=now - timedelta(days=1)) == ["c"]
+    finally:
+        spread.command("DROP DATABASE spread_calls SYNC")
+        spread.close()

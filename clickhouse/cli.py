@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 from llmtap.clickhouse import queries, render
 from llmtap.clickhouse.connection import StoreError, default_dsn, parse_dsn
-from llmtap.clickhouse.export import FORMATS, count_calls, export_calls, export_parquet_file
+from llmtap.clickhouse.export import FORMATS, chunks, export_calls, export_parquet
 from llmtap.clickhouse.filters import STATUSES, CallFilter, FilterError
 from llmtap.clickhouse.follow import follow_calls
 from llmtap.clickhouse.migrations import MigrationError, status
@@ -31,10 +31,10 @@ from llmtap.clickhouse.prices import (
 )
 from llmtap.clickhouse.retention import current_retention, set_retention
 from llmtap.clickhouse.schema import bring_up_to_date
-from llmtap.clickhouse.store import is_embedded, open_store, running_serve
+from llmtap.clickhouse.store import open_store, running_serve
 from llmtap.clickhouse.timeparse import TIME_HELP, parse_duration, parse_time
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 F = TypeVar("F", bound=Callable[..., Any])
 STATS_DEFAULT_SINCE = "24h"
@@ -339,42 +339,37 @@ def export(dsn: str | None, fmt: str, output: str, progress: bool | None, **opti
     client = _open(dsn)
     err = _console(err=True)
     show = err.is_terminal if progress is None else progress
-    total = count_calls(client, flt)
-    with ExportProgress(err, show, total if fmt == "jsonl" else None) as update:
+    pieces = chunks(client, flt)
+    total = sum(count for _, count in pieces)
+    with ExportProgress(err, show, total) as update:
         if fmt == "parquet":
             assert path is not None
-            result = export_parquet_file(client, flt, path, embedded=is_embedded(client), progress=update)
+            result = export_parquet(client, flt, path, progress=update, pieces=pieces)
         elif path is None:
-            result = export_calls(client, flt, fmt, sys.stdout.buffer, progress=update)
+            result = export_calls(client, flt, fmt, sys.stdout.buffer, progress=update, pieces=pieces)
         else:
             with open(path, "wb") as out:
-                result = export_calls(client, flt, fmt, out, progress=update)
+                result = export_calls(client, flt, fmt, out, progress=update, pieces=pieces)
     where = "standard output" if path is None else str(path)
     err.print(f"exported {total:,} calls ({result.bytes / 1e6:.1f} MB) to {where}", style="dim")
 
 
 class ExportProgress:
-    """A rich progress bar fed by export's (bytes, rows) callback; rows when known, else bytes."""
+    """A rich progress bar on stderr, fed by export's (bytes, calls) callback."""
 
-    def __init__(self, console: Console, enabled: bool, total_rows: int | None) -> None:
-        self.total_rows = total_rows
-        columns = [SpinnerColumn(), TextColumn("exporting")]
-        columns += (
-            [BarColumn(), TextColumn("{task.completed:,}/{task.total:,} calls")]
-            if total_rows
-            else [DownloadColumn()]
-        )
+    def __init__(self, console: Console, enabled: bool, total: int) -> None:
         self.progress = Progress(
-            *columns, TimeElapsedColumn(), console=console, disable=not enabled, transient=True
-        )
-        self.task = self.progress.add_task("export", total=total_rows)
+            SpinnerColumn(), TextColumn("exporting"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} calls"),
+            TimeElapsedColumn(), console=console, disable=not enabled or not total, transient=True,
+        )  # fmt: skip
+        self.task = self.progress.add_task("export", total=total)
 
     def __enter__(self) -> Callable[[int, int], None]:
         self.progress.start()
         return self.update
 
-    def update(self, written: int, rows: int) -> None:
-        self.progress.update(self.task, completed=rows if self.total_rows else written)
+    def update(self, written: int, calls: int) -> None:
+        self.progress.update(self.task, completed=calls)
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()

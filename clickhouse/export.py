@@ -1,21 +1,18 @@
-"""Export calls as JSON lines, CSV or Parquet, streaming: memory stays flat whatever the export's size.
+"""Export calls as JSON lines, CSV or Parquet in time order, with memory bounded whatever the export's size.
 
-ClickHouse encodes the rows itself (its JSONEachRow, CSV and Parquet output formats) and clickhouse-connect's
-``raw_stream`` hands the bytes over block by block; we copy them to the output and count. The one exception
-is Parquet from the embedded store: a Parquet file has a global footer, so chDB cannot stream it in blocks;
-there the engine writes the file itself (``INTO OUTFILE``, row group by row group) into a private temporary
-directory, and it is then moved into place.
+A single ``ORDER BY Timestamp`` over a month would make ClickHouse sort every exported row (prompts included)
+in memory. So the range is cut into consecutive chunks of about :data:`CHUNK_ROWS` calls (whole hours, from a
+count per hour), and each chunk is one sorted query: output is in time order, and memory holds one chunk.
+ClickHouse encodes the rows itself: JSONEachRow and CSV bytes are copied from clickhouse-connect's
+``raw_stream`` to the output; Parquet chunks arrive as Arrow tables and are appended to one file as row groups.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
-import threading
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -25,9 +22,10 @@ if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 FORMATS = {"jsonl": "JSONEachRow", "csv": "CSV", "parquet": "Parquet"}
+CHUNK_ROWS = 50_000
 
-# Exported columns: everything llm_calls_costed has. CSV has no nested types, so arrays and maps
-# become JSON text there; JSON lines and Parquet keep them as arrays and objects/maps.
+# Exported columns: everything llm_calls_costed has. CSV has no nested types, so arrays and maps become JSON text
+# there; JSON lines and Parquet keep them as arrays and objects/maps.
 _COLUMNS = (
     "Timestamp", "TraceId", "SpanId", "ParentSpanId", "Project",
     "ServiceName", "SpanName", "Operation", "Provider", "RequestModel", "ResponseModel", "Model", "ResponseId",
@@ -44,11 +42,8 @@ _SETTINGS = {
     # ISO 8601 times in UTC (2026-11-23T10:45:32.018963000Z) in JSON lines and CSV, UTC in Parquet.
     "date_time_output_format": "iso",
     "session_timezone": "UTC",
-    # Bounded Parquet row groups (prompts can be large): the writer holds one row group at a time.
-    "output_format_parquet_row_group_size": 50_000,
-    "output_format_parquet_row_group_size_bytes": 64 * 1024 * 1024,
 }
-_CHUNK = 1 << 20
+_READ = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -57,11 +52,11 @@ class ExportResult:
     bytes: int
 
 
-ProgressCallback = Callable[[int, int], None]  # (bytes written so far, rows written so far or -1 if unknown)
+ProgressCallback = Callable[[int, int], None]  # (bytes written so far, calls written so far)
 
 
 def export_sql(flt: CallFilter, fmt: str) -> tuple[str, dict[str, Any]]:
-    """The SELECT of an export (no FORMAT clause) with its bound parameters."""
+    """The SELECT of one chunk of an export (no FORMAT clause) with its bound parameters."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     columns = [f"toJSONString({c}) AS {c}" if fmt == "csv" and c in _NESTED else c for c in _COLUMNS]
@@ -69,10 +64,34 @@ def export_sql(flt: CallFilter, fmt: str) -> tuple[str, dict[str, Any]]:
     return f"SELECT {', '.join(columns)} FROM llm_calls_costed {where} ORDER BY Timestamp, SpanId", params
 
 
-def count_calls(client: Client, flt: CallFilter) -> int:
-    """How many calls an export of ``flt`` will write (for the progress bar's total)."""
+def chunks(client: Client, flt: CallFilter, *, rows: int = CHUNK_ROWS) -> list[tuple[CallFilter, int]]:
+    """``flt`` cut into consecutive time ranges of about ``rows`` calls each (an hour is never split), oldest
+    first, with the number of calls in each."""
     where, params = where_clause(flt)
-    return int(client.query(f"SELECT count() FROM llm_calls {where}", parameters=params).result_rows[0][0])
+    hours = client.query(
+        f"SELECT toUnixTimestamp(toStartOfHour(Timestamp)) AS H, count() FROM llm_calls {where} GROUP BY H ORDER BY H",
+        parameters=params,
+    ).result_rows
+    pieces: list[tuple[CallFilter, int]] = []
+    start: datetime | None = None
+    count = 0
+    for hour, calls in hours:
+        moment = datetime.fromtimestamp(hour, tz=timezone.utc)
+        if start is not None and count + calls > rows:
+            pieces.append((_between(flt, start, moment), count))
+            start, count = None, 0
+        start = start or moment
+        count += calls
+    if start is not None:
+        last = datetime.fromtimestamp(hours[-1][0], tz=timezone.utc) + timedelta(hours=1)
+        pieces.append((_between(flt, start, last), count))
+    return pieces
+
+
+def _between(flt: CallFilter, start: datetime, end: datetime) -> CallFilter:
+    since = max(start, flt.since) if flt.since else start
+    until = min(end, flt.until) if flt.until else end
+    return dataclasses.replace(flt, since=since, until=until)
 
 
 def csv_header() -> bytes:
@@ -80,58 +99,67 @@ def csv_header() -> bytes:
 
 
 def export_calls(
-    client: Client, flt: CallFilter, fmt: str, out: IO[bytes], *, progress: ProgressCallback | None = None
+    client: Client,
+    flt: CallFilter,
+    fmt: str,
+    out: IO[bytes],
+    *,
+    progress: ProgressCallback | None = None,
+    pieces: list[tuple[CallFilter, int]] | None = None,
 ) -> ExportResult:
-    """Stream the calls matching ``flt`` to ``out`` in ``fmt``; ``progress`` is called after every chunk."""
-    sql, params = export_sql(flt, fmt)
-    written = rows = 0
+    """Write the calls matching ``flt`` to ``out`` as JSON lines or CSV, oldest first (``pieces``: the
+    :func:`chunks` of ``flt`` when the caller already has them, e.g. to size a progress bar)."""
+    if fmt not in ("jsonl", "csv"):
+        raise ValueError(f"export_calls writes jsonl or csv, not {fmt!r} (see export_parquet)")
     report = progress or (lambda _bytes, _rows: None)
+    written = rows = 0
     if fmt == "csv":
         header = csv_header()
         out.write(header)
         written += len(header)
-    with client.raw_stream(sql, parameters=params, settings=_SETTINGS, fmt=FORMATS[fmt]) as stream:
-        while chunk := stream.read(_CHUNK):
-            out.write(chunk)
-            written += len(chunk)
-            if fmt == "jsonl":  # JSONEachRow escapes newlines inside values: one line per row
-                rows += chunk.count(b"\n")
-            report(written, rows if fmt == "jsonl" else -1)
+    for piece, count in pieces if pieces is not None else chunks(client, flt):
+        sql, params = export_sql(piece, fmt)
+        with client.raw_stream(sql, parameters=params, settings=_SETTINGS, fmt=FORMATS[fmt]) as stream:
+            while data := stream.read(_READ):
+                out.write(data)
+                written += len(data)
+                report(written, rows)
+        rows += count
+        report(written, rows)
     out.flush()
-    return ExportResult(rows=rows if fmt == "jsonl" else -1, bytes=written)
+    return ExportResult(rows=rows, bytes=written)
 
 
-def export_parquet_file(
-    client: Client, flt: CallFilter, path: Path, *, embedded: bool, progress: ProgressCallback | None = None
+def export_parquet(
+    client: Client,
+    flt: CallFilter,
+    path: Path,
+    *,
+    progress: ProgressCallback | None = None,
+    pieces: list[tuple[CallFilter, int]] | None = None,
 ) -> ExportResult:
-    """Write a Parquet file: streamed from a server, written by the engine itself on the embedded store."""
-    if not embedded:
-        with open(path, "wb") as out:
-            return export_calls(client, flt, "parquet", out, progress=progress)
-    sql, params = export_sql(flt, "parquet")
-    workdir = Path(tempfile.mkdtemp(prefix="llmtap-export-"))
-    staging = workdir / "export.parquet"  # a path we chose: safe to write into the statement
-    done = threading.Event()
-    watcher = threading.Thread(target=_watch_size, args=(staging, done, progress), daemon=True)
-    watcher.start()
+    """Write the calls matching ``flt`` to a Parquet file, one row group per chunk, oldest first."""
+    import pyarrow.parquet as pq
+
+    report = progress or (lambda _bytes, _rows: None)
+    rows = 0
+    writer = None
     try:
-        client.command(
-            f"{sql} INTO OUTFILE '{staging.as_posix()}' FORMAT Parquet", parameters=params, settings=_SETTINGS
-        )
-        done.set()
-        watcher.join()
-        size = staging.stat().st_size
-        shutil.move(os.fspath(staging), os.fspath(path))
-        if progress:
-            progress(size, -1)
-        return ExportResult(rows=-1, bytes=size)
+        for piece, _count in pieces if pieces is not None else chunks(client, flt):
+            sql, params = export_sql(piece, "parquet")
+            table = client.query_arrow(sql, parameters=params, settings=_SETTINGS)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+            writer.write_table(table.cast(writer.schema))
+            rows += table.num_rows
+            report(path.stat().st_size, rows)
+        if writer is None:  # nothing matched: still a valid, empty file with the export's columns
+            sql, params = export_sql(flt, "parquet")
+            empty = client.query_arrow(f"{sql} LIMIT 0", parameters=params, settings=_SETTINGS)
+            writer = pq.ParquetWriter(path, empty.schema, compression="zstd")
     finally:
-        done.set()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _watch_size(path: Path, done: threading.Event, progress: ProgressCallback | None) -> None:
-    """Report the growing file's size while the engine writes it (INTO OUTFILE blocks the calling thread)."""
-    while progress and not done.wait(0.25):
-        with contextlib.suppress(OSError):  # not created yet
-            progress(path.stat().st_size, -1)
+        if writer is not None:
+            writer.close()
+    size = path.stat().st_size
+    report(size, rows)
+    return ExportResult(rows=rows, bytes=size)

@@ -2,7 +2,8 @@
 
 While serve holds the chDB store, no other process can open it; serve answers read-only SQL on
 ``POST /api/query`` (:mod:`llmtap.collector.query_api`). This class offers the part of the client API the query
-layer uses — ``query`` (rows as Python values) and ``raw_stream`` (bytes in a ClickHouse output format) —
+layer uses — ``query`` (rows as Python values), ``query_arrow`` and ``raw_stream`` (bytes in a ClickHouse
+output format) —
 so :mod:`llmtap.clickhouse.queries` and :mod:`llmtap.clickhouse.export` run unchanged through it. Rows travel
 as Arrow (typed, so times, maps, arrays and NULLs come back as they would from clickhouse-connect).
 Writes (migrations, retention, prices) are refused with a message saying to stop serve first.
@@ -37,11 +38,17 @@ class ServeClient:
     def query(
         self, query: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
     ) -> ServeResult:
-        import pyarrow as pa
-
-        table = pa.ipc.open_stream(self._run(query, parameters, "ArrowStream", settings)).read_all()
+        table = self.query_arrow(query, parameters, settings)
         columns = [_python_values(column) for column in table.columns]
         return ServeResult(tuple(table.column_names), list(zip(*columns, strict=True)) if columns else [])
+
+    def query_arrow(
+        self, query: str, parameters: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> Any:
+        """The result as a pyarrow Table (as clickhouse-connect's ``query_arrow`` returns it)."""
+        import pyarrow as pa
+
+        return pa.ipc.open_stream(self._run(query, parameters, "ArrowStream", settings)).read_all()
 
     def raw_stream(
         self,

@@ -50,8 +50,3 @@ def open_store(dsn: str | None = None, *, create_database: bool = False, writabl
                 "to create it, or pass --clickhouse/--dsn to query another store"
             )
     return connect(dsn, create_database=create_database)
-
-
-def is_embedded(client: Client) -> bool:
-    """True when the client runs the chDB engine in this process (not a server, not serve's API)."""
-    return str(getattr(client, "uri", "")).startswith("chdb:")

@@ -6,6 +6,8 @@ conversion (see clickhouse_llm_calls.py); every expectation is recomputed in Pyt
 
 from __future__ import annotations
 
+import io
+import json
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
 
@@ -13,6 +15,7 @@ import pytest
 from clickhouse_llm_calls import Call, cost_of, expected_calls, insert_spans, quantile, record_spans
 from llmtap.clickhouse import queries
 from llmtap.clickhouse.connection import connect
+from llmtap.clickhouse.export import chunks, export_calls
 from llmtap.clickhouse.filters import CallFilter, FilterError, where_clause
 from llmtap.clickhouse.follow import follow_calls
 from llmtap.clickhouse.migrations import migrate
@@ -587,6 +590,15 @@ def test_newest_calls_are_found_through_widening_windows(store):
         assert newest(1, until=now - timedelta(hours=2)) == ["b"]
         assert newest(5, since=now - timedelta(hours=5)) == ["a", "b"]
         assert newest(5, since=now - timedelta(days=30), until=now - timedelta(days=1)) == ["c"]
+        # Exports run one sorted chunk at a time (whole hours), oldest first, whatever the chunk size.
+        pieces = chunks(spread, CallFilter(), rows=1)
+        assert [count for _, count in pieces] == [1, 1, 1]
+        assert pieces[0][0].since < pieces[0][0].until <= pieces[1][0].since
+        out = io.BytesIO()
+        result = export_calls(spread, CallFilter(), "jsonl", out, pieces=pieces)
+        assert [json.loads(line)["SpanId"][0] for line in out.getvalue().splitlines()] == ["c", "b", "a"]
+        assert result.rows == 3 and result.bytes == len(out.getvalue())
+        assert [count for _, count in chunks(spread, CallFilter(since=now - timedelta(hours=5)))] == [2]
     finally:
         spread.command("DROP DATABASE spread_calls SYNC")
         spread.close()

@@ -245,7 +245,7 @@ def run_baseline(requests: list[bytes], total: int) -> dict[str, float]:
         migrate(client)
         batches, batch = [], rows.Batch()
         for body in requests:
-            rows.add_traces(batch, trace_service_pb2.ExportTraceServiceRequest.FromString(body))
+            rows.add_request(batch, "traces", body)
             if batch.rows(rows.TRACES_TABLE) >= 10_000:
                 batches.append(batch)
                 batch = rows.Batch()

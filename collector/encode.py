@@ -16,10 +16,8 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from typing import Any
 
 from llmtap.collector import rows
-from llmtap.collector.decode import SIGNALS
 
 FORMAT = "Native"
-_CONVERTERS = {"traces": rows.add_traces, "metrics": rows.add_metrics, "logs": rows.add_logs}
 _PREFIX_END = b" FORMAT Native\n"
 
 #: table -> (column names, Native block bytes); signal -> items converted
@@ -54,7 +52,7 @@ def encode_requests(payloads: list[tuple[str, bytes]]) -> Encoded:
     batch = rows.Batch()
     counts: Counter[str] = Counter()
     for signal, payload in payloads:
-        counts[signal] += _CONVERTERS[signal](batch, SIGNALS[signal].request_type.FromString(payload))
+        counts[signal] += rows.add_request(batch, signal, payload)
     return {
         table: (tuple(columns), _native_block(table, columns))
         for table, columns in batch.columns.items()

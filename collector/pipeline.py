@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmtap.collector import rows
-from llmtap.collector.decode import SIGNALS
 from llmtap.collector.encode import FORMAT as ENCODED_FORMAT
 from llmtap.collector.encode import Encoded, EncoderPool
 from llmtap.collector.spool import Record, Spool
@@ -36,7 +35,6 @@ from llmtap.collector.stats import Stats
 
 log = logging.getLogger("llmtap.serve")
 
-_CONVERTERS = {"traces": rows.add_traces, "metrics": rows.add_metrics, "logs": rows.add_logs}
 # ClickHouse error codes that mean "this data can never be inserted", as opposed to an outage or overload.
 _DATA_ERROR_CODES = {6, 27, 36, 41, 53, 69, 70, 72, 117, 190, 321, 407}
 _RETRIES_BEFORE_SPLIT = 3
@@ -286,8 +284,7 @@ class Pipeline:
         convertible = []
         for entry in entries:
             try:
-                request = SIGNALS[entry.record.signal].request_type.FromString(self._payload(entry))
-                items = _CONVERTERS[entry.record.signal](batch, request)
+                items = rows.add_request(batch, entry.record.signal, self._payload(entry))
             except Exception as exc:  # a request that cannot even be converted never will be
                 self._quarantine(entry, exc)
                 continue

@@ -1,7 +1,9 @@
 """OTLP export requests -> column-oriented rows for the exporter's tables (the value rules of the contrib exporter).
 
-One function per signal takes a decoded ``Export*ServiceRequest`` and appends to a :class:`Batch`, a set of
-per-table column lists ready for ``client.insert(..., column_oriented=True)``. Each mirrors the newest contrib
+:func:`add_request` parses a spooled export request and appends its rows to a :class:`Batch`, a set of per-table
+column lists ready for ``client.insert(..., column_oriented=True)``. The request is parsed with the classes of
+:mod:`llmtap.collector.request_views`, which leave attribute lists encoded for the memoized
+:func:`~llmtap.collector.values.encoded_attributes_to_map`. One function per signal mirrors the newest contrib
 exporter (exporter/clickhouseexporter): traces ``pushTraceData`` in exporter_traces.go, logs ``pushLogsData`` in
 exporter_logs.go, metrics the ``insert`` methods in internal/metrics/*_metrics.go. Timestamps are passed as
 integers (nanoseconds for DateTime64(9), seconds for DateTime) so no precision is lost on the way.
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmtap.collector.request_views import VIEW_TYPES, parse_view
 from llmtap.collector.values import as_string as value_as_string
 from llmtap.collector.values import (
     attributes_to_map,
+    encoded_attributes_to_map,
     fixed_span_id_hex,
     fixed_trace_id_hex,
     service_name,
@@ -73,6 +77,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 _NS = 1_000_000_000
+_NONE = ()  # the value of every empty Events/Links array: shared, so spans without any allocate nothing
 
 
 class Batch:
@@ -98,8 +103,21 @@ class Batch:
         return self.total_rows() > 0
 
 
+def add_request(batch: Batch, signal: str, payload: bytes) -> int:
+    """Append the rows of one serialized export request of ``signal``; returns how many items it held."""
+    return _CONVERTERS[signal](batch, parse_view(signal, payload))
+
+
+def _view(signal: str, request: Any) -> Any:
+    """The request as its view class (callers may hold the generated class)."""
+    if isinstance(request, VIEW_TYPES[signal]):
+        return request
+    return parse_view(signal, request.SerializeToString())
+
+
 def add_traces(batch: Batch, request: Any) -> int:
     """Append one ExportTraceServiceRequest; returns the number of span rows (exporter pushTraceData)."""
+    request = _view("traces", request)
     columns = batch.table(TRACES_TABLE)
     c_ts, c_trace, c_span, c_parent = (columns[n] for n in ("Timestamp", "TraceId", "SpanId", "ParentSpanId"))
     c_state, c_name, c_kind, c_service = (
@@ -137,7 +155,7 @@ def add_traces(batch: Batch, request: Any) -> int:
                 c_res.append(resource)
                 c_scope.append(scope_name)
                 c_scope_v.append(scope_version)
-                c_attrs.append(attributes_to_map(span.attributes))
+                c_attrs.append(encoded_attributes_to_map(span.attributes))
                 # EndTimestamp - StartTimestamp on uint64 (decoding rejects end < start, so no wrap-around).
                 c_duration.append(span.end_time_unix_nano - start)
                 code = span.status.code
@@ -147,28 +165,29 @@ def add_traces(batch: Batch, request: Any) -> int:
                 if events:  # convertEvents
                     c_ev_ts.append([event.time_unix_nano for event in events])
                     c_ev_name.append([event.name for event in events])
-                    c_ev_attrs.append([attributes_to_map(event.attributes) for event in events])
+                    c_ev_attrs.append([encoded_attributes_to_map(event.attributes) for event in events])
                 else:
-                    c_ev_ts.append([])
-                    c_ev_name.append([])
-                    c_ev_attrs.append([])
+                    c_ev_ts.append(_NONE)
+                    c_ev_name.append(_NONE)
+                    c_ev_attrs.append(_NONE)
                 links = span.links
                 if links:  # convertLinks
                     c_ln_trace.append([trace_id_hex(link.trace_id) for link in links])
                     c_ln_span.append([span_id_hex(link.span_id) for link in links])
                     c_ln_state.append([link.trace_state for link in links])
-                    c_ln_attrs.append([attributes_to_map(link.attributes) for link in links])
+                    c_ln_attrs.append([encoded_attributes_to_map(link.attributes) for link in links])
                 else:
-                    c_ln_trace.append([])
-                    c_ln_span.append([])
-                    c_ln_state.append([])
-                    c_ln_attrs.append([])
+                    c_ln_trace.append(_NONE)
+                    c_ln_span.append(_NONE)
+                    c_ln_state.append(_NONE)
+                    c_ln_attrs.append(_NONE)
                 count += 1
     return count
 
 
 def add_logs(batch: Batch, request: Any) -> int:
     """Append one ExportLogsServiceRequest; returns the number of log rows (exporter pushLogsData)."""
+    request = _view("logs", request)
     columns = batch.table(LOGS_TABLE)
     count = 0
     for resource_logs in request.resource_logs:
@@ -195,7 +214,7 @@ def add_logs(batch: Batch, request: Any) -> int:
                 columns["ScopeName"].append(scope.name)
                 columns["ScopeVersion"].append(scope.version)
                 columns["ScopeAttributes"].append(scope_attributes)
-                columns["LogAttributes"].append(attributes_to_map(record.attributes))
+                columns["LogAttributes"].append(encoded_attributes_to_map(record.attributes))
                 columns["EventName"].append(record.event_name)
                 count += 1
     return count
@@ -214,7 +233,7 @@ def _number(point: Any) -> float:
 def _append_exemplars(columns: dict[str, list[Any]], exemplars: Any) -> None:
     """metrics convertExemplars (ids always hex-encoded, zeros when empty)."""
     columns["Exemplars.FilteredAttributes"].append(
-        [attributes_to_map(e.filtered_attributes) for e in exemplars]
+        [encoded_attributes_to_map(e.filtered_attributes) for e in exemplars]
     )
     columns["Exemplars.TimeUnix"].append([e.time_unix_nano // _NS for e in exemplars])
     columns["Exemplars.Value"].append([_number(e) for e in exemplars])
@@ -224,6 +243,7 @@ def _append_exemplars(columns: dict[str, list[Any]], exemplars: Any) -> None:
 
 def add_metrics(batch: Batch, request: Any) -> int:
     """Append one ExportMetricsServiceRequest; returns the number of data point rows."""
+    request = _view("metrics", request)
     count = 0
     for resource_metrics in request.resource_metrics:
         resource_attributes = resource_metrics.resource.attributes
@@ -263,7 +283,7 @@ def _add_metric(batch: Batch, head: dict[str, Any], metric: Any) -> int:
     for point in data.data_points:
         for name, value in head.items():
             columns[name].append(value)
-        columns["Attributes"].append(attributes_to_map(point.attributes))
+        columns["Attributes"].append(encoded_attributes_to_map(point.attributes))
         columns["StartTimeUnix"].append(point.start_time_unix_nano // _NS)  # DateTime: whole seconds
         columns["TimeUnix"].append(point.time_unix_nano // _NS)
         columns["Flags"].append(point.flags)
@@ -297,3 +317,6 @@ def _add_metric(batch: Batch, head: dict[str, Any], metric: Any) -> int:
             columns["NegativeOffset"].append(point.negative.offset)
             columns["NegativeBucketCounts"].append(list(point.negative.bucket_counts))
     return len(data.data_points)
+
+
+_CONVERTERS = {"traces": add_traces, "metrics": add_metrics, "logs": add_logs}

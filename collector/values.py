@@ -11,9 +11,13 @@ from __future__ import annotations
 import base64
 import json
 import math
+import operator
 import re
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
+
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 _encode_json_string = json.encoder.encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
 _NEEDS_HTML_ESCAPE = re.compile("[<>&\u2028\u2029]")
@@ -22,6 +26,15 @@ _HTML_ESCAPES = str.maketrans(
 )
 _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
+# Memos for encoded attribute lists: encoded KeyValue -> (key, AsString), since attributes such as the operation,
+# provider, model, server, flags and tags repeat from span to span; and the keys of a list in arrival order -> which
+# positions to keep in which order, since one instrumentation emits the same keys in the same order every time. Each is bounded
+# (_MEMO_ENTRIES entries, KeyValues of up to _MEMO_ENTRY_BYTES; a few MiB in all) and emptied when full.
+_MEMO_ENTRIES = 8192
+_MEMO_ENTRY_BYTES = 256
+_memo: dict[bytes, tuple[str, str]] = {}
+_key_orders: dict[tuple[str, ...], tuple[int, ...]] = {}
+_first = operator.itemgetter(0)
 
 
 class _Unsupported(ValueError):
@@ -106,10 +119,6 @@ def as_string(value: Any) -> str:
     kind = value.WhichOneof("value")
     if kind == "string_value":
         return value.string_value
-    return _as_string(value, kind)
-
-
-def _as_string(value: Any, kind: str | None) -> str:
     if kind == "int_value":
         return str(value.int_value)  # strconv.FormatInt(v, 10)
     if kind == "bool_value":
@@ -128,18 +137,45 @@ def _as_string(value: Any, kind: str | None) -> str:
 
 def attributes_to_map(attributes: Any) -> dict[str, str]:
     """exporter internal.AttributesToMap: every key -> AsString(value), ordered by key (the last duplicate wins)."""
-    if not attributes:
+    pairs = {kv.key: as_string(kv.value) for kv in attributes}
+    return {key: pairs[key] for key in sorted(pairs)}
+
+
+def encoded_attributes_to_map(encoded: Sequence[bytes]) -> dict[str, str]:
+    """AttributesToMap for an attribute list kept as encoded KeyValue messages (see request_views)."""
+    if not encoded:
         return {}
-    pairs = {}
-    for kv in attributes:
-        value = kv.value
-        text = value.string_value  # the hot path: a non-empty string needs no WhichOneof
-        if not text:
-            kind = value.WhichOneof("value")
-            if kind != "string_value":
-                text = _as_string(value, kind)
-        pairs[kv.key] = text
-    return dict(sorted(pairs.items()))
+    raws = list(encoded)
+    pairs = list(map(_memo.get, raws))
+    if None in pairs:
+        pairs = [pair or _decode_attribute(raw) for pair, raw in zip(pairs, raws, strict=True)]
+    keys = tuple(map(_first, pairs))
+    order = _key_orders.get(keys)
+    if order is None:
+        order = _remember(_key_orders, keys, _sorted_last_of_each(keys))
+    return dict(map(pairs.__getitem__, order))
+
+
+def _sorted_last_of_each(keys: tuple[str, ...]) -> tuple[int, ...]:
+    """Positions of the pairs to keep, in key order: the last of each key (a Go map keeps the last duplicate)."""
+    last = {key: index for index, key in enumerate(keys)}
+    return tuple(last[key] for key in sorted(last))
+
+
+def _decode_attribute(raw: bytes) -> tuple[str, str]:
+    attribute = KeyValue.FromString(raw)
+    value = attribute.value
+    pair = (attribute.key, value.string_value or as_string(value))
+    if len(raw) <= _MEMO_ENTRY_BYTES:
+        _remember(_memo, raw, pair)
+    return pair
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> Any:
+    if len(memo) >= _MEMO_ENTRIES:
+        memo.clear()
+    memo[key] = value
+    return value
 
 
 def service_name(resource_attributes: Any) -> str:

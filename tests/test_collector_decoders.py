@@ -30,7 +30,6 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-CONVERT = {"traces": rows.add_traces, "metrics": rows.add_metrics, "logs": rows.add_logs}
 
 
 def decode_and_convert(signal, body: bytes, kind: str) -> None:
@@ -41,7 +40,7 @@ def decode_and_convert(signal, body: bytes, kind: str) -> None:
         assert exc.status == 400 and exc.message
         return
     validate(signal, request)
-    CONVERT[signal.name](rows.Batch(), request)
+    rows.add_request(rows.Batch(), signal.name, request.SerializeToString())
 
 
 @FUZZ
@@ -144,7 +143,7 @@ def test_validation_keeps_only_storable_spans(start, end, trace_id, span_id):
     storable = len(trace_id) == 16 and len(span_id) == 8 and 0 < start <= end <= 4_294_967_295 * 10**9
     assert (result.accepted, result.rejected) == ((1, 0) if storable else (0, 1))
     batch = rows.Batch()
-    rows.add_traces(batch, request)
+    rows.add_request(batch, "traces", request.SerializeToString())
     assert batch.rows(rows.TRACES_TABLE) == result.accepted
 
 
@@ -154,7 +153,7 @@ def test_nan_and_infinite_metric_values_convert():
             {"as_double": math.nan}, {"as_double": math.inf}]}}]}]}]
     )  # fmt: skip
     batch = rows.Batch()
-    assert rows.add_metrics(batch, request) == 2
+    assert rows.add_request(batch, "metrics", request.SerializeToString()) == 2
 
 
 def test_logs_with_bad_ids_are_rejected_individually():

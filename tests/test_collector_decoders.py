@@ -25,7 +25,7 @@ from llmtap.collector.decode import (
     validate,
 )
 from llmtap.collector.spool import Spool, SpoolError
-from llmtap.collector.values import as_string, go_float
+from llmtap.collector.values import as_string, attributes_to_map, encoded_attributes_to_map, go_float
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.trace.v1 import trace_pb2
 
@@ -116,6 +116,21 @@ def test_every_value_stringifies_and_composites_are_json(value):
     assert isinstance(text, str)
     if value.WhichOneof("value") in ("array_value", "kvlist_value") and text:
         json.loads(text)  # Go's encoding/json output is valid JSON
+
+
+@FUZZ
+@given(
+    attributes=st.lists(st.tuples(st.sampled_from(["a", "b", "gen_ai.x", "é", ""]), any_values), max_size=8)
+)
+def test_encoded_attribute_lists_convert_like_messages(attributes):
+    # serve converts span attributes from their encoded KeyValues (memoized); the rule is the messages' one,
+    # duplicates included (the last wins). Converted twice, so the second pass reads the memos.
+    key_values = [KeyValue(key=key, value=value) for key, value in attributes]
+    expected = attributes_to_map(key_values)
+    encoded = [key_value.SerializeToString() for key_value in key_values]
+    for _ in range(2):
+        converted = encoded_attributes_to_map(encoded)
+        assert converted == expected and list(converted) == list(expected)
 
 
 @FUZZ

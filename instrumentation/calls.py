@@ -22,21 +22,34 @@ _METRIC_KEYS = (sc.OPERATION, sc.PROVIDER, sc.REQUEST_MODEL, sc.SERVER_ADDRESS, 
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
-def server_of(client: Any) -> tuple[str | None, int | None, str]:
+Server = tuple[str | None, int | None, str]
+# The last client class and base URL object seen, and their Server: an app's calls nearly always go through the
+# same client, whose URL object stays the same until the app assigns a new base_url.
+_last_server: tuple[Any, Any, Server] = (None, None, (None, None, sc.PROVIDER_OPENAI))
+
+
+def server_of(client: Any) -> Server:
     """(server.address, server.port, gen_ai.provider.name) of an OpenAI client."""
-    provider = sc.PROVIDER_AZURE if "Azure" in type(client).__name__ else sc.PROVIDER_OPENAI
+    global _last_server
     url = getattr(client, "base_url", None)
+    last_class, last_url, server = _last_server
+    if url is not None and url is last_url and type(client) is last_class:
+        return server
+    provider = sc.PROVIDER_AZURE if "Azure" in type(client).__name__ else sc.PROVIDER_OPENAI
     if url is None:
         return None, None, provider
     host = getattr(url, "host", None) or None
     port = getattr(url, "port", None) or _DEFAULT_PORTS.get(getattr(url, "scheme", ""))
-    return host, port, provider
+    server = (host, port, provider)
+    _last_server = (type(client), url, server)
+    return server
 
 
 class LLMCall:
     """The open span of one call, plus what is needed to close it and record metrics."""
 
     __slots__ = (
+        "content_attributes",
         "ended",
         "first_chunk_ns",
         "metric_attributes",
@@ -65,6 +78,8 @@ class LLMCall:
         self.ended = False
         self.truncated = False
         self.scrubber = ct.Scrubber(telemetry.settings.redactor)
+        # Request content, set on the span together with the response attributes: one SDK call instead of two.
+        self.content_attributes: dict[str, Any] | None = None
 
     @property
     def capturing(self) -> bool:
@@ -87,7 +102,7 @@ class LLMCall:
                 attrs[sc.INPUT_MESSAGES] = self._fit(request.input, input_json)
             if request.tools:
                 attrs[sc.TOOL_DEFINITIONS] = self._fit(request.tools, ct.to_json(request.tools))
-        self.span.set_attributes(attrs)
+        self.content_attributes = attrs
 
     def _fit(self, value: Any, encoded: str) -> str:
         encoded, truncated = ct.fit(value, encoded, self.telemetry.settings.max_length)
@@ -143,6 +158,8 @@ class LLMCall:
             ttfc = (self.first_chunk_ns - self.start_ns) / 1e9
             attrs[sc.RESPONSE_TIME_TO_FIRST_CHUNK] = ttfc
         if span.is_recording():
+            if self.content_attributes:
+                attrs = {**self.content_attributes, **attrs}
             if self.scrubber.count:
                 attrs[sc.REDACTION_COUNT] = self.scrubber.count
             if self.truncated:
@@ -167,7 +184,7 @@ def start_call(
     telemetry: Telemetry,
     operation: Operation,
     kwargs: dict[str, Any],
-    server: tuple[str | None, int | None, str],
+    server: Server,
     start_time_ns: int | None = None,
 ) -> LLMCall:
     """Open the span (child of the current context) with everything known from the request.

@@ -10,6 +10,7 @@ user content goes through ``scrub`` (redaction) on its way in.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -24,8 +25,47 @@ _FINISH_REASONS = {"tool_calls": "tool_call", "function_call": "tool_call"}
 
 def get(obj: Any, key: str, default: Any = None) -> Any:
     """``obj[key]`` for mappings, ``obj.key`` for objects; ``default`` when missing or None."""
-    value = obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+    if isinstance(obj, dict):
+        value = obj.get(key)
+    elif obj is None:
+        return default
+    else:
+        cls = type(obj)
+        plain = _plain_attribute.get((cls, key))
+        if plain is None:
+            plain = _learn_attribute(cls, key)
+        if plain:
+            value = getattr(obj, key, None)
+        else:
+            extra = obj.__pydantic_extra__
+            value = extra.get(key) if extra else None
     return default if value is None else value
+
+
+# (class, name) -> whether getattr is the way to read it. SDK objects are pydantic models, and reading a name that
+# is not one of their fields makes pydantic raise and catch an AttributeError: the costliest part of reading a
+# response, which asks for optional names such as ``reasoning_content``. Such names can only be in the model's
+# extras, so they are read from there.
+_plain_attribute: dict[tuple[type, str], bool] = {}
+_PLAIN_ATTRIBUTE_LIMIT = 4096
+
+
+def _learn_attribute(cls: type, key: str) -> bool:
+    if not hasattr(cls, "__pydantic_extra__"):  # not a pydantic 2 model
+        plain = True
+    else:
+        fields = getattr(cls, "model_fields", None) or {}
+        plain = key in fields or key.startswith("_") or any(key in klass.__dict__ for klass in cls.__mro__)
+    if len(_plain_attribute) >= _PLAIN_ATTRIBUTE_LIMIT:
+        _plain_attribute.clear()
+    _plain_attribute[cls, key] = plain
+    return plain
+
+
+def reader(obj: Any) -> Callable[[str], Any]:
+    """``reader(obj)(key)`` is ``get(obj, key)``: ``dict.get`` itself for dicts (what apps pass as messages), so
+    reading several keys of one object costs no Python call each."""
+    return obj.get if isinstance(obj, dict) else functools.partial(get, obj)
 
 
 def _text(content: Any, scrub: Scrub) -> dict[str, Any]:
@@ -95,13 +135,14 @@ def _chat_content_parts(content: Any, scrub: Scrub) -> list[dict[str, Any]]:
 def _tool_call_parts(tool_calls: Any, scrub: Scrub) -> list[dict[str, Any]]:
     parts = []
     for call in tool_calls or ():
-        function = get(call, "function")
+        field = reader(call)
+        function = field("function")
         if function is None:  # custom tools carry `custom: {name, input}`
-            custom = get(call, "custom")
+            custom = field("custom")
             parts.append(
                 {
                     "type": "tool_call",
-                    "id": get(call, "id"),
+                    "id": field("id"),
                     "name": get(custom, "name", ""),
                     "arguments": scrub(get(custom, "input")),
                 }
@@ -110,7 +151,7 @@ def _tool_call_parts(tool_calls: Any, scrub: Scrub) -> list[dict[str, Any]]:
         parts.append(
             {
                 "type": "tool_call",
-                "id": get(call, "id"),
+                "id": field("id"),
                 "name": get(function, "name", ""),
                 "arguments": _arguments(get(function, "arguments"), scrub),
             }
@@ -118,9 +159,9 @@ def _tool_call_parts(tool_calls: Any, scrub: Scrub) -> list[dict[str, Any]]:
     return parts
 
 
-def _reasoning_part(message: Any, scrub: Scrub) -> list[dict[str, Any]]:
+def _reasoning_part(field: Callable[[str], Any], scrub: Scrub) -> list[dict[str, Any]]:
     # Not in OpenAI's own schema, but OpenAI-compatible servers (vLLM, DeepSeek, OpenRouter) return it.
-    reasoning = get(message, "reasoning_content") or get(message, "reasoning")
+    reasoning = field("reasoning_content") or field("reasoning")
     if isinstance(reasoning, str) and reasoning:
         return [{"type": "reasoning", "content": scrub(reasoning)}]
     return []
@@ -130,21 +171,26 @@ def chat_input(messages: Any, scrub: Scrub) -> list[Message]:
     """Chat Completions ``messages=`` → input messages (system/developer messages stay in the history)."""
     result = []
     for message in messages or ():
-        role = get(message, "role", "user")
+        field = reader(message)
+        role = field("role")
+        if role is None:
+            role = "user"
         if role in ("tool", "function"):
             part = {
                 "type": "tool_call_response",
-                "id": get(message, "tool_call_id"),
-                "response": scrub(_plain_text(get(message, "content"))),
+                "id": field("tool_call_id"),
+                "response": scrub(_plain_text(field("content"))),
             }
             entry: Message = {"role": "tool", "parts": [part]}
         else:
-            parts = _reasoning_part(message, scrub) + _chat_content_parts(get(message, "content"), scrub)
-            refusal = get(message, "refusal")
+            parts = _reasoning_part(field, scrub) + _chat_content_parts(field("content"), scrub)
+            refusal = field("refusal")
             if refusal:
                 parts.append({"type": "refusal", "content": scrub(refusal)})
-            parts += _tool_call_parts(get(message, "tool_calls"), scrub)
-            function_call = get(message, "function_call")
+            tool_calls = field("tool_calls")
+            if tool_calls:
+                parts += _tool_call_parts(tool_calls, scrub)
+            function_call = field("function_call")
             if function_call is not None:
                 parts.append(
                     {
@@ -154,7 +200,7 @@ def chat_input(messages: Any, scrub: Scrub) -> list[Message]:
                     }
                 )
             entry = {"role": role, "parts": parts}
-        name = get(message, "name")
+        name = field("name")
         if name:
             entry["name"] = name
         result.append(entry)
@@ -199,21 +245,22 @@ def map_finish_reason(reason: str | None) -> str:
 def chat_output(choices: Any, scrub: Scrub) -> list[Message]:
     result = []
     for choice in choices or ():
-        message = get(choice, "message")
-        reasoning = get(message, "reasoning_content") or get(message, "reasoning")
-        function_call = get(message, "function_call")
-        tool_calls = get(message, "tool_calls")
+        message = reader(get(choice, "message"))
+        reasoning = message("reasoning_content") or message("reasoning")
+        function_call = message("function_call")
+        tool_calls = message("tool_calls")
         if function_call is not None and not tool_calls:
             tool_calls = [{"function": function_call}]
+        audio = message("audio")
         result.append(
             chat_output_message(
-                get(message, "content"),
+                message("content"),
                 tool_calls,
                 get(choice, "finish_reason"),
                 scrub,
-                refusal=get(message, "refusal"),
+                refusal=message("refusal"),
                 reasoning=reasoning if isinstance(reasoning, str) else None,
-                audio_transcript=get(get(message, "audio"), "transcript"),
+                audio_transcript=get(audio, "transcript") if audio is not None else None,
             )
         )
     return result

@@ -40,12 +40,23 @@ def _set_str(attrs: Attributes, key: str, value: Any) -> None:
         attrs[key] = value
 
 
+_REQUEST_FLOATS = (
+    ("temperature", sc.REQUEST_TEMPERATURE),
+    ("top_p", sc.REQUEST_TOP_P),
+    ("frequency_penalty", sc.REQUEST_FREQUENCY_PENALTY),
+    ("presence_penalty", sc.REQUEST_PRESENCE_PENALTY),
+)
+
+
 def _common_request(kw: dict[str, Any], attrs: Attributes) -> None:
-    _set_float(attrs, sc.REQUEST_TEMPERATURE, kw.get("temperature"))
-    _set_float(attrs, sc.REQUEST_TOP_P, kw.get("top_p"))
-    _set_float(attrs, sc.REQUEST_FREQUENCY_PENALTY, kw.get("frequency_penalty"))
-    _set_float(attrs, sc.REQUEST_PRESENCE_PENALTY, kw.get("presence_penalty"))
-    _set_int(attrs, sc.REQUEST_SEED, kw.get("seed"))
+    # Runs on every call: parameters the app did not pass (most of them) cost one dict lookup each.
+    for key, name in _REQUEST_FLOATS:
+        value = kw.get(key)
+        if value is not None:
+            _set_float(attrs, name, value)
+    seed = kw.get("seed")
+    if seed is not None:
+        _set_int(attrs, sc.REQUEST_SEED, seed)
     stop = kw.get("stop")
     if given(stop):
         if isinstance(stop, str):
@@ -56,7 +67,9 @@ def _common_request(kw: dict[str, Any], attrs: Attributes) -> None:
     if given(n) and isinstance(n, int) and n != 1:
         attrs[sc.REQUEST_CHOICE_COUNT] = n
     attrs[sc.REQUEST_STREAM] = kw.get("stream") is True
-    _set_str(attrs, sc.OPENAI_REQUEST_SERVICE_TIER, kw.get("service_tier"))
+    service_tier = kw.get("service_tier")
+    if service_tier is not None:
+        _set_str(attrs, sc.OPENAI_REQUEST_SERVICE_TIER, service_tier)
     metadata = kw.get("metadata")
     if given(metadata) and isinstance(metadata, dict):
         for key, value in metadata.items():
@@ -71,17 +84,23 @@ def _usage(
 ):
     if usage is None:
         return
-    _set_int(attrs, sc.USAGE_INPUT_TOKENS, get(usage, input_key))
-    _set_int(attrs, sc.USAGE_OUTPUT_TOKENS, get(usage, output_key))
-    _set_int(attrs, sc.USAGE_CACHE_READ_INPUT_TOKENS, get(get(usage, input_details), "cached_tokens"))
-    _set_int(attrs, sc.USAGE_REASONING_OUTPUT_TOKENS, get(get(usage, output_details), "reasoning_tokens"))
+    field = msg.reader(usage)
+    _set_int(attrs, sc.USAGE_INPUT_TOKENS, field(input_key))
+    _set_int(attrs, sc.USAGE_OUTPUT_TOKENS, field(output_key))
+    details = field(input_details) if input_details else None
+    if details is not None:
+        _set_int(attrs, sc.USAGE_CACHE_READ_INPUT_TOKENS, get(details, "cached_tokens"))
+    details = field(output_details)
+    if details is not None:
+        _set_int(attrs, sc.USAGE_REASONING_OUTPUT_TOKENS, get(details, "reasoning_tokens"))
 
 
 def _response_identity(attrs: Attributes, response: Any) -> None:
-    _set_str(attrs, sc.RESPONSE_ID, get(response, "id"))
-    _set_str(attrs, sc.RESPONSE_MODEL, get(response, "model"))
-    _set_str(attrs, sc.OPENAI_RESPONSE_SERVICE_TIER, get(response, "service_tier"))
-    _set_str(attrs, sc.OPENAI_RESPONSE_SYSTEM_FINGERPRINT, get(response, "system_fingerprint"))
+    field = msg.reader(response)
+    _set_str(attrs, sc.RESPONSE_ID, field("id"))
+    _set_str(attrs, sc.RESPONSE_MODEL, field("model"))
+    _set_str(attrs, sc.OPENAI_RESPONSE_SERVICE_TIER, field("service_tier"))
+    _set_str(attrs, sc.OPENAI_RESPONSE_SYSTEM_FINGERPRINT, field("system_fingerprint"))
 
 
 @dataclass

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -123,56 +124,158 @@ BUILTIN_NAMES = frozenset(d.name for d in BUILTIN_DETECTORS)
 
 # Every number-shaped detector needs a run of digits and separators: one scan finds those runs, and the
 # detectors only look inside them (a regex scan of the whole text per detector would cost several times more).
-_NUMBER_RUN = re.compile(r"\d[\d ().+/-]*")
-_NUMERIC_IN_RUN = (CREDIT_CARD, US_SSN, IPV4, PHONE)
+# The scan only returns runs worth a look: at least 7 characters long (the shortest number we redact, an IPv4
+# address like 1.1.1.1), or right after two capital letters (an IBAN's country code).
+_RUN_SEPARATORS = " ().+/-"
+_DIGIT = re.compile(r"\d")
+_ASCII_DIGITS = "0123456789"
+
+
+def _number_runs(iban: bool, ascii_only: bool) -> re.Pattern[str]:
+    """The run scan; ``ascii_only`` spells ``\\d`` as ``[0-9]`` (the same on ASCII text, and scanned faster)."""
+    digit = "[0-9]" if ascii_only else r"\d"
+    char = f"[{digit[1:-1] if ascii_only else digit} ().+/-]"
+    long_enough = f"(?={char}{{6}})"
+    lead = f"(?:(?<=[A-Z]{{2}}{digit})|{long_enough})" if iban else long_enough
+    return re.compile(f"{digit}{lead}{char}*")
+
+
+_NUMBER_RUNS = {
+    (iban, ascii_only): _number_runs(iban, ascii_only)
+    for iban in (False, True)
+    for ascii_only in (False, True)
+}
+# What a run must contain for each detector to possibly match inside it (checked before running its regex):
+# cards have 13-19 digits, an SSN 9 digits and dashes, an IPv4 address three dots, a phone 9-15 digits.
+_CARD_DIGITS = 13
+_SSN_DIGITS = 9
+_PHONE_DIGITS = 9
+_EMAIL_LOCAL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
+
+
+def _has_digit(text: str) -> bool:
+    """Whether ``text`` has a decimal digit: ten ``memchr`` scans for ASCII text, a regex scan otherwise."""
+    if text.isascii():
+        return any(map(text.__contains__, _ASCII_DIGITS))
+    return _DIGIT.search(text) is not None
 
 
 def _has_key_hint(text: str) -> bool:
+    # Each token is tested only when a rare character of it occurs (single-character tests are memchr-fast).
     return (
-        "sk-" in text
-        or "earer" in text
-        or "eyJ" in text
-        or "AKIA" in text
-        or "AIza" in text
-        or "xox" in text
+        ("-" in text and ("sk-" in text or "xox" in text))
+        or ("B" in text and "Bearer" in text)
+        or ("J" in text and "eyJ" in text)
+        or ("K" in text and "AKIA" in text)
+        or ("z" in text and "AIza" in text)
         or ("_" in text and ("gh" in text or "github_pat_" in text))
     )
 
 
 def _has_ipv6_shape(text: str) -> bool:
-    return "::" in text or text.count(":") >= 7
+    return ":" in text and ("::" in text or text.count(":") >= 7)
 
 
 HOOK_FAILED_PLACEHOLDER = "[REDACTED:HOOK_ERROR]"
+MEMO_CHARACTERS = 1 << 20
+MEMO_LONGEST = 1 << 16
+
+
+class _Memo:
+    """Recently redacted strings and their results, the oldest forgotten first once they hold more than
+    ``MEMO_CHARACTERS`` characters. Apps send the same system prompt and the same conversation history with every
+    call, and redaction is the costliest part of recording them; a repeated string costs one dict lookup."""
+
+    __slots__ = ("_characters", "_lock", "entries")
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[str, int]] = {}  # read without the lock: a dict lookup is atomic
+        self._characters = 0
+        self._lock = threading.Lock()
+
+    def remember(self, text: str, result: tuple[str, int]) -> None:
+        if len(text) > MEMO_LONGEST:
+            return
+        with self._lock:
+            entries = self.entries
+            if text in entries:
+                return
+            entries[text] = result
+            self._characters += _held(text, result)
+            while self._characters > MEMO_CHARACTERS:
+                oldest = next(iter(entries))
+                self._characters -= _held(oldest, entries.pop(oldest))
+
+
+def _held(text: str, result: tuple[str, int]) -> int:
+    return len(text) + (len(result[0]) if result[0] is not text else 0)
 
 
 class Redactor:
     """Applies the configured detectors, user patterns and hook to one string at a time."""
 
-    __slots__ = ("_builtins", "_hook", "_hook_failed_logged", "_numeric", "_user", "active")
+    __slots__ = (
+        "_api_key",
+        "_card",
+        "_email",
+        "_hook",
+        "_hook_failed_logged",
+        "_iban",
+        "_ipv4",
+        "_ipv6",
+        "_memo",
+        "_numbers",
+        "_phone",
+        "_ssn",
+        "_user",
+        "active",
+    )
 
     def __init__(
         self, detectors: Sequence[Detector] = BUILTIN_DETECTORS, hook: RedactHook | None = None
     ) -> None:
         chosen = set(detectors)
-        self._builtins = frozenset(d for d in BUILTIN_DETECTORS if d in chosen)
-        self._numeric = tuple(d for d in _NUMERIC_IN_RUN if d in chosen)
-        self._user = tuple(d for d in detectors if d not in self._builtins)
+        self._api_key = API_KEY in chosen
+        self._email = EMAIL in chosen
+        self._iban = IBAN in chosen
+        self._card = CREDIT_CARD in chosen
+        self._ssn = US_SSN in chosen
+        self._ipv4 = IPV4 in chosen
+        self._phone = PHONE in chosen
+        self._ipv6 = IPV6 in chosen
+        self._numbers = self._iban or self._card or self._ssn or self._ipv4 or self._phone
+        self._user = tuple(d for d in detectors if d not in BUILTIN_DETECTORS)
+        self._memo = _Memo() if chosen else None
         self._hook = hook
         self._hook_failed_logged = False
         self.active = bool(chosen) or hook is not None
 
     def redact(self, text: str) -> tuple[str, int]:
         """Return ``text`` with every confirmed match replaced, and how many replacements were made."""
+        memo = self._memo
+        if memo is not None:
+            known = memo.entries.get(text)
+            if known is None:
+                known = self._detect(text)
+                memo.remember(text, known)
+            text, count = known
+        else:
+            count = 0
+        if self._hook is not None:
+            text, changed = self._run_hook(text)
+            count += changed
+        return text, count
+
+    def _detect(self, text: str) -> tuple[str, int]:
+        """The built-in detectors and the user patterns: a pure function of ``text``, hence remembered."""
         claims: list[tuple[int, int, str]] = []
-        builtins = self._builtins
-        if API_KEY in builtins and _has_key_hint(text):
+        if self._api_key and _has_key_hint(text):
             _claim(API_KEY, text, 0, len(text), claims)
-        if EMAIL in builtins and "@" in text:
-            _claim(EMAIL, text, 0, len(text), claims)
-        if self._numeric or IBAN in builtins:
+        if self._email and "@" in text:
+            _claim_emails(text, claims)
+        if self._numbers and _has_digit(text):
             self._claim_numbers(text, claims)
-        if IPV6 in builtins and _has_ipv6_shape(text):
+        if self._ipv6 and _has_ipv6_shape(text):
             _claim(IPV6, text, 0, len(text), claims)
         count = len(claims)
         if claims:
@@ -180,28 +283,34 @@ class Redactor:
         for detector in self._user:
             text, n = _replace_all(detector, text)
             count += n
-        if self._hook is not None:
-            text, changed = self._run_hook(text)
-            count += changed
         return text, count
 
     def _claim_numbers(self, text: str, claims: list[tuple[int, int, str]]) -> None:
-        check_iban = IBAN in self._builtins
-        for run in _NUMBER_RUN.finditer(text):
+        check_iban = self._iban
+        for run in _NUMBER_RUNS[check_iban, text.isascii()].finditer(text):
             start, end = run.span()
-            prefix = text[start - 2 : start] if check_iban and start >= 2 else ""
             if (
-                prefix.isupper()
-                and prefix.isalpha()
+                check_iban
+                and start >= 2
+                and "A" <= text[start - 2] <= "Z"
+                and "A" <= text[start - 1] <= "Z"
                 and _claim(IBAN, text, start - 2, len(text), claims, True)
             ):
                 continue
-            if end - start < 7:  # the shortest number we redact, an IPv4 address like 1.1.1.1
+            if end - start < 7:
                 continue
+            found = run.group()
+            digits = len(found) - sum(map(found.count, _RUN_SEPARATORS))
             if start and text[start - 1] in "+(":
                 start -= 1
-            for detector in self._numeric:
-                _claim(detector, text, start, end, claims)
+            if self._card and digits >= _CARD_DIGITS:
+                _claim(CREDIT_CARD, text, start, end, claims)
+            if self._ssn and digits >= _SSN_DIGITS and "-" in found:
+                _claim(US_SSN, text, start, end, claims)
+            if self._ipv4 and found.count(".") >= 3:
+                _claim(IPV4, text, start, end, claims)
+            if self._phone and digits >= _PHONE_DIGITS:
+                _claim(PHONE, text, start, end, claims)
 
     def _run_hook(self, text: str) -> tuple[str, int]:
         # The hook exists to remove data the built-ins miss, so a failing hook fails closed: the text is dropped.
@@ -218,6 +327,31 @@ class Redactor:
                 )
             return HOOK_FAILED_PLACEHOLDER, 1
         return result, int(result != text)
+
+
+def _claim_emails(text: str, claims: list[tuple[int, int, str]]) -> None:
+    """What ``_claim(EMAIL, text, 0, len(text), claims)`` finds, trying the regex only where a match can start.
+
+    A match contains exactly one "@" and its local part is the run of local-part characters before it, so the
+    leftmost match using a given "@" can only start where that run starts: one anchored match per "@" instead of
+    an attempt at every position of the text."""
+    pattern = EMAIL.pattern
+    local = _EMAIL_LOCAL_CHARS
+    done = 0  # where the previous match ended: like finditer, matches never overlap
+    at = text.find("@")
+    while at >= 0:
+        start = at
+        while start > done and text[start - 1] in local:
+            start -= 1
+        match = pattern.match(text, start) if start < at else None
+        if match is None:
+            at = text.find("@", at + 1)
+            continue
+        m_start, m_end = match.span()
+        if not _overlaps(m_start, m_end, claims):
+            claims.append((m_start, m_end, EMAIL.placeholder))
+        done = m_end
+        at = text.find("@", m_end)
 
 
 def _overlaps(start: int, end: int, claims: list[tuple[int, int, str]]) -> bool:

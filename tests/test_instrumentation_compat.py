@@ -1,24 +1,17 @@
 """The call-form tests again under openai 1.x (with wrapt 1.x) and openai 2.x (with wrapt 2.x).
 
 The dev environment has openai 3.x; each older combination gets its own venv, built once and cached in the temp
-directory (keyed by Python, requirements and checkout), the way test_fake_openai_compat.py does it.
+directory by venv_support.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
+from venv_support import ROOT, cached_venv
 
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(tempfile.gettempdir()) / "llmtap-instrumentation-compat"
 COMMON = [
     "opentelemetry-sdk>=1.30",
     "opentelemetry-instrumentation>=0.51b0",
@@ -27,22 +20,6 @@ COMMON = [
     "pytest>=8",
     "pytest-timeout",
 ]
-
-
-def _venv_for(requirements: list[str]) -> Path:
-    key = hashlib.sha256(f"{sys.version}|{requirements}|{COMMON}|{ROOT}".encode()).hexdigest()[:12]
-    venv = CACHE / key
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (venv / "ready").exists():
-            shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-            subprocess.run([*pip, *requirements, *COMMON], check=True)
-            subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
-            (venv / "ready").touch()
-    return venv / "bin" / "python"
 
 
 @pytest.mark.slow
@@ -55,7 +32,7 @@ def _venv_for(requirements: list[str]) -> Path:
 def test_call_forms_under_older_openai_and_wrapt(
     requirements: list[str], openai_major: str, wrapt_major: str
 ):
-    python = _venv_for(requirements)
+    python = cached_venv([*requirements, *COMMON])
     versions = subprocess.run(
         [str(python), "-c", "import openai, wrapt; print(openai.__version__, wrapt.__version__)"],
         capture_output=True,

@@ -1,11 +1,15 @@
-"""Aggregate queries that read the per-minute rollup whenever it can answer, and the calls otherwise.
+"""Aggregate queries that read the rollups whenever they can answer, and the calls otherwise.
 
-`llm_calls_1m` keeps counts, token sums and latency digests per minute, project, service, model, provider,
-operation and error type, so a 30-day chart reads thousands of rows instead of millions. It cannot filter by
-user or tag. Each query therefore has two branches over the same columns, and the dashboard's variables pick
-one inside ClickHouse: `$__conditionalAll(0, $user)` is `1=1` while the user filter is "All" and `0` once
-a user is chosen. The branch whose switch is false reads no data (a constant-false filter selects no parts).
+`llm_calls_1h` and `llm_calls_1m` keep counts, token sums and latency digests per hour/minute, project, service,
+model, provider, operation and error type, so a 30-day chart reads a hundred thousand rows instead of millions.
+They cannot filter by user, tag, session or text. Each query therefore has two branches over the same columns,
+and the dashboard's variables pick one inside ClickHouse: `$__conditionalAll(0, $user)` is `1=1` while the user
+filter is "All" and `0` once a user is chosen. The branch whose switch is false reads no data (a constant-false
+filter selects no parts).
 
+The rollup branch reads whole hours of the time range from the hourly rollup and only the minutes at its ragged
+edges from the minute rollup, so it counts exactly the minutes a minute-only query would. Time series use the
+hours only when Grafana's bucket (`$__interval_s`) is a whole number of hours; finer buckets read minutes.
 Rollup resolution is a minute: panels using these queries set a 1-minute minimum interval.
 """
 
@@ -18,10 +22,24 @@ from llmtap.grafana import sql
 
 ROLLUP = "llm_calls_1m"
 ROLLUP_COSTED = "llm_calls_1m_costed"
-ROLLUP_FILTERS = ("project", "service", "model")  # the variables the rollup's dimensions can answer
-_ROLLUP_APPLIES = " AND ".join(
-    f"$__conditionalAll(0, ${name})" for name in sql.CALL_FILTERS if name not in ROLLUP_FILTERS
-)
+HOURLY = "llm_calls_1h"
+HOURLY_COSTED = "llm_calls_1h_costed"
+# The variables the rollups' dimensions can answer (status is IsError, one of them).
+ROLLUP_FILTERS = ("project", "service", "model", "status")
+_START = "Start"  # the rollup rows' hour or minute, under one name in the union of both
+
+
+def _rollup_applies(filters: Sequence[str]) -> str:
+    """True while every selected filter is one the rollups answer."""
+    return (
+        " AND ".join(f"$__conditionalAll(0, ${name})" for name in filters if name not in ROLLUP_FILTERS)
+        or "1"
+    )
+
+
+def _whole_hour(hour: str) -> str:
+    """Every minute of the hour starting at `hour` lies in the dashboard's range (as `$__timeFilter` bounds it)."""
+    return f"{hour} >= $__fromTime AND {hour} + INTERVAL 59 MINUTE <= $__toTime"
 
 
 @dataclass(frozen=True)
@@ -50,10 +68,25 @@ def _finite(expression: str) -> str:
     return f"ifNotFinite({expression}, NULL)"
 
 
+# Every percentile a panel shows: each one is read from a single `quantiles(...)` over all of them, and ClickHouse
+# computes identical aggregates once, so p50, p95 and p99 of one panel merge the latency digests once, not thrice.
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+
+
+def _level(quantile: float) -> str:
+    if quantile not in QUANTILES:
+        raise ValueError(f"percentile {quantile} is not one of {QUANTILES}")
+    return f"[{QUANTILES.index(quantile) + 1}]"
+
+
+def _quantiles(function: str) -> str:
+    return f"{function}({', '.join(str(q) for q in QUANTILES)})"
+
+
 def latency(quantile: float) -> Measure:
     return Measure(
-        _finite(f"quantile({quantile})(DurationMs)"),
-        _finite(f"quantileTDigestMerge({quantile})(DurationMsQuantiles)"),
+        _finite(f"{_quantiles('quantiles')}(DurationMs){_level(quantile)}"),
+        _finite(f"{_quantiles('quantilesTDigestMerge')}(DurationMsQuantiles){_level(quantile)}"),
     )
 
 
@@ -61,9 +94,10 @@ def time_to_first_chunk(quantile: float) -> Measure:
     """Over streamed calls only (the rollup keeps an -If digest of exactly those)."""
     return Measure(
         _finite(
-            f"quantileIf({quantile})(TimeToFirstChunkMs, IsStream = 1 AND TimeToFirstChunkMs IS NOT NULL)"
+            f"{_quantiles('quantilesIf')}(TimeToFirstChunkMs, IsStream = 1 AND TimeToFirstChunkMs IS NOT NULL)"
+            + _level(quantile)
         ),
-        _finite(f"quantileTDigestIfMerge({quantile})(TimeToFirstChunkMsQuantiles)"),
+        _finite(f"{_quantiles('quantilesTDigestIfMerge')}(TimeToFirstChunkMsQuantiles){_level(quantile)}"),
     )
 
 
@@ -91,46 +125,68 @@ def query(
     having: str | None = None,
     order_by: str | None = None,
     limit: int | None = None,
+    filters: Sequence[str] = sql.CALL_FILTERS,
 ) -> str:
     """Calls aggregated per `$__timeInterval` bucket (`over_time`) and per `by` expressions (`expr AS name` or a
-    column). `extra` conditions must only use columns both tables have (the rollup's dimensions)."""
+    column), narrowed by the dashboard variables `filters`. `extra` conditions must only use columns both tables
+    have (the rollup's dimensions)."""
     keys = ["time"] if over_time else []
     keys += [item.rsplit(" AS ", 1)[-1] for item in by]
     order_by = order_by or ", ".join(keys) or None
     tail = (f"\nORDER BY {order_by}" if order_by else "") + (f"\nLIMIT {limit}" if limit else "")
+    raw_table = sql.COSTED if costed else sql.CALLS
+    raw_where = sql.where(*extra, filters=filters)
     if any(measure.rollup is None for measure, _ in measures):  # only the calls can answer
-        return _branch(measures, "Timestamp", by, keys, costed, extra, having, switch=None) + tail
-    rollup = _branch(measures, "Minute", by, keys, costed, extra, having, switch=_ROLLUP_APPLIES)
-    raw = _branch(measures, "Timestamp", by, keys, costed, extra, having, switch=f"NOT ({_ROLLUP_APPLIES})")
+        return _aggregate(measures, "Timestamp", by, keys, raw_table, raw_where, having, switch=None) + tail
+    applies = _rollup_applies(filters)
+    rollup = _aggregate(
+        measures, _START, by, keys, f"(\n{_rollup_rows(costed, extra, filters, over_time)}\n)", "", having,
+        switch=applies,
+    )  # fmt: skip
+    raw_where = sql.where(*extra, f"NOT ({applies})", filters=filters)
+    raw = _aggregate(measures, "Timestamp", by, keys, raw_table, raw_where, having, switch=f"NOT ({applies})")
     return f"SELECT * FROM (\n{rollup}\nUNION ALL\n{raw}\n){tail}"
 
 
-def _branch(
+def _rollup_rows(costed: bool, extra: Sequence[str], filters: Sequence[str], over_time: bool) -> str:
+    """The rollup rows of the time range: whole hours from the hourly rollup, the other minutes from the minute
+    rollup. Hours serve a time series only when its buckets are whole hours (so an hour never straddles two)."""
+    hours_fit = "$__interval_s % 3600 = 0" if over_time else "1"
+    hourly = f"{hours_fit} AND {_whole_hour('Hour')}"
+    answered = [name for name in filters if name in ROLLUP_FILTERS]
+    hours = sql.where(*extra, hourly, filters=answered, time_column="Hour")
+    minutes = sql.where(
+        *extra,
+        f"NOT ({hours_fit} AND {_whole_hour('toStartOfHour(Minute)')})",
+        filters=answered,
+        time_column="Minute",
+    )
+    return (
+        f"SELECT Hour AS {_START}, * EXCEPT (Hour) FROM {HOURLY_COSTED if costed else HOURLY}\n{hours}\n"
+        f"UNION ALL\nSELECT Minute AS {_START}, * EXCEPT (Minute) FROM {ROLLUP_COSTED if costed else ROLLUP}\n{minutes}"
+    )
+
+
+def _aggregate(
     measures: Sequence[tuple[Measure, str]],
     time_column: str,
     by: Sequence[str],
     keys: Sequence[str],
-    costed: bool,
-    extra: Sequence[str],
+    table: str,
+    where: str,
     having: str | None,
     *,
     switch: str | None,
 ) -> str:
-    """One SELECT over the rollup (`time_column` Minute) or the calls (Timestamp); `switch` turns it off."""
-    rollup = time_column == "Minute"
+    """One aggregating SELECT over the rollup rows (`time_column` Start) or the calls (Timestamp); `switch` turns
+    it off."""
+    rollup = time_column == _START
     columns = [f"$__timeInterval({time_column}) AS time"] if keys[:1] == ["time"] else []
     columns += list(by)
     columns += [f"{measure.rollup if rollup else measure.raw} AS {alias}" for measure, alias in measures]
-    if rollup:
-        table = ROLLUP_COSTED if costed else ROLLUP
-        where = sql.where(
-            *extra, *([switch] if switch else []), filters=ROLLUP_FILTERS, time_column=time_column
-        )
-    else:
-        table = sql.COSTED if costed else sql.CALLS
-        where = sql.where(*extra, *([switch] if switch else []))
     group = f"\nGROUP BY {', '.join(keys)}" if keys else ""
     # The switch in HAVING too: without GROUP BY an aggregate returns one row even when nothing was read.
     conditions = [condition for condition in (switch, having) if condition]
     having_clause = "\nHAVING " + " AND ".join(f"({c})" for c in conditions) if conditions else ""
-    return "SELECT\n  " + ",\n  ".join(columns) + f"\nFROM {table}\n{where}{group}{having_clause}"
+    from_where = f"\nFROM {table}" + (f"\n{where}" if where else "")
+    return "SELECT\n  " + ",\n  ".join(columns) + f"{from_where}{group}{having_clause}"

@@ -144,6 +144,28 @@ def test_totals_agree_with_the_stored_calls(store: Store) -> None:
     assert len(_value(store, "llmtap-failures", "Latest failed calls", "all")) == failures
 
 
+def test_hourly_buckets_read_the_hourly_rollup_and_agree_with_the_minutes(store: Store) -> None:
+    """With hour buckets the rollup branch reads whole hours from llm_calls_1h and the ragged edges of the range
+    from llm_calls_1m: per hour and model, the calls are the minute buckets' calls summed into their hours."""
+    (target,) = _panel("llmtap-overview", "Calls per second by model")["targets"]
+    variables = _selection("llmtap-overview", "all", store)
+    hourly = QueryContext(store.now - timedelta(hours=6), store.now, interval_seconds=3600)
+    by_hour: dict[tuple, float] = {}
+    for time, model, per_second in store.client.query(
+        expand_dashboard_sql(target["rawSql"], variables, hourly)
+    ).result_rows:
+        by_hour[(time, model)] = per_second * 3600
+    by_minute: dict[tuple, float] = {}
+    for time, model, per_second in _run(store, "llmtap-overview", target["rawSql"], "all")[1]:
+        key = (time.replace(minute=0), model)
+        by_minute[key] = by_minute.get(key, 0) + per_second * 60
+    assert by_hour.keys() == by_minute.keys() and len({hour for hour, _ in by_hour}) >= 6
+    assert all(round(by_hour[key]) == round(by_minute[key]) for key in by_hour)
+    (p95,) = _panel("llmtap-overview", "p95 latency")["targets"]
+    expanded = expand_dashboard_sql(p95["rawSql"], variables, hourly)
+    assert "llm_calls_1h" in expanded and store.client.query(expanded).result_rows[0][0] > 0
+
+
 def test_explorer_rows_match_every_filter(store: Store) -> None:
     rows = _value(store, "llmtap-explorer", "Calls", "filtered")
     assert rows

@@ -42,6 +42,39 @@ def _whole_hour(hour: str) -> str:
     return f"{hour} >= $__fromTime AND {hour} + INTERVAL 59 MINUTE <= $__toTime"
 
 
+def newest(limit: int, *extra: str, filters: Sequence[str] = sql.CALL_FILTERS) -> str:
+    """A condition on Timestamp that keeps at least the newest `limit` calls matching `filters` and `extra`, for
+    tables that show the latest calls: without it, ORDER BY Timestamp DESC LIMIT reads every call of the range.
+
+    The bound is the latest whole minute of the range from which on the minute rollup counts `limit` calls, looked
+    for only from the latest whole hour on where the hourly rollup counts as many (so it reads a few hundred
+    rollup rows, not a month of minutes). When the range holds fewer, or a filter the rollups cannot answer is
+    set, it is the range's start. `extra` conditions must only use the rollups' dimensions."""
+    hour = _latest_with(limit, HOURLY, "Hour", "1 HOUR", "$__fromTime", extra, filters)
+    return f"Timestamp >= {_latest_with(limit, ROLLUP, 'Minute', '1 MINUTE', hour, extra, filters)}"
+
+
+def _latest_with(
+    limit: int, table: str, start: str, step: str, since: str, extra: Sequence[str], filters: Sequence[str]
+) -> str:
+    """The latest `start` of `table` (a rollup) at or after `since` from which on its whole periods in the range
+    count `limit` matching calls, else `since`."""
+    answered = [name for name in filters if name in ROLLUP_FILTERS]
+    conditions = [f"{start} >= {since}", f"{start} + INTERVAL {step} <= $__toTime", _rollup_applies(filters)]
+    where = "\n      AND ".join([*conditions, *(sql.conditional(name) for name in answered), *extra])
+    return f"""ifNull((
+    SELECT {start} FROM (
+      SELECT {start}, sum(sum(Calls)) OVER (ORDER BY {start} DESC) AS Newer
+      FROM {table}
+      WHERE {where}
+      GROUP BY {start}
+    )
+    WHERE Newer >= {limit}
+    ORDER BY {start} DESC
+    LIMIT 1
+  ), {since})"""
+
+
 @dataclass(frozen=True)
 class Measure:
     """One aggregate, written over llm_calls rows and, when the rollup holds what it needs, over its rows."""
@@ -51,6 +84,7 @@ class Measure:
 
 
 CALLS = Measure("count()", "sum(Calls)")
+ERRORS = Measure("countIf(IsError = 1)", "sum(Errors)")
 ERROR_RATIO = Measure(
     f"if(count() = 0, 0, {sql.error_ratio()})", "if(sum(Calls) = 0, 0, sum(Errors) / sum(Calls))"
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from grafana_foundation_sdk.models.dashboard import Dashboard
-from llmtap.grafana import links, panels, sql, variables
+from llmtap.grafana import aggregate, links, panels, sql, variables
 from llmtap.grafana.board import Board
 
 UID = "llmtap-explorer"
@@ -12,8 +12,9 @@ UID = "llmtap-explorer"
 FILTERS = (*sql.CALL_FILTERS, "session", "status", "search")
 
 
-def _matching(expression: str, alias: str) -> str:
-    return f"SELECT {expression} AS {alias}\nFROM {sql.CALLS}\n{sql.where(filters=FILTERS)}"
+def _matching(measure: aggregate.Measure, alias: str) -> str:
+    """One total over the matching calls, from the rollups while only their dimensions are filtered."""
+    return aggregate.query([(measure, alias)], filters=FILTERS)
 
 
 def dashboard() -> Dashboard:
@@ -30,7 +31,7 @@ def dashboard() -> Dashboard:
     )
     board.add(
         panels.big_number(
-            "Matching calls", "Calls matching the filters.", _matching("count()", "calls"), "short"
+            "Matching calls", "Calls matching the filters.", _matching(aggregate.CALLS, "calls"), "short"
         ),
         8,
         3,
@@ -39,7 +40,7 @@ def dashboard() -> Dashboard:
         panels.big_number(
             "Failed",
             "Matching calls that failed.",
-            _matching("countIf(IsError = 1)", "failed"),
+            _matching(aggregate.ERRORS, "failed"),
             "short",
             thresholds=((None, "green"), (1, "red")),
         ),
@@ -50,7 +51,7 @@ def dashboard() -> Dashboard:
         panels.big_number(
             "Tokens",
             "Input plus output tokens of the matching calls.",
-            _matching("sum(InputTokens + OutputTokens)", "tokens"),
+            _matching(aggregate.TOKENS, "tokens"),
             "short",
         ),
         8,
@@ -77,7 +78,7 @@ def dashboard() -> Dashboard:
   TraceId,
   SpanId
 FROM {sql.COSTED}
-{sql.where(filters=FILTERS)}
+{sql.where(aggregate.newest(500, filters=FILTERS), filters=FILTERS)}
 ORDER BY Timestamp DESC
 LIMIT 500""",
             units={"Latency": "ms", "Tokens in": "short", "Tokens out": "short", "Cost": "currencyUSD"},

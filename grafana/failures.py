@@ -131,7 +131,7 @@ LIMIT 100""",
   TraceId,
   SpanId
 FROM {sql.CALLS}
-{sql.where(FAILED)}
+{sql.where(FAILED, aggregate.newest(200, FAILED))}
 ORDER BY Timestamp DESC
 LIMIT 200""",
             units={"Latency": "ms"},

@@ -73,7 +73,8 @@ def dashboard() -> Dashboard:
         panels.distribution(
             "Latency distribution",
             "Histogram of the durations of the latest 10,000 calls of the selected models.",
-            f"SELECT DurationMs AS Latency\nFROM {sql.CALLS}\n{sql.where()}\nORDER BY Timestamp DESC\nLIMIT 10000",
+            f"SELECT DurationMs AS Latency\nFROM {sql.CALLS}\n{sql.where(aggregate.newest(10_000))}\n"
+            "ORDER BY Timestamp DESC\nLIMIT 10000",
             "ms",
             axis_label="calls",
         ),

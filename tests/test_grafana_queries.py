@@ -23,7 +23,7 @@ import grafana_calls as calls
 from llmtap.clickhouse.connection import connect
 from llmtap.clickhouse.migrations import migrate
 from llmtap.clickhouse.prices import load_bundled_prices
-from llmtap.grafana import alerts, build, links, sql, validate
+from llmtap.grafana import aggregate, alerts, build, links, sql, validate
 from llmtap.grafana.interpolate import ALL, QueryContext, Variable, expand_alert_sql, expand_dashboard_sql
 
 DOCUMENTS = {doc["uid"]: doc for doc in (build.dashboard_json(make()) for make in build.DASHBOARDS)}
@@ -164,6 +164,28 @@ def test_hourly_buckets_read_the_hourly_rollup_and_agree_with_the_minutes(store:
     (p95,) = _panel("llmtap-overview", "p95 latency")["targets"]
     expanded = expand_dashboard_sql(p95["rawSql"], variables, hourly)
     assert "llm_calls_1h" in expanded and store.client.query(expanded).result_rows[0][0] > 0
+
+
+@pytest.mark.parametrize("limit", [1, 7, 60, 100_000])
+@pytest.mark.parametrize("selection", ["all", "filtered"])
+def test_newest_bound_keeps_every_one_of_the_newest_calls(store: Store, limit: int, selection: str) -> None:
+    """The rollup-derived lower bound never cuts off one of the newest `limit` matching calls."""
+    latest = f"SELECT SpanId FROM llm_calls\n{{}}\nORDER BY Timestamp DESC, SpanId LIMIT {limit}"
+    failed = "IsError = 1"
+    for extra in ((), (failed,)):
+        bounded = latest.format(sql.where(*extra, aggregate.newest(limit, *extra)))
+        unbounded = latest.format(sql.where(*extra))
+        assert (
+            _run(store, "llmtap-overview", bounded, selection)[1]
+            == _run(store, "llmtap-overview", unbounded, selection)[1]
+        )
+    every = store.scalar("SELECT count() FROM llm_calls")
+    cut = expand_dashboard_sql(
+        f"SELECT count() FROM llm_calls WHERE {aggregate.newest(7)}",
+        _selection("llmtap-overview", "all", store),
+        store.context(),
+    )
+    assert 7 <= store.scalar(cut) < every  # the bound does narrow the read
 
 
 def test_explorer_rows_match_every_filter(store: Store) -> None:

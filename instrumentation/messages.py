@@ -63,9 +63,39 @@ def _learn_attribute(cls: type, key: str) -> bool:
 
 
 def reader(obj: Any) -> Callable[[str], Any]:
-    """``reader(obj)(key)`` is ``get(obj, key)``: ``dict.get`` itself for dicts (what apps pass as messages), so
-    reading several keys of one object costs no Python call each."""
-    return obj.get if isinstance(obj, dict) else functools.partial(get, obj)
+    """``reader(obj)(key)`` is ``get(obj, key)``, cheaper when reading several keys of one object: ``dict.get``
+    itself for dicts (what apps pass as messages); for pydantic models (what the SDK returns) a lookup in the
+    instance's field values and extras, where ``get`` would look the name up first; other objects use ``get``."""
+    if isinstance(obj, dict):
+        return obj.get
+    if not _stores_fields_in_dict(type(obj)):
+        return functools.partial(get, obj)
+    extra = obj.__pydantic_extra__
+    values = {**obj.__dict__, **extra} if extra else obj.__dict__
+
+    def field(key: str) -> Any:
+        value = values.get(key, _ABSENT)
+        if value is _ABSENT:  # a property, a private name, or nothing: whatever ``get`` makes of it
+            return get(obj, key)
+        return value
+
+    return field
+
+
+_ABSENT = object()
+# Pydantic 2 model classes -> True: their declared fields are the instance dict's entries (what getattr returns),
+# their extras are in ``__pydantic_extra__``.
+_field_dict_classes: dict[type, bool] = {}
+
+
+def _stores_fields_in_dict(cls: type) -> bool:
+    known = _field_dict_classes.get(cls)
+    if known is None:
+        known = hasattr(cls, "__pydantic_extra__") and isinstance(getattr(cls, "model_fields", None), dict)
+        if len(_field_dict_classes) >= _PLAIN_ATTRIBUTE_LIMIT:
+            _field_dict_classes.clear()
+        _field_dict_classes[cls] = known
+    return known
 
 
 def _text(content: Any, scrub: Scrub) -> dict[str, Any]:

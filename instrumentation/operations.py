@@ -25,18 +25,19 @@ def given(value: Any) -> bool:
     return value is not None and not isinstance(value, SENTINEL_TYPES)
 
 
+# The type checks below also rule out openai's NotGiven/Omit sentinels (they are none of these types).
 def _set_float(attrs: Attributes, key: str, value: Any) -> None:
-    if given(value) and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         attrs[key] = float(value)
 
 
 def _set_int(attrs: Attributes, key: str, value: Any) -> None:
-    if given(value) and isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool):
         attrs[key] = value
 
 
 def _set_str(attrs: Attributes, key: str, value: Any) -> None:
-    if given(value) and isinstance(value, str):
+    if isinstance(value, str):
         attrs[key] = value
 
 
@@ -95,12 +96,14 @@ def _usage(
         _set_int(attrs, sc.USAGE_REASONING_OUTPUT_TOKENS, get(details, "reasoning_tokens"))
 
 
-def _response_identity(attrs: Attributes, response: Any) -> None:
+def _response_identity(attrs: Attributes, response: Any) -> Callable[[str], Any]:
+    """Sets the identity attributes; returns the response's reader for the caller's other fields."""
     field = msg.reader(response)
     _set_str(attrs, sc.RESPONSE_ID, field("id"))
     _set_str(attrs, sc.RESPONSE_MODEL, field("model"))
     _set_str(attrs, sc.OPENAI_RESPONSE_SERVICE_TIER, field("service_tier"))
     _set_str(attrs, sc.OPENAI_RESPONSE_SYSTEM_FINGERPRINT, field("system_fingerprint"))
+    return field
 
 
 @dataclass
@@ -139,12 +142,12 @@ def chat_request_content(kw: dict[str, Any], scrub: Scrub) -> RequestContent:
 
 def chat_response(response: Any) -> Attributes:
     attrs: Attributes = {}
-    _response_identity(attrs, response)
-    choices = get(response, "choices", ())
+    field = _response_identity(attrs, response)
+    choices = field("choices") or ()
     attrs[sc.RESPONSE_FINISH_REASONS] = tuple(get(c, "finish_reason") or "" for c in choices)
     _usage(
         attrs,
-        get(response, "usage"),
+        field("usage"),
         "prompt_tokens",
         "completion_tokens",
         "prompt_tokens_details",

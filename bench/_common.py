@@ -64,6 +64,14 @@ def rss_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: how busy the machine was while a figure was measured."""
+    try:
+        return "/".join(f"{value:.1f}" for value in os.getloadavg())
+    except OSError:
+        return "?"
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -92,6 +100,7 @@ def machine_info() -> dict[str, str]:
         "memory": memory_total(),
         "OS": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
+        "load average (1/5/15 min)": load_average(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
 

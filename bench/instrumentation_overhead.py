@@ -1,12 +1,20 @@
-"""Added latency of llmtap's OpenAI instrumentation, per call and per streamed chunk.
+"""Added cost of llmtap's OpenAI instrumentation, per call and per streamed chunk.
 
-The same chat call runs uninstrumented and instrumented in alternating batches (so machine noise hits both
-alike), through the fake server's in-process transport (no sockets), with content capture and redaction on, an
-SDK tracer provider with an in-memory exporter, and an SDK meter provider. Prints median microseconds:
+The same chat call runs uninstrumented and instrumented in alternating blocks (which goes first alternates too,
+so machine drift hits both alike), through the fake server's in-process transport (no sockets), with content
+capture and redaction on, an SDK tracer provider with an in-memory exporter, and an SDK meter provider. Each call
+is timed in CPU time of this process (on a shared machine wall time also counts the neighbours; wall medians are
+shown for context). Prints, in microseconds:
 
-* per call: instrumented minus plain, for a non-streamed chat completion;
+* per call: instrumented minus plain, per round (blocks run moments apart), median and p90 over the rounds, for
+  a non-streamed chat completion with the same prompt every call (a conversation's system prompt and history
+  repeat, and redaction remembers strings it has seen) and with a new user message every call (nothing
+  remembered);
+* the OpenTelemetry SDK's own part: the same span (same attributes) and the three histogram points, made
+  directly, which any OTel instrumentation recording them pays;
 * per chunk: iterating the chunks of a real streamed completion (kept in memory, so transport and SSE decoding
-  noise stay out) through the stream proxy, minus iterating them plainly;
+  noise stay out) through the stream proxy, minus iterating them plainly, as the slope between a long and a
+  two-chunk stream (what each further chunk costs; the span's end is paid once per call);
 * end to end for a streamed completion, for context.
 
     python bench/instrumentation_overhead.py [--quick]
@@ -16,11 +24,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
+import itertools
 import time
 from collections.abc import Callable
 
 import openai
+from _common import load_average, markdown_table, median, quantile, time_calls
 from llmtap.fake_openai.transport import http_client_class, sync_transport
 from llmtap.instrumentation import OpenAIInstrumentor
 from opentelemetry.sdk.metrics import MeterProvider
@@ -49,28 +58,41 @@ def _client() -> openai.OpenAI:
     )
 
 
-def _timed(action: Callable[[], object], repeat: int) -> list[float]:
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - start)
-    return samples
+Rounds = list[dict[bool, dict[str, list[int]]]]  # per round: instrumented? -> clock -> ns of each call
 
 
 def _alternate(
     action: Callable[[], object], rounds: int, batch: int, instrument: Callable[[bool], None]
-) -> tuple:
-    """Median seconds per action, (plain, instrumented), over alternating batches."""
-    plain: list[float] = []
-    traced: list[float] = []
-    for _ in range(rounds):
-        for enabled, into in ((False, plain), (True, traced)):
+) -> Rounds:
+    """Per round, a block of plain calls and a block of instrumented ones, the first of the two alternating."""
+    result: Rounds = []
+    for round_index in range(rounds):
+        blocks = {}
+        for enabled in (False, True) if round_index % 2 == 0 else (True, False):
             instrument(enabled)
             gc.collect()
-            into.extend(_timed(action, batch))
+            blocks[enabled] = time_calls(action, batch)
+        result.append(blocks)
     instrument(False)
-    return statistics.median(plain), statistics.median(traced)
+    return result
+
+
+def _added_us(rounds: Rounds, q: float, clock: str = "cpu") -> float:
+    """Median over rounds of (instrumented - plain) at quantile ``q`` of the round's calls, in µs."""
+    return median([(quantile(r[True][clock], q) - quantile(r[False][clock], q)) / 1000 for r in rounds])
+
+
+def _row(what: str, rounds: Rounds) -> list[object]:
+    plain = median([quantile(r[False]["cpu"], 0.5) for r in rounds]) / 1000
+    traced = median([quantile(r[True]["cpu"], 0.5) for r in rounds]) / 1000
+    return [
+        what,
+        plain,
+        traced,
+        _added_us(rounds, 0.5),
+        _added_us(rounds, 0.9),
+        _added_us(rounds, 0.5, "wall"),
+    ]
 
 
 class _ReplayStream:
@@ -86,8 +108,10 @@ class _ReplayStream:
         pass
 
 
-def _per_chunk_seconds(client: openai.OpenAI, instrument: Callable[[bool], None], repeat: int) -> float:
-    """Median added seconds per chunk of the stream proxy (accumulation, first-chunk time, span end)."""
+def _per_chunk_us(client: openai.OpenAI, instrument: Callable[[bool], None], repeat: int) -> float:
+    """Median added CPU µs per chunk of the stream proxy (accumulation, first-chunk time, and the output
+    message they grow), as the slope between a long and a two-chunk stream: the span's start and end, paid
+    once per call, cancel out."""
     from llmtap.instrumentation import patching
     from llmtap.instrumentation.calls import server_of, start_call
     from llmtap.instrumentation.operations import CHAT
@@ -95,33 +119,38 @@ def _per_chunk_seconds(client: openai.OpenAI, instrument: Callable[[bool], None]
 
     instrument(True)
     telemetry = patching.active_telemetry()
-    chunks = list(
+    long = list(
         client.chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers={"x-fake-chunks": str(CHUNKS)}
         )
     )
+    short = [long[0], long[-1]]  # the first content chunk and the one with the finish reason
     request = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
-    plain, traced = [], []
-    for _ in range(repeat):
-        start = time.perf_counter()
+    clock = time.process_time_ns
+
+    def added_ns(chunks: list[object]) -> int:
+        start = clock()
         for _chunk in _ReplayStream(chunks):
             pass
-        plain.append(time.perf_counter() - start)
-        call = start_call(telemetry, CHAT, request, server_of(client))  # span start: per call, not per chunk
+        plain = clock() - start
+        # The span starts outside the timing; its end, inside, is the same for both lengths and cancels out.
+        call = start_call(telemetry, CHAT, request, server_of(client))
         proxy = wrap_stream(_ReplayStream(chunks), call, is_async=False)
-        start = time.perf_counter()
+        start = clock()
         for _chunk in proxy:
             pass
-        traced.append(time.perf_counter() - start)
+        return clock() - start - plain
+
+    slopes = [(added_ns(long) - added_ns(short)) / (len(long) - len(short)) for _ in range(repeat)]
     instrument(False)
-    return (statistics.median(traced) - statistics.median(plain)) / len(chunks)
+    return median(slopes) / 1000
 
 
-def _sdk_floor_seconds(
+def _sdk_floor(
     client: openai.OpenAI, instrument: Callable[[bool], None], exporter, repeat: int
-) -> float:
-    """What the OpenTelemetry SDK alone costs for one such span and its three histogram points: the part of the
-    overhead any OTel instrumentation pays, whatever it does."""
+) -> list[object]:
+    """What the OpenTelemetry SDK alone costs for the same span (same attributes) and its three histogram
+    points: the part of the added cost any OTel instrumentation recording them pays, whatever it does."""
     from llmtap.instrumentation import patching
 
     instrument(True)
@@ -130,25 +159,30 @@ def _sdk_floor_seconds(
     span = exporter.get_finished_spans()[0]
     attributes = dict(span.attributes)
     telemetry = patching.active_telemetry()
-    metric_attributes = {
-        k: attributes[k]
-        for k in (
-            "gen_ai.operation.name",
-            "gen_ai.provider.name",
-            "gen_ai.request.model",
-            "gen_ai.response.model",
-            "server.address",
-            "server.port",
-        )
-    }
+    metric_keys = (
+        "gen_ai.operation.name",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+        "gen_ai.response.model",
+        "server.address",
+        "server.port",
+    )
+    metric_attributes = {k: attributes[k] for k in metric_keys}
 
     def sdk_only() -> None:
         telemetry.tracer.start_span(span.name, kind=span.kind, attributes=attributes).end()
         telemetry.record_metrics(metric_attributes, 0.5, 10, 20, None)
 
-    samples = _timed(sdk_only, repeat)
+    # Timed 50 calls at a time: a clock read around each call would cost as much as a tenth of what it measures.
+    clock, samples = time.process_time_ns, []
+    for _ in range(max(1, repeat // 50)):
+        exporter.clear()
+        start = clock()
+        for _ in range(50):
+            sdk_only()
+        samples.append((clock() - start) / 50)
     instrument(False)
-    return statistics.median(samples)
+    return ["OTel SDK alone: the same span + 3 histogram points", "—", "—", median(samples) / 1000, "—", "—"]
 
 
 def main() -> None:
@@ -157,7 +191,8 @@ def main() -> None:
         "--quick", action="store_true", help="fewer iterations (a smoke run, noisier figures)"
     )
     args = parser.parse_args()
-    rounds, batch = (6, 20) if args.quick else (30, 40)
+    rounds, batch = (4, 10) if args.quick else (40, 50)
+    load_before = load_average()
 
     exporter = InMemorySpanExporter()
     tracer_provider = TracerProvider()
@@ -182,38 +217,69 @@ def main() -> None:
     def chat() -> object:
         return client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
 
-    def stream(chunks: int) -> Callable[[], object]:
-        headers = {"x-fake-chunks": str(chunks)}
+    tickets = itertools.count()
 
-        def consume() -> object:
-            return sum(
-                1
-                for _ in client.chat.completions.create(
-                    model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers=headers
-                )
-            )
+    def chat_new_message() -> object:
+        system, user = MESSAGES
+        message = {"role": "user", "content": f"{user['content']} Ticket {next(tickets)}."}
+        return client.chat.completions.create(model="gpt-4o-mini", messages=[system, message])
 
-        return consume
+    def stream() -> object:
+        headers = {"x-fake-chunks": str(CHUNKS)}
+        created = client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, extra_headers=headers
+        )
+        return sum(1 for _ in created)
 
-    for warmup in (chat, stream(CHUNKS)):
-        _alternate(warmup, 1, 5, instrument)
+    for warmup in (chat, chat_new_message, stream):
+        _alternate(warmup, 2, 5, instrument)
 
-    plain, traced = _alternate(chat, rounds, batch, instrument)
-    stream_plain, stream_traced = _alternate(stream(CHUNKS), rounds, max(2, batch // 4), instrument)
-    per_chunk = _per_chunk_seconds(client, instrument, rounds * batch)
-    sdk_floor = _sdk_floor_seconds(client, instrument, exporter, rounds * batch)
+    rows = [
+        _row("non-streamed chat, same prompt every call", _alternate(chat, rounds, batch, instrument)),
+        _row(
+            "non-streamed chat, a new user message every call",
+            _alternate(chat_new_message, rounds, batch, instrument),
+        ),
+        _sdk_floor(client, instrument, exporter, rounds * batch),
+        _row(
+            f"streamed chat, {CHUNKS} chunks, end to end",
+            _alternate(stream, rounds, max(2, batch // 10), instrument),
+        ),
+    ]
+    per_chunk = _per_chunk_us(client, instrument, rounds * batch)
+    rows.append(["per streamed chunk (the stream proxy alone)", "—", "—", round(per_chunk, 2), "—", "—"])
 
-    print(f"rounds={rounds} batch={batch} (alternating plain/instrumented), content capture + redaction on")
     print(
-        f"non-streamed call : plain {plain * 1e6:8.1f} us, instrumented {traced * 1e6:8.1f} us, "
-        f"added {(traced - plain) * 1e6:7.1f} us per call ({traced / plain:.2f}x)"
+        f"{rounds} rounds of {batch} calls each way, plain and instrumented blocks alternating; content capture "
+        "and redaction on; CPU time of the process unless marked wall. Added = per round, instrumented minus "
+        "plain at that quantile of the round's calls; the median over rounds is shown.\n"
     )
-    print(f"  of which the OTel SDK itself (span + export + 3 histogram points): {sdk_floor * 1e6:.1f} us")
     print(
-        f"streamed call     : plain {stream_plain * 1e6:8.1f} us, instrumented {stream_traced * 1e6:8.1f} us "
-        f"for {CHUNKS} chunks ({stream_traced / stream_plain:.2f}x)"
+        markdown_table(
+            [
+                "what",
+                "plain CPU µs",
+                "instrumented CPU µs",
+                "added CPU µs median",
+                "added CPU µs p90",
+                "added wall µs median",
+            ],
+            rows,
+        )
     )
-    print(f"added per streamed chunk: {per_chunk * 1e6:.2f} us")
+    print(f"\nLoad average (1, 5, 15 min): {load_before} at the start, {load_average()} at the end.")
+    print(f"Reference: `sum(range(1000))` takes {_reference_us():.1f} µs here.")
+
+
+def _reference_us() -> float:
+    """A fixed piece of pure-Python work, so a reader can scale the figures to their own machine."""
+    clock, samples = time.process_time_ns, []
+    for _ in range(20):
+        start = clock()
+        for _ in range(100):
+            sum(range(1000))
+        samples.append((clock() - start) / 100)
+    return min(samples) / 1000
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import format_number, machine_info, markdown_table, median, quantile, rotations
+from _common import format_number, load_average, machine_info, markdown_table, median, quantile, rotations
 from _venvs import Venv, ensure_venv, installed_versions, llmtap_requirement
 
 HERE = Path(__file__).resolve().parent
@@ -80,11 +80,13 @@ class Workload:
     calls: int  # per block in full mode
 
 
+# Short blocks, many rounds: a burst of load from a neighbour then spoils few rounds, and the median over rounds
+# shrugs those off (full run: 5 sessions x 8 rounds = 40 paired rounds, 2,000 non-streamed calls per variant).
 WORKLOADS = (
-    Workload("chat", "non-streaming chat", 100),
-    Workload("stream", f"streaming chat, {STREAM_CHUNKS} chunks", 20),
-    Workload("stream1", "streaming chat, 1 chunk (for the per-chunk slope)", 60),
-    Workload("embeddings", "embeddings", 100),
+    Workload("chat", "non-streaming chat", 50),
+    Workload("stream", f"streaming chat, {STREAM_CHUNKS} chunks", 10),
+    Workload("stream1", "streaming chat, 1 chunk (for the per-chunk slope)", 30),
+    Workload("embeddings", "embeddings", 50),
 )
 
 
@@ -385,25 +387,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sessions", type=int, help="fresh worker processes per variant (default 5; quick 1)"
     )
-    parser.add_argument("--rounds", type=int, help="rotated rounds per session (default 4; quick 1)")
+    parser.add_argument("--rounds", type=int, help="rotated rounds per session (default 8; quick 2)")
     parser.add_argument("--scale", type=float, help="multiplier for calls per block (default 1; quick 0.1)")
     parser.add_argument(
         "--dump", type=Path, help="also write every sample and startup figure to this JSON file"
     )
     args = parser.parse_args(argv)
     sessions = args.sessions or (1 if args.quick else 5)
-    rounds = args.rounds or (1 if args.quick else 4)
+    rounds = args.rounds or (2 if args.quick else 8)
     scale = args.scale or (0.1 if args.quick else 1.0)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     variants, failed = build_variants(args.quick, log)
+    load_before = load_average()
     measure(variants, sessions, rounds, scale)
     if args.dump:
         args.dump.write_text(json.dumps([vars(variant) for variant in variants]))
     machine = machine_info()
     print(report(variants, failed, args.quick))
+    print(
+        f"Load average (1/5/15 min) {load_before} when measuring started, {machine.pop('load average (1/5/15 min)')} at the end."
+    )
     print("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
     return 0
 

@@ -20,10 +20,19 @@ from dataclasses import dataclass
 
 from llmtap.grafana import sql
 
-ROLLUP = "llm_calls_1m"
-ROLLUP_COSTED = "llm_calls_1m_costed"
-HOURLY = "llm_calls_1h"
-HOURLY_COSTED = "llm_calls_1h_costed"
+
+@dataclass(frozen=True)
+class Rollups:
+    """A minute and an hourly rollup (or views over them) with the same columns but the time column's name."""
+
+    minute: str
+    hour: str
+
+
+CALL_ROLLUPS = Rollups("llm_calls_1m", "llm_calls_1h")
+COSTED_ROLLUPS = Rollups("llm_calls_1m_costed", "llm_calls_1h_costed")
+ANSWER_ROLLUPS = Rollups("llm_answers_1m", "llm_answers_1h")  # answers and uncertain answers (migration 0007)
+ROLLUP = CALL_ROLLUPS.minute
 # The variables the rollups' dimensions can answer (status is IsError, one of them).
 ROLLUP_FILTERS = ("project", "service", "model", "status")
 _START = "Start"  # the rollup rows' hour or minute, under one name in the union of both
@@ -50,7 +59,7 @@ def newest(limit: int, *extra: str, filters: Sequence[str] = sql.CALL_FILTERS) -
     for only from the latest whole hour on where the hourly rollup counts as many (so it reads a few hundred
     rollup rows, not a month of minutes). When the range holds fewer, or a filter the rollups cannot answer is
     set, it is the range's start. `extra` conditions must only use the rollups' dimensions."""
-    hour = _latest_with(limit, HOURLY, "Hour", "1 HOUR", "$__fromTime", extra, filters)
+    hour = _latest_with(limit, CALL_ROLLUPS.hour, "Hour", "1 HOUR", "$__fromTime", extra, filters)
     return f"Timestamp >= {_latest_with(limit, ROLLUP, 'Minute', '1 MINUTE', hour, extra, filters)}"
 
 
@@ -155,6 +164,7 @@ def query(
     over_time: bool = False,
     by: Sequence[str] = (),
     costed: bool = False,
+    rollups: Rollups | None = None,
     extra: Sequence[str] = (),
     having: str | None = None,
     order_by: str | None = None,
@@ -162,8 +172,9 @@ def query(
     filters: Sequence[str] = sql.CALL_FILTERS,
 ) -> str:
     """Calls aggregated per `$__timeInterval` bucket (`over_time`) and per `by` expressions (`expr AS name` or a
-    column), narrowed by the dashboard variables `filters`. `extra` conditions must only use columns both tables
-    have (the rollup's dimensions)."""
+    column), narrowed by the dashboard variables `filters`. The rollup branch reads `rollups` (by default the calls'
+    rollups, priced when `costed`). `extra` conditions must only use columns both tables have (the rollup's
+    dimensions)."""
     keys = ["time"] if over_time else []
     keys += [item.rsplit(" AS ", 1)[-1] for item in by]
     order_by = order_by or ", ".join(keys) or None
@@ -174,7 +185,7 @@ def query(
         return _aggregate(measures, "Timestamp", by, keys, raw_table, raw_where, having, switch=None) + tail
     applies = _rollup_applies(filters)
     rollup = _aggregate(
-        measures, _START, by, keys, f"(\n{_rollup_rows(costed, extra, filters, over_time)}\n)", "", having,
+        measures, _START, by, keys, f"(\n{_rollup_rows(rollups or (COSTED_ROLLUPS if costed else CALL_ROLLUPS), extra, filters, over_time)}\n)", "", having,
         switch=applies,
     )  # fmt: skip
     raw_where = sql.where(*extra, f"NOT ({applies})", filters=filters)
@@ -182,7 +193,7 @@ def query(
     return f"SELECT * FROM (\n{rollup}\nUNION ALL\n{raw}\n){tail}"
 
 
-def _rollup_rows(costed: bool, extra: Sequence[str], filters: Sequence[str], over_time: bool) -> str:
+def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str], over_time: bool) -> str:
     """The rollup rows of the time range: whole hours from the hourly rollup, the other minutes from the minute
     rollup. Hours serve a time series only when its buckets are whole hours (so an hour never straddles two)."""
     hours_fit = "$__interval_s % 3600 = 0" if over_time else "1"
@@ -196,8 +207,8 @@ def _rollup_rows(costed: bool, extra: Sequence[str], filters: Sequence[str], ove
         time_column="Minute",
     )
     return (
-        f"SELECT Hour AS {_START}, * EXCEPT (Hour) FROM {HOURLY_COSTED if costed else HOURLY}\n{hours}\n"
-        f"UNION ALL\nSELECT Minute AS {_START}, * EXCEPT (Minute) FROM {ROLLUP_COSTED if costed else ROLLUP}\n{minutes}"
+        f"SELECT Hour AS {_START}, * EXCEPT (Hour) FROM {rollups.hour}\n{hours}\n"
+        f"UNION ALL\nSELECT Minute AS {_START}, * EXCEPT (Minute) FROM {rollups.minute}\n{minutes}"
     )
 
 

@@ -163,11 +163,13 @@ def dashboard() -> Dashboard:
     board.add(
         panels.time_series(
             "Uncertain answers by model",
-            'Share of answers containing a phrase such as "I\'m not sure" (the list is in llmtap.grafana.sql).',
+            'Share of answers containing a phrase such as "I\'m not sure" (the phrases are the rows of the '
+            "llm_uncertain_phrases table).",
             aggregate.query(
-                [(Measure(f"avg({sql.is_uncertain()})"), "uncertain_share")],
+                [(Measure(f"avg({sql.is_uncertain()})", "sum(Uncertain) / sum(Answers)"), "uncertain_share")],
                 over_time=True,
                 by=["Model"],
+                rollups=aggregate.ANSWER_ROLLUPS,
                 extra=[sql.ANSWER_OPERATIONS],
             ),
             "percentunit",

@@ -73,38 +73,17 @@ def preview(column: str, length: int = 160) -> str:
     return f"leftUTF8(replaceRegexpAll({message_text(last, column)}, '\\\\s+', ' '), {length})"
 
 
-def quoted_array(values: Sequence[str]) -> str:
-    """A ClickHouse array literal of strings."""
-    escaped = (value.replace("\\", "\\\\").replace("'", "\\'") for value in values)
-    return "[" + ", ".join(f"'{value}'" for value in escaped) + "]"
-
-
-# Phrases that mark an answer as uncertain: a case-insensitive substring match on the response text. Edit this
-# list and run `llmtap grafana build` to change both the "uncertain answers" panels and the alert rule (the rule's
-# SQL cannot read a Grafana or environment variable: Grafana does not interpolate alert query models).
-UNCERTAIN_PHRASES = (
-    "i'm not sure",
-    "i’m not sure",
-    "i am not sure",
-    "i'm not certain",
-    "i’m not certain",
-    "i don't know",
-    "i don’t know",
-    "i do not know",
-    "i cannot be certain",
-    "i can't be certain",
-    "i don't have enough information",
-    "i do not have enough information",
-    "it is unclear",
-    "it's unclear",
-)
+# Phrases that mark an answer as uncertain (a case-insensitive substring of the response text) are rows of the
+# table llm_uncertain_phrases (migration 0007, which also counts uncertain answers into the llm_answers rollups at
+# insert time), so the dashboards, the alert rule and the rollups share one list that needs no rebuild to change.
+UNCERTAIN_PHRASES = "(SELECT groupArray(Phrase) FROM llm_uncertain_phrases)"
 
 ANSWER_OPERATIONS = "Operation IN ('chat', 'text_completion', 'generate_content')"
 
 
 def is_uncertain(column: str = "OutputMessages") -> str:
-    """1 when the response text contains one of `UNCERTAIN_PHRASES`."""
-    return f"multiSearchAnyCaseInsensitiveUTF8({message_text(column)}, {quoted_array(UNCERTAIN_PHRASES)})"
+    """1 when the response text contains one of the phrases of llm_uncertain_phrases."""
+    return f"multiSearchAnyCaseInsensitiveUTF8({message_text(column)}, {UNCERTAIN_PHRASES})"
 
 
 def trace_spans(trace_id: str) -> str:

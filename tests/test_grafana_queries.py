@@ -229,6 +229,18 @@ def test_uncertain_answers_are_found_in_the_response_text(store: Store, content:
     assert store.scalar(f"SELECT {sql.is_uncertain(literal)}") == uncertain
 
 
+def test_answer_rollups_count_the_uncertain_answers_the_dashboards_find(store: Store) -> None:
+    per_call = store.client.query(
+        f"SELECT count(), countIf({sql.is_uncertain()}) FROM llm_calls WHERE {sql.ANSWER_OPERATIONS}"
+    ).result_rows[0]
+    assert per_call[1] > 0
+    for rollup in (aggregate.ANSWER_ROLLUPS.minute, aggregate.ANSWER_ROLLUPS.hour):
+        assert (
+            store.client.query(f"SELECT sum(Answers), sum(Uncertain) FROM {rollup}").result_rows[0]
+            == per_call
+        )
+
+
 def test_variables_list_the_values_in_range(store: Store) -> None:
     def values(name: str, selection: str) -> set[str]:
         variable = next(v for v in DOCUMENTS["llmtap-overview"]["templating"]["list"] if v["name"] == name)

@@ -34,7 +34,7 @@ CLUSTER = "'{cluster}'"
 # Tables whose rows belong to a trace: shard by trace id so one trace stays on one shard.
 TRACE_SHARDED = {"otel_traces", "otel_traces_trace_id_ts", "llm_calls"}
 # Tables every node keeps whole (tiny lookup tables joined by views).
-REPLICATED_WHOLE = {"model_prices"}
+REPLICATED_WHOLE = {"model_prices", "llm_uncertain_phrases"}
 
 _STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
 _CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)(\s*\()", re.IGNORECASE)

@@ -253,26 +253,19 @@ def call_stats(
     client: Client, flt: CallFilter, *, by: str = "model", limit: int | None = None
 ) -> list[StatsRow]:
     """Calls, errors, latency, tokens and cost per group, biggest groups first (days in date order)."""
-    key = _group_expression(by)
-    where, params = where_clause(flt)
     order = "Key" if by == "day" else "Calls DESC, Key"
     limit_clause = "LIMIT {limit:UInt32}" if limit else ""
-    sql = f"""
-    SELECT {key} AS Key, {_AGGREGATES}
-    FROM llm_calls_costed
-    {where}
-    GROUP BY Key
-    ORDER BY {order}
-    {limit_clause}"""
-    result = client.query(sql, parameters={**params, "limit": limit or 0})
+    sql, params = _stats_sql(_group_expression(by), flt, grouped=True)
+    result = client.query(
+        f"{sql}\nORDER BY {order}\n{limit_clause}", parameters={**params, "limit": limit or 0}
+    )
     return [_stats_row(row) for row in result.result_rows]
 
 
 def total_stats(client: Client, flt: CallFilter) -> StatsRow:
     """The same aggregates over every call matching ``flt`` (key 'total')."""
-    where, params = where_clause(flt)
-    row = client.query(f"SELECT 'total', {_AGGREGATES} FROM llm_calls_costed {where}", parameters=params)
-    return _stats_row(row.result_rows[0])
+    sql, params = _stats_sql("'total'", flt, grouped=False)
+    return _stats_row(client.query(sql, parameters=params).result_rows[0])
 
 
 def latency_by_model(client: Client, flt: CallFilter) -> list[tuple[str, int, Latency]]:
@@ -338,10 +331,59 @@ def distinct_values(
 
 # ---------------------------------------------------------------- helpers
 
-_LATENCY = f"""min(DurationMs), avg(DurationMs), quantiles({", ".join(map(str, LATENCY_LEVELS))})(DurationMs) AS P,
-    max(DurationMs)"""
-_AGGREGATES = f"""count() AS Calls, sum(IsError), {_LATENCY},
-    sum(InputTokens), sum(OutputTokens), sum(CachedTokens), sum(ReasoningTokens), sum(Cost), countIf(Cost IS NULL)"""
+_QUANTILES = f"quantiles({', '.join(map(str, LATENCY_LEVELS))})(DurationMs)"
+_LATENCY = f"min(DurationMs), avg(DurationMs), {_QUANTILES} AS P, max(DurationMs)"
+
+
+def _stats_sql(key: str, flt: CallFilter, *, grouped: bool) -> tuple[str, dict[str, Any]]:
+    """The aggregates of `_stats_row` per `key` over the calls matching `flt` (one row, even for no calls, when
+    not `grouped` and `key` is a constant).
+
+    Cost is linear in tokens and a price holds for a model on a day, so the tokens are summed per key, model and
+    day first and only those sums are priced (the llm_calls_costed view prices every call: an ASOF join and a
+    model-name match per row, seconds on a month of calls). Each call's cached tokens are capped at its input
+    tokens before summing, exactly as the view does per call."""
+    where, params = where_clause(flt)
+    group = "GROUP BY Key" if grouped else ""
+    sql = f"""
+    SELECT Key, Calls, Errors, MinMs, AvgMs, P, MaxMs, Input, Output, Cached, Reasoning, Cost, Unpriced
+    FROM (
+        SELECT {key} AS Key, count() AS Calls, sum(IsError) AS Errors, min(DurationMs) AS MinMs,
+               avg(DurationMs) AS AvgMs, {_QUANTILES} AS P, max(DurationMs) AS MaxMs, sum(InputTokens) AS Input,
+               sum(OutputTokens) AS Output, sum(CachedTokens) AS Cached, sum(ReasoningTokens) AS Reasoning
+        FROM llm_calls
+        {where}
+        {group}
+    ) AS totals
+    LEFT JOIN (
+        SELECT {"Key" if grouped else f"{key} AS Key"}, sum(DayCost) AS Cost, sumIf(DayCalls, DayCost IS NULL) AS Unpriced
+        FROM (
+            SELECT t.Key AS Key, t.DayCalls AS DayCalls,
+                   if(p.Model = '', NULL,
+                      (t.Uncached * p.InputPerMillion + t.CachedInput * p.CachedInputPerMillion
+                       + t.Output * p.OutputPerMillion) / 1e6) AS DayCost
+            FROM (
+                SELECT {key} AS Key, Model, toDate(Timestamp) AS Day, count() AS DayCalls,
+                       sum(InputTokens - least(CachedTokens, InputTokens)) AS Uncached,
+                       sum(least(CachedTokens, InputTokens)) AS CachedInput, sum(OutputTokens) AS Output
+                FROM llm_calls
+                {where}
+                GROUP BY Key, Model, Day
+            ) AS t
+            LEFT ASOF JOIN model_prices_effective AS p ON {_PRICE_MODEL.format(model="t.Model")} = p.Model
+                AND t.Day >= p.ValidFrom
+        )
+        {group}
+    ) AS costs USING (Key)"""
+    return sql, params
+
+
+# The price a model name matches, as the costed views of migration 0005 match it: its own name, else its name
+# without a dated snapshot suffix (gpt-4o-2024-08-06 -> gpt-4o).
+_PRICE_MODEL = (
+    "if({model} IN (SELECT Model FROM model_prices), {model},"
+    " replaceRegexpOne({model}, '-([0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}|[0-9]{{4}})$', ''))"
+)
 
 
 def _group_expression(by: str) -> str:

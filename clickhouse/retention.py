@@ -1,6 +1,6 @@
 """How long the store keeps calls and their content, read from and written to the tables' TTLs.
 
-Two horizons: the numbers (llm_calls rows, the llm_calls_1m and llm_calls_1h rollups) and the content (prompt, response, system
+Two horizons: the numbers (llm_calls rows and their rollups, `ROLLUPS`) and the content (prompt, response, system
 instructions, tool definitions). The content columns carry their own, shorter column TTL, so prompts expire
 while charts keep their history. The raw spans in ``otel_traces`` hold the same prompts in their attributes, so
 their row TTL follows the content horizon. ClickHouse applies a changed TTL to existing parts in the background
@@ -21,6 +21,13 @@ DEFAULT_CONTENT_DAYS = 30
 DEFAULT_CALLS_DAYS = 400
 # TTL expressions as ClickHouse normalises them in SHOW CREATE: "... + toIntervalDay(30)".
 _TTL_DAYS = re.compile(r"toIntervalDay\((\d+)\)|INTERVAL\s+(\d+)\s+DAY", re.IGNORECASE)
+# The rollups of the calls (the numbers horizon) and their time columns.
+ROLLUPS = (
+    ("llm_calls_1m", "Minute"),
+    ("llm_calls_1h", "Hour"),
+    ("llm_answers_1m", "Minute"),
+    ("llm_answers_1h", "Hour"),
+)
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,8 @@ def set_retention(
         client.command(
             f"ALTER TABLE llm_calls MODIFY TTL toDateTime(Timestamp) + INTERVAL {int(calls_days)} DAY"
         )
-        client.command(f"ALTER TABLE llm_calls_1m MODIFY TTL Minute + INTERVAL {int(calls_days)} DAY")
-        client.command(f"ALTER TABLE llm_calls_1h MODIFY TTL Hour + INTERVAL {int(calls_days)} DAY")
+        for rollup, time_column in ROLLUPS:
+            client.command(f"ALTER TABLE {rollup} MODIFY TTL {time_column} + INTERVAL {int(calls_days)} DAY")
     if content_days is not None:
         days = int(content_days)
         for column in CONTENT_COLUMNS:

@@ -2,10 +2,11 @@
 
 Turning OTLP into the exporter's rows is pure Python work on protobuf objects; in one process it would share a
 single core (the GIL) with the receivers and with ClickHouse's own insert work. The writer therefore ships batches
-of request payloads to a small process pool, which converts them with :mod:`llmtap.collector.rows` and serializes
-each table's columns to ClickHouse's Native format with clickhouse-connect's serializer, the very bytes
-``client.insert`` would send. Serve's process then only hands those bytes to ClickHouse (``raw_insert``), whose C++
-insert path releases the GIL. Rows are identical to the in-process path (the golden tests run both).
+of request payloads to a small process pool, which converts them with :mod:`llmtap.collector.rows` and writes
+each table's columns in ClickHouse's Native format (:mod:`llmtap.collector.native`, span attributes encoded once
+through a memo). Serve's process then only hands those bytes to ClickHouse (``raw_insert``), whose C++ insert path
+releases the GIL. Rows are identical to the in-process path, which inserts with clickhouse-connect's serializer
+(the golden tests run both).
 """
 
 from __future__ import annotations
@@ -13,48 +14,30 @@ from __future__ import annotations
 import multiprocessing
 from collections import Counter
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Any
 
-from llmtap.collector import rows
+from llmtap.collector import native, rows
+from llmtap.collector.values import encoded_attributes_to_native
 
 FORMAT = "Native"
-_PREFIX_END = b" FORMAT Native\n"
 
 #: table -> (column names, Native block bytes); signal -> items converted
 Encoded = tuple[dict[str, tuple[tuple[str, ...], bytes]], dict[str, int]]
-_column_types: dict[str, list[Any]] = {}
+_table_types: dict[str, dict[str, str]] = {}
 
 
 def init_worker(table_types: dict[str, dict[str, str]]) -> None:
     """Worker initializer: the ClickHouse type of every column, as the store reported it."""
-    from clickhouse_connect.datatypes.registry import get_from_name
-
-    for table, names in rows.TABLE_COLUMNS.items():
-        _column_types[table] = [get_from_name(table_types[table][name]) for name in names]
-
-
-def _native_block(table: str, columns: dict[str, list[Any]]) -> bytes:
-    # clickhouse-connect's own Native serializer (what client.insert sends), minus its INSERT statement prefix.
-    from clickhouse_connect.driver.insert import InsertContext
-    from clickhouse_connect.driver.transform import NativeTransform
-
-    context = InsertContext(
-        table, list(columns), _column_types[table], data=list(columns.values()), column_oriented=True
-    )
-    block = b"".join(NativeTransform.build_insert(context))
-    if context.insert_exception is not None:
-        raise context.insert_exception
-    return block[block.index(_PREFIX_END) + len(_PREFIX_END) :]
+    _table_types.update(table_types)
 
 
 def encode_requests(payloads: list[tuple[str, bytes]]) -> Encoded:
     """Convert spooled payloads (signal, serialized export request) into one insert block per table."""
-    batch = rows.Batch()
+    batch = rows.Batch(attributes=encoded_attributes_to_native)
     counts: Counter[str] = Counter()
     for signal, payload in payloads:
         counts[signal] += rows.add_request(batch, signal, payload)
     return {
-        table: (tuple(columns), _native_block(table, columns))
+        table: (tuple(columns), native.block(columns, _table_types[table]))
         for table, columns in batch.columns.items()
         if columns
     }, dict(counts)

@@ -11,6 +11,7 @@ integers (nanoseconds for DateTime64(9), seconds for DateTime) so no precision i
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from llmtap.collector.request_views import VIEW_TYPES, parse_view
@@ -81,10 +82,15 @@ _NONE = ()  # the value of every empty Events/Links array: shared, so spans with
 
 
 class Batch:
-    """Rows for several tables, kept column by column (what clickhouse-connect inserts fastest)."""
+    """Rows for several tables, kept column by column (what clickhouse-connect inserts fastest).
 
-    def __init__(self) -> None:
+    ``attributes`` turns a span's (or its events' and links') encoded attribute list into its map value: a dict
+    by default, or entries already in Native form for serve's own Native writer (see llmtap.collector.native).
+    """
+
+    def __init__(self, attributes: Callable[[Sequence[bytes]], Any] = encoded_attributes_to_map) -> None:
         self.columns: dict[str, dict[str, list[Any]]] = {}
+        self.attributes = attributes
 
     def table(self, name: str) -> dict[str, list[Any]]:
         columns = self.columns.get(name)
@@ -133,6 +139,7 @@ def add_traces(batch: Batch, request: Any) -> int:
     c_ln_trace, c_ln_span, c_ln_state, c_ln_attrs = (
         columns[n] for n in ("Links.TraceId", "Links.SpanId", "Links.TraceState", "Links.Attributes")
     )
+    to_map = batch.attributes
     count = 0
     for resource_spans in request.resource_spans:
         resource_attributes = resource_spans.resource.attributes
@@ -155,7 +162,7 @@ def add_traces(batch: Batch, request: Any) -> int:
                 c_res.append(resource)
                 c_scope.append(scope_name)
                 c_scope_v.append(scope_version)
-                c_attrs.append(encoded_attributes_to_map(span.attributes))
+                c_attrs.append(to_map(span.attributes))
                 # EndTimestamp - StartTimestamp on uint64 (decoding rejects end < start, so no wrap-around).
                 c_duration.append(span.end_time_unix_nano - start)
                 code = span.status.code
@@ -165,7 +172,7 @@ def add_traces(batch: Batch, request: Any) -> int:
                 if events:  # convertEvents
                     c_ev_ts.append([event.time_unix_nano for event in events])
                     c_ev_name.append([event.name for event in events])
-                    c_ev_attrs.append([encoded_attributes_to_map(event.attributes) for event in events])
+                    c_ev_attrs.append([to_map(event.attributes) for event in events])
                 else:
                     c_ev_ts.append(_NONE)
                     c_ev_name.append(_NONE)
@@ -175,7 +182,7 @@ def add_traces(batch: Batch, request: Any) -> int:
                     c_ln_trace.append([trace_id_hex(link.trace_id) for link in links])
                     c_ln_span.append([span_id_hex(link.span_id) for link in links])
                     c_ln_state.append([link.trace_state for link in links])
-                    c_ln_attrs.append([encoded_attributes_to_map(link.attributes) for link in links])
+                    c_ln_attrs.append([to_map(link.attributes) for link in links])
                 else:
                     c_ln_trace.append(_NONE)
                     c_ln_span.append(_NONE)

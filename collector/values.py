@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
+from llmtap.collector.native import NativePair, native_string
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
 _encode_json_string = json.encoder.encode_basestring  # the C encoder json.dumps(ensure_ascii=False) uses
@@ -26,13 +27,15 @@ _HTML_ESCAPES = str.maketrans(
 )
 _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
-# Memos for encoded attribute lists: encoded KeyValue -> (key, AsString), since attributes such as the operation,
+# Memos for encoded attribute lists: encoded KeyValue -> (key, AsString) and -> its Native bytes, since attributes such as the operation,
 # provider, model, server, flags and tags repeat from span to span; and the keys of a list in arrival order -> which
 # positions to keep in which order, since one instrumentation emits the same keys in the same order every time. Each is bounded
 # (_MEMO_ENTRIES entries, KeyValues of up to _MEMO_ENTRY_BYTES; a few MiB in all) and emptied when full.
 _MEMO_ENTRIES = 8192
 _MEMO_ENTRY_BYTES = 256
 _memo: dict[bytes, tuple[str, str]] = {}
+_native_memo: dict[bytes, NativePair] = {}
+_native_keys: dict[str, bytes] = {}  # attribute key -> its Native bytes (keys repeat even when values do not)
 _key_orders: dict[tuple[str, ...], tuple[int, ...]] = {}
 _first = operator.itemgetter(0)
 
@@ -143,17 +146,33 @@ def attributes_to_map(attributes: Any) -> dict[str, str]:
 
 def encoded_attributes_to_map(encoded: Sequence[bytes]) -> dict[str, str]:
     """AttributesToMap for an attribute list kept as encoded KeyValue messages (see request_views)."""
+    return dict(_last_of_each_in_key_order(encoded, _memo, _decode_attribute))
+
+
+def encoded_attributes_to_native(encoded: Sequence[bytes]) -> tuple[NativePair, ...]:
+    """The same map as :func:`encoded_attributes_to_map`, each entry already in Native form (for native.block).
+
+    Encoding each distinct attribute once (memoized) instead of on every insert is what makes serve's Native
+    writer cheap: most of a span's attributes repeat from span to span.
+    """
+    return _last_of_each_in_key_order(encoded, _native_memo, _decode_native)
+
+
+def _last_of_each_in_key_order(
+    encoded: Sequence[bytes], memo: dict[bytes, Any], decode: Any
+) -> tuple[Any, ...]:
+    """Decode each KeyValue (through ``memo``) and keep the last of each key, in key order."""
     if not encoded:
-        return {}
+        return ()
     raws = list(encoded)
-    pairs = list(map(_memo.get, raws))
-    if None in pairs:
-        pairs = [pair or _decode_attribute(raw) for pair, raw in zip(pairs, raws, strict=True)]
-    keys = tuple(map(_first, pairs))
+    items = list(map(memo.get, raws))
+    if None in items:
+        items = [item or decode(raw) for item, raw in zip(items, raws, strict=True)]
+    keys = tuple(map(_first, items))
     order = _key_orders.get(keys)
     if order is None:
         order = _remember(_key_orders, keys, _sorted_last_of_each(keys))
-    return dict(map(pairs.__getitem__, order))
+    return tuple(map(items.__getitem__, order))
 
 
 def _sorted_last_of_each(keys: tuple[str, ...]) -> tuple[int, ...]:
@@ -162,13 +181,28 @@ def _sorted_last_of_each(keys: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(last[key] for key in sorted(last))
 
 
-def _decode_attribute(raw: bytes) -> tuple[str, str]:
+def _key_and_text(raw: bytes) -> tuple[str, str]:
     attribute = KeyValue.FromString(raw)
     value = attribute.value
-    pair = (attribute.key, value.string_value or as_string(value))
+    return attribute.key, value.string_value or as_string(value)
+
+
+def _decode_attribute(raw: bytes) -> tuple[str, str]:
+    pair = _key_and_text(raw)
     if len(raw) <= _MEMO_ENTRY_BYTES:
         _remember(_memo, raw, pair)
     return pair
+
+
+def _decode_native(raw: bytes) -> NativePair:
+    key, text = _key_and_text(raw)
+    key_bytes = _native_keys.get(key)
+    if key_bytes is None:
+        key_bytes = _remember(_native_keys, key, native_string(key))
+    entry = (key, key_bytes, native_string(text))
+    if len(raw) <= _MEMO_ENTRY_BYTES:
+        _remember(_native_memo, raw, entry)
+    return entry
 
 
 def _remember(memo: dict[Any, Any], key: Any, value: Any) -> Any:

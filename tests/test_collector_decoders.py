@@ -24,8 +24,15 @@ from llmtap.collector.decode import (
     parse,
     validate,
 )
+from llmtap.collector.native import native_string
 from llmtap.collector.spool import Spool, SpoolError
-from llmtap.collector.values import as_string, attributes_to_map, encoded_attributes_to_map, go_float
+from llmtap.collector.values import (
+    as_string,
+    attributes_to_map,
+    encoded_attributes_to_map,
+    encoded_attributes_to_native,
+    go_float,
+)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.trace.v1 import trace_pb2
 
@@ -131,6 +138,10 @@ def test_encoded_attribute_lists_convert_like_messages(attributes):
     for _ in range(2):
         converted = encoded_attributes_to_map(encoded)
         assert converted == expected and list(converted) == list(expected)
+        # serve's Native writer gets the same entries, each already encoded as Native strings
+        assert encoded_attributes_to_native(encoded) == tuple(
+            (key, native_string(key), native_string(text)) for key, text in expected.items()
+        )
 
 
 @FUZZ

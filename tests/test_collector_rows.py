@@ -90,6 +90,9 @@ ATTRIBUTES = [
     (kv("array.nan", array(D(math.nan))), ""),  # json.Marshal fails on NaN; the error is ignored -> ""
     (kv("array.empty", array()), "[]"),
     (kv("gen_ai.request.model", S("gpt-4o")), "gpt-4o"),
+    # Lengths whose Native/LEB128 prefix takes two and three bytes (values past the memo's size limit).
+    (kv("content.medium", S("é" * 100)), "é" * 100),
+    (kv("content.long", S("ü" * 10_000 + "!")), "ü" * 10_000 + "!"),
 ]
 
 

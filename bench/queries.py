@@ -31,6 +31,7 @@ from llmtap.clickhouse.migrations import migrate
 from llmtap.clickhouse.prices import load_bundled_prices
 
 DAYS = 30
+ROLLUPS = ("llm_calls_1m", "llm_calls_1h", "llm_answers_1m", "llm_answers_1h")
 CHUNK = 500_000
 SERVICES = [
     "chat-api",
@@ -313,8 +314,8 @@ def layer_queries(now: datetime) -> list[tuple[str, Callable[[object], object]]]
         ("stats --latency (by model), 30d", lambda c: queries.latency_by_model(c, month)),
         ("time series, hourly by model, 30d (hourly rollup)", lambda c: queries.call_timeseries(c, month, step=timedelta(hours=1), by="model")),
         ("time series, per minute by model, 24h (minute rollup)", lambda c: queries.call_timeseries(c, day, step=timedelta(minutes=1), by="model")),
-        ("logs (latest 50)", lambda c: queries.search_calls(c, CallFilter(), limit=50)),
-        ("logs --user user-7 (latest 50)", lambda c: queries.search_calls(c, CallFilter(user=("user-7",)), limit=50)),
+        ("logs (latest 50)", lambda c: queries.search_calls(c, CallFilter(until=now), limit=50)),
+        ("logs --user user-7 (latest 50)", lambda c: queries.search_calls(c, CallFilter(user=("user-7",), until=now), limit=50)),
         ("logs --search 'refund invoice', 24h", lambda c: queries.search_calls(c, CallFilter(since=day.since, text="refund invoice"), limit=50)),
     ]  # fmt: skip
 
@@ -358,7 +359,7 @@ def disk_usage(client, total: int) -> list[list[object]]:
         "AND column IN ('InputMessages', 'OutputMessages', 'SystemInstructions', 'ToolDefinitions')"
     ).result_rows[0][0]
     per_million = 1e6 / total / 1e6  # bytes -> MB per million calls
-    names = ("otel_traces", "llm_calls", "llm_calls_1m", "llm_calls_1h")
+    names = ("otel_traces", "llm_calls", *ROLLUPS)
     rows = [[name, f"{parts.get(name, 0) * per_million:,.1f}"] for name in names]
     if content:  # per-column sizes exist for wide parts only (not for the small "compact" parts of tiny runs)
         rows.append(
@@ -391,16 +392,18 @@ def main() -> None:
         existing = client.query("SELECT count() FROM llm_calls").result_rows[0][0]
         seconds = 0.0 if existing >= total else generate(client, total)
         total = client.query("SELECT count() FROM llm_calls").result_rows[0][0]
-        for rollup in ("llm_calls_1m", "llm_calls_1h"):  # as the background merges would, given time
+        for rollup in ROLLUPS:  # as the background merges would, given time
             client.command(f"OPTIMIZE TABLE {rollup} FINAL")
-        now = datetime.now(timezone.utc)
+        # The end of the stored calls (a reused --store was generated up to its own "now").
+        latest = client.query("SELECT max(Timestamp) FROM llm_calls").result_rows[0][0]
+        now = latest.replace(tzinfo=timezone.utc) + timedelta(seconds=1)
         print(f"# llmtap query benchmark: {total:,} calls over {DAYS} days\n")
         print(", ".join(f"{k}: {v}" for k, v in machine_info().items()))
         if seconds:
             print(
                 f"generated (INSERT … SELECT into otel_traces, views included) at {total / seconds:,.0f} calls/s\n"
             )
-        for rollup in ("llm_calls_1m", "llm_calls_1h"):
+        for rollup in ROLLUPS:
             rows_ = client.query(f"SELECT count() FROM {rollup}").result_rows[0][0]
             print(f"{rollup}: {rows_:,} rows ({total / max(rows_, 1):,.1f} calls per row)")
         print()

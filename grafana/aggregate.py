@@ -32,7 +32,6 @@ class Rollups:
 CALL_ROLLUPS = Rollups("llm_calls_1m", "llm_calls_1h")
 COSTED_ROLLUPS = Rollups("llm_calls_1m_costed", "llm_calls_1h_costed")
 ANSWER_ROLLUPS = Rollups("llm_answers_1m", "llm_answers_1h")  # answers and uncertain answers (migration 0007)
-ROLLUP = CALL_ROLLUPS.minute
 # The variables the rollups' dimensions can answer (status is IsError, one of them).
 ROLLUP_FILTERS = ("project", "service", "model", "status")
 _START = "Start"  # the rollup rows' hour or minute, under one name in the union of both
@@ -60,7 +59,9 @@ def newest(limit: int, *extra: str, filters: Sequence[str] = sql.CALL_FILTERS) -
     rollup rows, not a month of minutes). When the range holds fewer, or a filter the rollups cannot answer is
     set, it is the range's start. `extra` conditions must only use the rollups' dimensions."""
     hour = _latest_with(limit, CALL_ROLLUPS.hour, "Hour", "1 HOUR", "$__fromTime", extra, filters)
-    return f"Timestamp >= {_latest_with(limit, ROLLUP, 'Minute', '1 MINUTE', hour, extra, filters)}"
+    return (
+        f"Timestamp >= {_latest_with(limit, CALL_ROLLUPS.minute, 'Minute', '1 MINUTE', hour, extra, filters)}"
+    )
 
 
 def _latest_with(

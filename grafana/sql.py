@@ -45,9 +45,11 @@ def conditional(variable: str) -> str:
     return f"$__conditionalAll({VARIABLE_CONDITIONS[variable]}, ${variable})"
 
 
-def where(*extra: str, filters: Sequence[str] = CALL_FILTERS, time_column: str = "Timestamp") -> str:
-    """`WHERE` with the dashboard's time range, the variable filters and any extra conditions."""
-    conditions = [f"$__timeFilter({time_column})", *(conditional(name) for name in filters), *extra]
+def where(*extra: str, filters: Sequence[str] = CALL_FILTERS, time_column: str | None = "Timestamp") -> str:
+    """`WHERE` with the dashboard's time range on `time_column` (None: the caller bounds time in `extra`), the
+    variable filters and any extra conditions."""
+    time_range = [f"$__timeFilter({time_column})"] if time_column else []
+    conditions = [*time_range, *(conditional(name) for name in filters), *extra]
     return "WHERE " + "\n  AND ".join(conditions)
 
 

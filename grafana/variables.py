@@ -35,14 +35,18 @@ def _values(
     name: str, label: str, expression: str, narrowed_by: tuple[str, ...], *, rollup: bool = False
 ) -> dash.QueryVariable:
     """A multi-value filter listing the distinct non-empty `expression` values in the time range; project, service
-    and model are dimensions of the per-minute rollup, which lists them from far fewer rows."""
+    and model are dimensions of the hourly rollup, which lists them from far fewer rows (the hours that overlap
+    the range, so a value seen in its first, partial hour is listed too)."""
     non_empty = "value != ''"
-    table, time_column = (aggregate.ROLLUP, "Minute") if rollup else (sql.CALLS, "Timestamp")
-    query = (
-        f"SELECT DISTINCT {expression} AS value FROM {table}\n"
-        f"{sql.where(non_empty, filters=narrowed_by, time_column=time_column)}\n"
-        "ORDER BY value LIMIT 1000"
-    )
+    if rollup:
+        hours = "Hour >= toStartOfHour($__fromTime) AND Hour <= $__toTime"
+        table, condition = (
+            aggregate.CALL_ROLLUPS.hour,
+            sql.where(non_empty, hours, filters=narrowed_by, time_column=None),
+        )
+    else:
+        table, condition = sql.CALLS, sql.where(non_empty, filters=narrowed_by)
+    query = f"SELECT DISTINCT {expression} AS value FROM {table}\n{condition}\nORDER BY value LIMIT 1000"
     return (
         dash.QueryVariable(name)
         .label(label)

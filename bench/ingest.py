@@ -4,7 +4,8 @@ Runs a real `llmtap serve` process, sends pre-built OTLP requests (512 spans eac
 about 2 KB of prompt/response content, like the instrumentation emits) from client threads, and measures spans/s
 from the first request until serve reports every span written to ClickHouse, plus serve's peak RSS. The baseline,
 measured in the same run, inserts the very same rows straight into a chDB store with clickhouse-connect (rows
-already converted, one process, no network): what ClickHouse itself costs.
+already converted, one process, no network, batches of serve's default size): what ClickHouse itself costs; a
+second baseline does the same with every materialized view dropped (otel_traces alone).
 
     python bench/ingest.py            # 200k spans per transport
     python bench/ingest.py --quick    # 10k spans per transport
@@ -233,20 +234,30 @@ def run_transport(transport: str, requests: list[bytes], total: int) -> dict[str
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def run_baseline(requests: list[bytes], total: int) -> dict[str, float]:
-    """The same rows, already converted, inserted straight into chDB with clickhouse-connect."""
+def run_baseline(requests: list[bytes], total: int, views: bool = True) -> dict[str, float]:
+    """The same rows, already converted, inserted straight into chDB with clickhouse-connect.
+
+    In batches of serve's default size; ``views=False`` drops every materialized view first, so only otel_traces
+    itself is written (what ClickHouse costs without llm_calls, its rollups and the exporter's trace-id lookup).
+    """
     from llmtap.clickhouse.connection import connect
     from llmtap.clickhouse.migrations import migrate
     from llmtap.collector import rows
+    from llmtap.collector.pipeline import Limits
 
     directory = Path(tempfile.mkdtemp(prefix="llmtap-bench-baseline-"))
     client = connect(f"chdb://{directory / 'chdb'}", create_database=True)
     try:
         migrate(client)
+        if not views:
+            for (view,) in client.query(
+                "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine = 'MaterializedView'"
+            ).result_rows:
+                client.command(f"DROP VIEW {view}")
         batches, batch = [], rows.Batch()
         for body in requests:
             rows.add_request(batch, "traces", body)
-            if batch.rows(rows.TRACES_TABLE) >= 10_000:
+            if batch.rows(rows.TRACES_TABLE) >= Limits.batch_rows:
                 batches.append(batch)
                 batch = rows.Batch()
         if batch:
@@ -283,6 +294,7 @@ def main() -> None:
     print(", ".join(f"{k}: {v}" for k, v in machine_info().items()))
     results = {transport: run_transport(transport, requests, total) for transport in ("http", "grpc")}
     baseline = run_baseline(requests, total)
+    bare = run_baseline(requests, total, views=False)
     table = [
         [f"serve OTLP/{t.upper()} → chDB", f"{r['spans_per_s']:,.0f}", f"{r['ack_spans_per_s']:,.0f}",
          f"{r['spans_per_s'] / baseline['spans_per_s']:.2f}", f"{r['cpu_us_per_span']:.0f}", f"{r['peak_rss_mb']:.0f}"]
@@ -291,6 +303,10 @@ def main() -> None:
     table.append(
         ["baseline: clickhouse-connect insert", f"{baseline['spans_per_s']:,.0f}", "—", "1.00",
          f"{baseline['cpu_us_per_span']:.0f}", "—"]
+    )  # fmt: skip
+    table.append(
+        ["baseline without materialized views", f"{bare['spans_per_s']:,.0f}", "—",
+         f"{bare['spans_per_s'] / baseline['spans_per_s']:.2f}", f"{bare['cpu_us_per_span']:.0f}", "—"]
     )  # fmt: skip
     headers = [
         "path",

@@ -105,7 +105,7 @@ _MB = 1 << 20
     envvar="LLMTAP_BATCH_ROWS",
     show_envvar=True,
     type=click.IntRange(1, 1_000_000),
-    default=5_000,
+    default=Limits.batch_rows,
     show_default=True,
     help="Rows per ClickHouse insert at most.",
 )

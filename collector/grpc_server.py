@@ -28,10 +28,18 @@ class _Undecodable:
         self.error = error
 
 
+class _Decoded:
+    """A decoded request with the bytes it came in: spooled as they are when validation removes nothing."""
+
+    def __init__(self, message: Any, raw: bytes) -> None:
+        self.message = message
+        self.raw = raw
+
+
 def _tolerant(deserializer: Any) -> Any:
     def deserialize(data: bytes) -> Any:
         try:
-            return deserializer(data)
+            return _Decoded(deserializer(data), data)
         except Exception as exc:
             return _Undecodable(exc)
 
@@ -39,7 +47,8 @@ def _tolerant(deserializer: Any) -> Any:
 
 
 class _DecodeInterceptor(grpc.ServerInterceptor):
-    """Makes request decoding failures reach the servicer (grpc would answer a generic INTERNAL otherwise)."""
+    """Makes request decoding failures reach the servicer (grpc would answer a generic INTERNAL otherwise) and
+    keeps each request's own bytes (re-serializing a big export request costs more than parsing it)."""
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
@@ -69,7 +78,7 @@ class _Export:
                 f"malformed protobuf {self.signal.request_type.__name__}: {request.error}",
             )
         try:
-            return receiver.export(self.signal, request)
+            return receiver.export(self.signal, request.message, raw=request.raw)
         except Refused as exc:
             receiver.stats.refused()
             retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=exc.retry_after))

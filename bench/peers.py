@@ -1,6 +1,6 @@
 """What each LLM observability library adds to an OpenAI call, side by side, in one run.
 
-    python bench/peers.py            # builds/reuses bench/.venvs/*, ~10 minutes on 2 cores
+    python bench/peers.py            # builds/reuses bench/.venvs/*, ~15 minutes on 2 cores
     python bench/peers.py --quick    # CI smoke: bare client vs llmtap in this interpreter, no venvs
 
 Every peer (the official OpenTelemetry instrumentation, OpenLLMetry, OpenInference, OpenLIT) gets its own
@@ -81,7 +81,7 @@ class Workload:
 
 
 # Short blocks, many rounds: a burst of load from a neighbour then spoils few rounds, and the median over rounds
-# shrugs those off (full run: 5 sessions x 8 rounds = 40 paired rounds, 2,000 non-streamed calls per variant).
+# shrugs those off (full run: 5 sessions x 12 rounds = 60 paired rounds, 3,000 non-streamed calls per variant).
 WORKLOADS = (
     Workload("chat", "non-streaming chat", 50),
     Workload("stream", f"streaming chat, {STREAM_CHUNKS} chunks", 10),
@@ -387,14 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sessions", type=int, help="fresh worker processes per variant (default 5; quick 1)"
     )
-    parser.add_argument("--rounds", type=int, help="rotated rounds per session (default 8; quick 2)")
+    parser.add_argument("--rounds", type=int, help="rotated rounds per session (default 12; quick 2)")
     parser.add_argument("--scale", type=float, help="multiplier for calls per block (default 1; quick 0.1)")
     parser.add_argument(
         "--dump", type=Path, help="also write every sample and startup figure to this JSON file"
     )
     args = parser.parse_args(argv)
     sessions = args.sessions or (1 if args.quick else 5)
-    rounds = args.rounds or (2 if args.quick else 8)
+    rounds = args.rounds or (2 if args.quick else 12)
     scale = args.scale or (0.1 if args.quick else 1.0)
 
     def log(message: str) -> None:

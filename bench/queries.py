@@ -32,7 +32,7 @@ from llmtap.clickhouse.migrations import migrate
 from llmtap.clickhouse.prices import load_bundled_prices
 
 DAYS = 30
-ROLLUPS = ("llm_calls_1m", "llm_calls_1h", "llm_answers_1m", "llm_answers_1h")
+ROLLUPS = ("llm_calls_1m", "llm_calls_1h", "llm_calls_1d", "llm_answers_1m", "llm_answers_1h")
 CHUNK = 500_000
 SERVICES = [
     "chat-api",

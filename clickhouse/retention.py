@@ -25,6 +25,7 @@ _TTL_DAYS = re.compile(r"toIntervalDay\((\d+)\)|INTERVAL\s+(\d+)\s+DAY", re.IGNO
 ROLLUPS = (
     ("llm_calls_1m", "Minute"),
     ("llm_calls_1h", "Hour"),
+    ("llm_calls_1d", "Day"),
     ("llm_answers_1m", "Minute"),
     ("llm_answers_1h", "Hour"),
 )

@@ -23,14 +23,16 @@ from llmtap.grafana import sql
 
 @dataclass(frozen=True)
 class Rollups:
-    """A minute and an hourly rollup (or views over them) with the same columns but the time column's name."""
+    """A minute, an hourly and optionally a daily rollup (or views over them) with the same columns but the time
+    column's name (Minute, Hour, Day)."""
 
     minute: str
     hour: str
+    day: str | None = None
 
 
-CALL_ROLLUPS = Rollups("llm_calls_1m", "llm_calls_1h")
-COSTED_ROLLUPS = Rollups("llm_calls_1m_costed", "llm_calls_1h_costed")
+CALL_ROLLUPS = Rollups("llm_calls_1m", "llm_calls_1h", "llm_calls_1d")
+COSTED_ROLLUPS = Rollups("llm_calls_1m_costed", "llm_calls_1h_costed", "llm_calls_1d_costed")
 ANSWER_ROLLUPS = Rollups("llm_answers_1m", "llm_answers_1h")  # answers and uncertain answers (migration 0007)
 # The variables the rollups' dimensions can answer (status is IsError, one of them).
 ROLLUP_FILTERS = ("project", "service", "model", "status")
@@ -45,9 +47,18 @@ def _rollup_applies(filters: Sequence[str]) -> str:
     )
 
 
+def _whole(start: str, minutes: int) -> str:
+    """Every minute of the `minutes` from `start` on lies in the dashboard's range (as `$__timeFilter` bounds
+    it)."""
+    return f"{start} >= $__fromTime AND {start} + INTERVAL {minutes - 1} MINUTE <= $__toTime"
+
+
 def _whole_hour(hour: str) -> str:
-    """Every minute of the hour starting at `hour` lies in the dashboard's range (as `$__timeFilter` bounds it)."""
-    return f"{hour} >= $__fromTime AND {hour} + INTERVAL 59 MINUTE <= $__toTime"
+    return _whole(hour, 60)
+
+
+def _whole_day(day: str) -> str:
+    return _whole(day, 24 * 60)
 
 
 def newest(limit: int, *extra: str, filters: Sequence[str] = sql.CALL_FILTERS) -> str:
@@ -195,21 +206,23 @@ def query(
 
 
 def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str], over_time: bool) -> str:
-    """The rollup rows of the time range: whole hours from the hourly rollup, the other minutes from the minute
-    rollup. Hours serve a time series only when its buckets are whole hours (so an hour never straddles two)."""
-    hours_fit = "$__interval_s % 3600 = 0" if over_time else "1"
-    hourly = f"{hours_fit} AND {_whole_hour('Hour')}"
+    """The rollup rows of the time range: whole days from the daily rollup (totals only: a day starts at the
+    server's midnight, which time buckets need not share), the other whole hours from the hourly rollup, the
+    remaining minutes from the minute rollup. Hours serve a time series only when its buckets are whole hours
+    (so an hour never straddles two)."""
     answered = [name for name in filters if name in ROLLUP_FILTERS]
-    hours = sql.where(*extra, hourly, filters=answered, time_column="Hour")
-    minutes = sql.where(
-        *extra,
-        f"NOT ({hours_fit} AND {_whole_hour('toStartOfHour(Minute)')})",
-        filters=answered,
-        time_column="Minute",
-    )
-    return (
-        f"SELECT Hour AS {_START}, * EXCEPT (Hour) FROM {rollups.hour}\n{hours}\n"
-        f"UNION ALL\nSELECT Minute AS {_START}, * EXCEPT (Minute) FROM {rollups.minute}\n{minutes}"
+    hours_fit = "$__interval_s % 3600 = 0" if over_time else "1"
+    days_fit = "0" if over_time or rollups.day is None else "1"
+    levels = [
+        ("Minute", rollups.minute, f"NOT ({hours_fit} AND {_whole_hour('toStartOfHour(Minute)')})"),
+        ("Hour", rollups.hour, f"{hours_fit} AND {_whole_hour('Hour')} AND NOT ({days_fit} AND {_whole_day('toStartOfDay(Hour)')})"),
+    ]  # fmt: skip
+    if days_fit == "1":
+        levels.append(("Day", rollups.day, _whole_day("Day")))
+    return "\nUNION ALL\n".join(
+        f"SELECT {column} AS {_START}, * EXCEPT ({column}) FROM {table}\n"
+        + sql.where(*extra, condition, filters=answered, time_column=column)
+        for column, table, condition in levels
     )
 
 

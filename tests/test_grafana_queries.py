@@ -166,6 +166,23 @@ def test_hourly_buckets_read_the_hourly_rollup_and_agree_with_the_minutes(store:
     assert "llm_calls_1h" in expanded and store.client.query(expanded).result_rows[0][0] > 0
 
 
+def test_totals_over_days_read_the_daily_rollup_and_count_every_call(store: Store) -> None:
+    """A range of whole days around the stored calls: totals come from llm_calls_1d (the edges hold nothing)."""
+    variables = _selection("llmtap-models", "all", store)
+    days = QueryContext(store.now - timedelta(days=3), store.now + timedelta(days=2), interval_seconds=3600)
+    (models,) = _panel("llmtap-models", "Models")["targets"]
+    expanded = expand_dashboard_sql(models["rawSql"], variables, days)
+    assert "llm_calls_1d_costed" in expanded
+    rows = store.client.query(expanded).result_rows
+    per_model = dict(store.client.query("SELECT Model, count() FROM llm_calls GROUP BY Model").result_rows)
+    assert {row[0]: row[2] for row in rows} == per_model
+    (p95,) = _panel("llmtap-overview", "p95 latency")["targets"]
+    p95_value = store.client.query(expand_dashboard_sql(p95["rawSql"], variables, days)).result_rows[0][0]
+    assert p95_value == pytest.approx(
+        store.scalar("SELECT quantile(0.95)(DurationMs) FROM llm_calls"), rel=0.25
+    )
+
+
 @pytest.mark.parametrize("limit", [1, 7, 60, 100_000])
 @pytest.mark.parametrize("selection", ["all", "filtered"])
 def test_newest_bound_keeps_every_one_of_the_newest_calls(store: Store, limit: int, selection: str) -> None:

@@ -3,11 +3,11 @@
 Generates realistic calls inside ClickHouse itself (INSERT INTO otel_traces SELECT … FROM numbers(), so the
 materialized views fire exactly as on ingest): 30 days, skewed services/models/users, log-normal-ish latencies,
 ~2% errors (some with the old exporter's STATUS_CODE_ERROR), streams, cached and reasoning tokens, tags,
-custom attributes, and prompt/response content. Then it prints, for each stats and dashboard-shaped query, the
+custom attributes, and prompt/response content (1 in 40 answers uncertain). Then it prints, for each stats and dashboard-shaped query, the
 median latency on the LLM layer and on raw otel_traces, the on-disk size per million calls, and the latency of
 every panel of the generated Grafana dashboards.
 
-    python bench/queries.py            # 10 million calls (several minutes, a few GB of disk)
+    python bench/queries.py            # 10 million calls (over an hour on a loaded 2-core machine, ~6 GB)
     python bench/queries.py --quick    # 200 thousand calls, for CI smoke runs
 """
 
@@ -206,7 +206,7 @@ def generation_sql(total: int) -> str:
             'llmtap.prompt.hash', lower(hex(cityHash64(number % 50000, 'prompt'))),
             'gen_ai.system_instructions', concat('[{{"type":"text","content":"', arrayElement({json.dumps(SYSTEM_PROMPTS).replace('"', "'")}, 1 + cityHash64(number, 16) % {len(SYSTEM_PROMPTS)}), '"}}]'),
             'gen_ai.input.messages', concat('[{{"role":"user","parts":[{{"type":"text","content":"', {_text("120 + cityHash64(number, 17) % 900", 1)}, '"}}]}}]'),
-            'gen_ai.output.messages', if(is_error, '', concat('[{{"role":"assistant","parts":[{{"type":"text","content":"', {_text("60 + cityHash64(number, 18) % 600", 2)}, '"}}],"finish_reason":"stop"}}]'))
+            'gen_ai.output.messages', if(is_error, '', concat('[{{"role":"assistant","parts":[{{"type":"text","content":"', if(cityHash64(number, 20) % 40 = 0, 'I am not sure, but ', ''), {_text("60 + cityHash64(number, 18) % 600", 2)}, '"}}],"finish_reason":"stop"}}]'))
         )),
         duration_ns,
         if(is_error, if(cityHash64(number, 19) % 10 = 0, 'STATUS_CODE_ERROR', 'Error'), 'Unset'),
@@ -281,6 +281,20 @@ _RAW_ERROR = "StatusCode IN ('Error', 'STATUS_CODE_ERROR')"
 _RAW_MS = "Duration / 1e6"
 
 
+def _newest_bound(limit: int, since: str) -> str:
+    """The latest minute from which on at least ``limit`` calls were stored, as the dashboards' latest-calls
+    tables bound their reads (llmtap.grafana.aggregate.newest): the latest hour with that many calls after it from
+    the hourly rollup, then the minute inside it from the minute rollup. No calls lie in the future here, so the
+    current, partial hour and minute may count."""
+    for rollup, column in (("llm_calls_1h", "Hour"), ("llm_calls_1m", "Minute")):
+        since = (
+            f"ifNull((SELECT {column} FROM (SELECT {column}, sum(sum(Calls)) OVER (ORDER BY {column} DESC) AS Newer"
+            f" FROM {rollup} WHERE {column} >= {since} GROUP BY {column}) WHERE Newer >= {limit}"
+            f" ORDER BY {column} DESC LIMIT 1), {since})"
+        )
+    return since
+
+
 def comparisons(now: datetime) -> list[tuple[str, str, str]]:
     """(question, SQL on the LLM layer, the same question on raw otel_traces); {since:Int64} is bound."""
     since = "fromUnixTimestamp64Nano({since:Int64})"
@@ -303,8 +317,8 @@ def comparisons(now: datetime) -> list[tuple[str, str, str]]:
         ("top 10 users by tokens, 30d (llm_calls)",
          f"SELECT UserId, count(), sum(InputTokens + OutputTokens) AS t FROM llm_calls WHERE Timestamp >= {since} GROUP BY UserId ORDER BY t DESC LIMIT 10",
          f"SELECT SpanAttributes['user.id'] AS u, count(), sum(toUInt64OrZero(SpanAttributes['gen_ai.usage.input_tokens']) + toUInt64OrZero(SpanAttributes['gen_ai.usage.output_tokens'])) AS t FROM otel_traces WHERE Timestamp >= {since} AND {_RAW_GENAI} GROUP BY u ORDER BY t DESC LIMIT 10"),
-        ("latest 50 calls, 30d (llm_calls)",
-         f"SELECT Timestamp, ServiceName, Model, DurationMs, InputTokens, OutputTokens, IsError FROM llm_calls WHERE Timestamp >= {since} ORDER BY Timestamp DESC LIMIT 50",
+        ("latest 50 calls, 30d (llm_calls from a rollup-derived bound)",
+         f"SELECT Timestamp, ServiceName, Model, DurationMs, InputTokens, OutputTokens, IsError FROM llm_calls WHERE Timestamp >= {_newest_bound(50, since)} ORDER BY Timestamp DESC LIMIT 50",
          f"SELECT Timestamp, ServiceName, {_RAW_MODEL}, {_RAW_MS}, SpanAttributes['gen_ai.usage.input_tokens'], SpanAttributes['gen_ai.usage.output_tokens'], {_RAW_ERROR} FROM otel_traces WHERE Timestamp >= {since} AND {_RAW_GENAI} ORDER BY Timestamp DESC LIMIT 50"),
         ("calls of one tenant (custom attribute), 30d (llm_calls)",
          f"SELECT count(), avg(DurationMs) FROM llm_calls WHERE Timestamp >= {since} AND Attributes['tenant'] = 'tenant-42'",

@@ -270,14 +270,17 @@ def test_timeseries_from_rollups_and_from_calls_agree(store, step):
         assert a.cost == (None if b.cost is None else pytest.approx(b.cost))
 
 
-def test_hourly_rollup_equals_minute_rollup_and_backfills(store):
+def test_hourly_and_daily_rollups_equal_the_minute_rollup_and_backfill(store):
     client, calls, spans = store
     totals = "SELECT sum(Calls), sum(Errors), sum(InputTokens), sum(OutputTokens), sum(CachedTokens) FROM {}"
-    assert (
-        client.query(totals.format("llm_calls_1h")).result_rows
-        == client.query(totals.format("llm_calls_1m")).result_rows
-    )
-    # A store that had calls before migration 0006 gets them folded into the hourly rollup once.
+    minutes = client.query(totals.format("llm_calls_1m")).result_rows
+    assert client.query(totals.format("llm_calls_1h")).result_rows == minutes
+    assert client.query(totals.format("llm_calls_1d")).result_rows == minutes
+    answers = "SELECT sum(Answers), sum(Uncertain) FROM {}"
+    expected_answers = sum(c.operation in ("chat", "text_completion") for c in calls)
+    for rollup in ("llm_answers_1m", "llm_answers_1h"):
+        assert client.query(answers.format(rollup)).result_rows[0][0] == expected_answers
+    # A store that had calls before migrations 0006-0008 gets them folded into the new rollups once.
     path = client.uri.removeprefix("chdb://")
     older = connect(f"chdb://{path}?database=before_hourly", create_database=True)
     try:
@@ -286,6 +289,12 @@ def test_hourly_rollup_equals_minute_rollup_and_backfills(store):
         migrate(older)
         migrate(older)
         assert older.query(totals.format("llm_calls_1h")).result_rows[0][0] == len(calls)
+        assert older.query(totals.format("llm_calls_1d")).result_rows[0][0] == len(calls)
+        for rollup in ("llm_answers_1m", "llm_answers_1h"):
+            assert (
+                older.query(answers.format(rollup)).result_rows
+                == client.query(answers.format(rollup)).result_rows
+            )
     finally:
         older.command("DROP DATABASE before_hourly SYNC")
         older.close()

@@ -61,8 +61,9 @@ ORDER BY (Project, ServiceName, Model, Hour, Operation, IsError)
 TTL Hour + INTERVAL 400 DAY
 SETTINGS ttl_only_drop_parts = 1;
 
--- Calls stored before this migration: folded in once, while the tables are still empty.
-INSERT INTO llm_answers_1m
+-- Calls stored before this migration: folded in once, while the tables are still empty (on a cluster the minutes
+-- are written to every shard before the statement returns, so the hours can be summed from them).
+INSERT INTO llm_answers_1m SETTINGS distributed_foreground_insert = 1
 SELECT
     toStartOfMinute(Timestamp) AS Minute, Project, ServiceName, Model, Operation, IsError,
     count() AS Answers,

@@ -70,8 +70,9 @@ SETTINGS ttl_only_drop_parts = 1;
 CREATE TABLE IF NOT EXISTS llm_answers_1h ON CLUSTER '{cluster}' AS llm_answers_1h_local
 ENGINE = Distributed('{cluster}', currentDatabase(), llm_answers_1h_local, rand());
 
--- Calls stored before this migration: folded in once, while the tables are still empty.
-INSERT INTO llm_answers_1m
+-- Calls stored before this migration: folded in once, while the tables are still empty (on a cluster the minutes
+-- are written to every shard before the statement returns, so the hours can be summed from them).
+INSERT INTO llm_answers_1m SETTINGS distributed_foreground_insert = 1
 SELECT
     toStartOfMinute(Timestamp) AS Minute, Project, ServiceName, Model, Operation, IsError,
     count() AS Answers,

@@ -354,12 +354,17 @@ def report(variants: list[Variant], failed: list[Venv], quick: bool) -> str:
             "CI smoke test; run `python bench/peers.py` for the comparison._",
             "",
         ]
+    rounds = max((len(v.blocks["chat"]["cpu"]) for v in variants), default=0)
+    # The median of n values varies about 1.25 σ/√n, and half the interquartile range is about 0.67 σ.
+    tighter = 0.67 * rounds**0.5 / 1.25
     out += [
         "Added µs = the peer's per-call quantile minus the bare client's on the same openai version, taken per "
-        "round (blocks run moments apart) and the median over rounds reported. CPU time of the process is the headline: on a shared machine wall time also counts the neighbours "
-        "(wall median shown for context). `× llmtap` = added CPU median over llmtap's on the same openai version. "
-        "Per chunk = (50-chunk stream − 1-chunk stream) / 49. `±` = half the interquartile range of the "
-        "per-round figures (one round's noise; the median over all rounds is about 2.5× tighter). Content capture on everywhere; llmtap also redacts.",
+        f"round (blocks run moments apart) and the median over the {rounds} rounds reported. CPU time of the "
+        "process is the headline: on a shared machine wall time also counts the neighbours (wall median shown "
+        "for context). `× llmtap` = added CPU median over llmtap's on the same openai version. Per chunk = "
+        f"(50-chunk stream − 1-chunk stream) / {STREAM_CHUNKS - 1}. `±` = half the interquartile range of the "
+        f"per-round figures: one round's noise; the median over {rounds} rounds is about {tighter:.1f}× "
+        "steadier. Content capture on everywhere; llmtap also redacts.",
         "",
     ]
     for workload in (w for w in WORKLOADS if w.name != "stream1"):

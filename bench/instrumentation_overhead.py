@@ -256,7 +256,8 @@ def main() -> None:
     print(
         f"{rounds} rounds of {batch} calls each way, plain and instrumented blocks alternating; content capture "
         "and redaction on; CPU time of the process unless marked wall. Added = per round, instrumented minus "
-        "plain at that quantile of the round's calls; the median over rounds is shown.\n"
+        "plain at that quantile of the round's calls; the median over rounds is shown. In the SDK row the "
+        "instrumented column is the plain call followed by the SDK's work for its span and histogram points.\n"
     )
     print(
         markdown_table(

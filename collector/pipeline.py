@@ -2,7 +2,7 @@
 
 The receivers hand every validated request to :meth:`Pipeline.accept`, which refuses it when the buffer is
 full (:class:`Refused`, answered 429/503 or RESOURCE_EXHAUSTED/UNAVAILABLE) and otherwise returns only once the
-request is fsynced in the spool. One writer thread drains the queue in seq order, converts requests to columns
+request is fsynced in the spool. One writer thread drains the queue in arrival order, converts requests to columns
 (:mod:`llmtap.collector.rows`) and inserts them in batches bounded by rows and by time. A batch that fails is
 retried; a request that ClickHouse rejects as data (never as an outage) is quarantined in the spool directory
 instead of blocking everything behind it.
@@ -157,7 +157,7 @@ class Pipeline:
 
     # ---- writer -------------------------------------------------------------------------------------------
     def _run(self) -> None:
-        """Keep up to one batch per encoder worker in conversion while inserting finished ones, in seq order."""
+        """Keep up to one batch per encoder worker in conversion while inserting finished ones, in queue order."""
         inflight: deque[tuple[list[_Entry], Future[Encoded]]] = deque()
         window = self._encoders.workers + 1 if self._encoders else 0  # every encoder busy while one inserts
         while True:
@@ -232,7 +232,7 @@ class Pipeline:
         try:
             tables, counts = future.result()
             client = self._client or self._open()
-            self.spool.mark_inflight(entries[-1].record.seq)
+            self.spool.mark_inflight(max(entry.record.seq for entry in entries))
             started = time.perf_counter()
             for table, (names, block) in tables.items():
                 client.raw_insert(table, names, insert_block=block, fmt=ENCODED_FORMAT)
@@ -250,7 +250,7 @@ class Pipeline:
         if _EXIT_AFTER_INSERT:
             os._exit(70)
         self.stats.write_succeeded(seconds)
-        self._release(entries, advance_to=entries[-1].record.seq)
+        self._release(entries)
         for signal, count in counts.items():
             self.stats.add(signal, "written", count)
 
@@ -273,7 +273,6 @@ class Pipeline:
                             self._write([entry])
                     else:
                         self._quarantine(entries[0], exc)
-                        self._release([], advance_to=entries[0].record.seq)
                     return
                 log.warning("write to ClickHouse failed (attempt %d): %s", attempt, _describe(exc))
                 if self._stopping and store_down:
@@ -296,10 +295,9 @@ class Pipeline:
             counts[entry.record.signal] += items
             convertible.append(entry)
         if not convertible:
-            self._release([], advance_to=entries[-1].record.seq)
-            return
+            return  # all quarantined
         client = self._client or self._open()
-        self.spool.mark_inflight(entries[-1].record.seq)
+        self.spool.mark_inflight(max(entry.record.seq for entry in entries))
         dedupe = any(entry.dedupe for entry in convertible)
         started = time.perf_counter()
         for table, columns in batch.columns.items():
@@ -309,23 +307,20 @@ class Pipeline:
             if columns[names[0]]:
                 client.insert(table, [columns[n] for n in names], column_names=names, column_oriented=True)
         self._written(convertible, dict(counts), time.perf_counter() - started)
-        if convertible[-1] is not entries[-1]:
-            self._release([], advance_to=entries[-1].record.seq)
 
-    def _release(self, entries: list[_Entry], advance_to: int) -> None:
-        """Forget written entries (memory, pending bytes) and move the spool checkpoint to ``advance_to``."""
+    def _release(self, entries: list[_Entry]) -> None:
+        """Forget written (or quarantined) entries: their memory, their pending bytes, their spool records."""
         held = sum(entry.record.length for entry in entries if entry.payload is not None)
         for entry in entries:
             entry.payload = None
         with self._cond:
             self._memory_bytes -= held
-        self.spool.release_written(advance_to, sum(entry.record.length for entry in entries))
+        self.spool.release(
+            [entry.record.seq for entry in entries], sum(entry.record.length for entry in entries)
+        )
 
     def _quarantine(self, entry: _Entry, exc: BaseException) -> None:
-        """Move a request ClickHouse will never accept aside (spool/quarantine/) so the rest keeps flowing.
-
-        The checkpoint is not advanced here: entries before it in the same batch may still be unwritten.
-        """
+        """Move a request ClickHouse will never accept aside (spool/quarantine/) so the rest keeps flowing."""
         directory = self.spool.directory / "quarantine"
         directory.mkdir(exist_ok=True)
         name = f"{entry.record.seq:020d}-{entry.record.signal}"
@@ -333,7 +328,7 @@ class Pipeline:
         (directory / f"{name}.error.txt").write_text(_describe(exc) + "\n")
         log.error("quarantined %s request %d: %s", entry.record.signal, entry.record.seq, _describe(exc))
         self.stats.add(entry.record.signal, "dropped", entry.items)
-        self._release([entry], advance_to=0)
+        self._release([entry])
 
     def _open(self) -> Any:
         self._client = self._connect()

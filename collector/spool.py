@@ -6,6 +6,10 @@ Layout of the spool directory::
     segment-<first seq>.wal   append-only records, rotated at ``segment_bytes``
     checkpoint.json           {"written": N, "inflight": M}: records <= N are in ClickHouse; records <= M may be
 
+Records are released one by one (:meth:`Spool.release`), in whatever order they were written: concurrent requests
+reach the writer's queue in the order their fsyncs return, not in seq order. ``written`` only moves up to the
+first record not yet released, so the checkpoint never passes a record that is still waiting.
+
 A record is ``<length u32><crc32 u32><seq u64><signal u8>`` followed by the payload (the validated request,
 serialized protobuf). Appends from concurrent requests share one fsync (group commit). On start every record
 after ``written`` is replayed; records up to ``inflight`` were possibly inserted before a crash, so the writer
@@ -16,11 +20,13 @@ acknowledged) is ignored. Segments whose records are all written are deleted.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import os
 import struct
 import threading
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +95,8 @@ class Spool:
         self._synced = 0  # bytes of the current segment known to be on disk
         self._next_seq = self.written + 1
         self._pending_bytes = 0
+        self._unreleased: list[int] = []  # heap of the seqs appended (or replayed) and not released yet
+        self._released: set[int] = set()  # released seqs still behind an unreleased one
 
     # ---- replay -------------------------------------------------------------------------------------------
     def recover(self) -> list[Record]:
@@ -103,7 +111,8 @@ class Spool:
             records.extend(r for r in segment_records if r.seq > self.written)
             self._next_seq = max(self._next_seq, segment_records[-1].seq + 1)
         self._pending_bytes = sum(r.length for r in records)
-        self.release_written(self.written)
+        self._unreleased = [r.seq for r in records]  # ascending: already a heap
+        self._advance()
         return records
 
     def _scan(self, path: Path) -> tuple[list[Record], int]:
@@ -146,6 +155,7 @@ class Spool:
                 _write_all(self._fd, data)
             except OSError as exc:
                 raise SpoolError(f"cannot append to the spool: {exc}") from exc
+            heapq.heappush(self._unreleased, seq)
             segment = self._segments[-1]
             record = Record(seq, signal, segment.path, self._position + _HEADER.size, len(payload))
             self._position += len(data)
@@ -184,13 +194,24 @@ class Spool:
         self.inflight = max(self.inflight, seq)
         self._write_checkpoint()
 
-    def release_written(self, seq: int, payload_bytes: int = 0) -> None:
-        """Records up to ``seq`` are in ClickHouse: advance the checkpoint and delete fully written segments."""
-        self.written = max(self.written, seq)
+    def release(self, seqs: Iterable[int], payload_bytes: int = 0) -> None:
+        """These records are in ClickHouse (or quarantined): advance the checkpoint past every record released
+        so far without a gap, and delete segments that hold only such records."""
+        with self._append_lock:
+            self._released.update(seqs)
+            self._pending_bytes -= payload_bytes
+            while self._unreleased and self._unreleased[0] in self._released:
+                self._released.discard(heapq.heappop(self._unreleased))
+        self._advance()
+
+    def _advance(self) -> None:
+        with self._append_lock:
+            # Every seq below the first unreleased one is written; with none, every seq appended so far.
+            written = self._unreleased[0] - 1 if self._unreleased else self._next_seq - 1
+        self.written = max(self.written, written)
         self.inflight = max(self.inflight, self.written)
         self._write_checkpoint()
         with self._append_lock:
-            self._pending_bytes -= payload_bytes
             current = self._segments[-1] if self._fd is not None else None
             done = [s for s in self._segments if s.last_seq <= self.written and s is not current]
             self._segments = [s for s in self._segments if s not in done]
@@ -225,7 +246,7 @@ class Spool:
                     os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = None
-        self.release_written(self.written)  # with no current segment, fully written segments all go
+        self._advance()  # with no current segment, fully written segments all go
         self._lock_file.close()
 
 

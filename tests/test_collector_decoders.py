@@ -207,7 +207,7 @@ def test_spool_replays_after_the_checkpoint_and_ignores_a_torn_tail(tmp_path):
     first = spool.append("traces", b"one")
     spool.append("logs", b"two")
     spool.append("metrics", b"three")
-    spool.release_written(first.seq, len(b"one"))
+    spool.release([first.seq], len(b"one"))
     segment = first.segment
     spool.close()
     with open(segment, "ab") as handle:  # a crash mid-append: half a header
@@ -238,10 +238,28 @@ def test_spool_rotates_and_deletes_written_segments(tmp_path):
     spool.recover()
     records = [spool.append("traces", bytes(40)) for _ in range(5)]
     assert len(list(tmp_path.glob("segment-*.wal"))) == 5
-    spool.release_written(records[2].seq, 120)
+    spool.release([r.seq for r in records[:3]], 120)
     assert len(list(tmp_path.glob("segment-*.wal"))) == 2
     assert spool.pending_bytes == 80
     spool.close()
+
+
+def test_spool_checkpoint_never_passes_an_unreleased_record(tmp_path):
+    # Concurrent requests reach the writer in the order their fsyncs return, so records are released out of seq
+    # order; the checkpoint (and segment deletion) must stop at the first one still waiting.
+    spool = Spool(tmp_path, segment_bytes=50)  # one record per segment
+    spool.recover()
+    records = [spool.append("traces", bytes([i]) * 40) for i in range(4)]
+    spool.release([records[1].seq, records[2].seq], 80)
+    assert spool.written == records[0].seq - 1
+    assert all(r.segment.exists() for r in records)
+    spool.release([records[0].seq], 40)
+    assert spool.written == records[2].seq
+    assert [r.segment.exists() for r in records] == [False, False, False, True]
+    spool.close()
+    reopened = Spool(tmp_path)
+    assert [reopened.read(r) for r in reopened.recover()] == [bytes([3]) * 40]
+    reopened.close()
 
 
 def test_spool_is_held_by_one_process_at_a_time(tmp_path):

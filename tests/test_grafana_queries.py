@@ -220,6 +220,22 @@ def test_explorer_rows_match_every_filter(store: Store) -> None:
         assert len(trace_id) == 32 and len(span_id) == 16
 
 
+@pytest.mark.parametrize("status", ["0", "1"])
+def test_explorer_totals_by_status_come_from_the_rollups(store: Store, status: str) -> None:
+    """Status is a rollup dimension: with only it chosen, the explorer's totals read the rollups and still count
+    exactly the calls of that status."""
+    variables = [
+        Variable(v["name"], [status] if v["name"] == "status" else ALL if v.get("includeAll") else "")
+        for v in DOCUMENTS["llmtap-explorer"]["templating"]["list"]
+        if v["type"] != "datasource"
+    ]
+    (target,) = _panel("llmtap-explorer", "Matching calls")["targets"]
+    expanded = expand_dashboard_sql(target["rawSql"], variables, store.context())
+    window = "Timestamp >= now() - INTERVAL 6 HOUR - INTERVAL 1 MINUTE"
+    expected = store.scalar(f"SELECT count() FROM llm_calls WHERE {window} AND IsError = {status}")
+    assert store.client.query(expanded).result_rows == [(expected,)] and expected > 0
+
+
 @pytest.mark.parametrize("typed", ["x\\' OR 1=1 --", "'", "\\", 'It\\\'s "quoted" %27'])
 def test_typed_text_is_searched_for_literally(store: Store, typed: str) -> None:
     (target,) = _panel("llmtap-explorer", "Calls")["targets"]

@@ -1,17 +1,17 @@
 """Aggregate queries that read the rollups whenever they can answer, and the calls otherwise.
 
-`llm_calls_1h` and `llm_calls_1m` keep counts, token sums and latency digests per hour/minute, project, service,
-model, provider, operation and error type, so a 30-day chart reads a hundred thousand rows instead of millions.
-They cannot filter by user, tag, session or text. Each query therefore has two branches over the same columns,
-and the dashboard's variables pick one inside ClickHouse: `$__conditionalAll(0, $user)` is `1=1` while the user
-filter is "All" and `0` once a user is chosen. The branch whose switch is false reads no data (a constant-false
-filter selects no parts).
+`llm_calls_1m`, `llm_calls_1h` and `llm_calls_1d` keep counts, token sums and latency digests per minute/hour/day,
+project, service, model, provider, operation and error type (`llm_answers_1m`/`_1h` count answers and uncertain
+answers), so a 30-day panel reads thousands of rows instead of millions of calls. They cannot filter by user, tag,
+session or text. Each query therefore has two branches over the same columns, and the dashboard's variables pick
+one inside ClickHouse: `$__conditionalAll(0, $user)` is `1=1` while the user filter is "All" and `0` once a user
+is chosen. The branch whose switch is false reads no data (a constant-false filter selects no parts).
 
-The rollup branch reads whole hours of the time range from the hourly rollup and only the minutes at its ragged
-edges from the minute rollup, so it counts exactly the minutes a minute-only query would. Time series use the
-hours only when Grafana's bucket (`$__interval_s`) is a whole number of hours; finer buckets read minutes.
-Rollup resolution is a minute: panels using these queries set a 1-minute minimum interval.
-"""
+The rollup branch reads whole days of the range from the daily rollup (totals only), the other whole hours from
+the hourly one and only the minutes at the range's ragged edges from the minute rollup, so it counts exactly the
+minutes a minute-only query would. Time series use the hours only when Grafana's bucket (`$__interval_s`) is a
+whole number of hours; finer buckets read minutes. Rollup resolution is a minute: panels using these queries set a
+1-minute minimum interval."""
 
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ Each function takes a clickhouse-connect client (``chdb://``, ``http://``, or ``
 :mod:`llmtap.clickhouse.store`) and a :class:`~llmtap.clickhouse.filters.CallFilter`, runs one statement
 with bound parameters, and returns frozen dataclasses, so callers never see SQL rows or column positions.
 
-Sources: single calls come from ``llm_calls``; aggregates with cost from ``llm_calls_costed``; time series
-from the rollups (``llm_calls_1h_costed``, ``llm_calls_1m_costed``) whenever the filter only uses their
-dimensions.
+Sources: single calls come from ``llm_calls`` (with cost, ``llm_calls_costed``); stats from ``llm_calls``, its
+token sums priced per model and day; time series from the rollups (``llm_calls_1h_costed``,
+``llm_calls_1m_costed``) whenever the filter only uses their dimensions.
 """
 
 from __future__ import annotations

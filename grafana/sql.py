@@ -1,9 +1,8 @@
 """SQL shared by the dashboards and alert rules: the LLM-layer tables, the variable filters and the few
 expressions (message text, rates, uncertain answers, a trace's spans) that several panels need.
 
-Every chart and table reads the LLM layer (`llm_calls`, `llm_calls_costed`, the `llm_calls_1m` rollup — see
-`aggregate`), never the raw `SpanAttributes` maps (only the trace view shows a whole trace from `otel_traces`),
-and uses the ClickHouse plugin's macros so Grafana's time picker and interval drive it.
+Every chart and table reads the LLM layer (`llm_calls`, `llm_calls_costed`, the rollups — see `aggregate`),
+never the raw `SpanAttributes` maps (only the trace view shows a whole trace from `otel_traces`), and uses the ClickHouse plugin's macros so Grafana's time picker and interval drive it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 expressions (message text, rates, uncertain answers, a trace's spans) that several panels need.
 
 Every chart and table reads the LLM layer (`llm_calls`, `llm_calls_costed`, the rollups — see `aggregate`),
-never the raw `SpanAttributes` maps (only the trace view shows a whole trace from `otel_traces`), and uses the ClickHouse plugin's macros so Grafana's time picker and interval drive it.
+never the raw `SpanAttributes` maps (only the trace view shows a whole trace from `otel_traces`), and uses the
+ClickHouse plugin's macros so Grafana's time picker and interval drive it.
 """
 
 from __future__ import annotations

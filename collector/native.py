@@ -107,9 +107,8 @@ def _write(wire_type: str, values: Sequence[Any], parts: list[bytes]) -> None:
         _write(wire_type[6:-1], list(chain.from_iterable(values)), parts)
     else:  # Map(String, String): rows are dicts, or tuples of NativePair (attributes encoded once, memoized)
         _write_offsets(values, parts)
-        encoded: dict[
-            int, list[NativePair]
-        ] = {}  # a dict row (a resource's attributes) repeats: encode it once
+        # A dict row (a resource's attributes) repeats for every span of the resource: encode it once.
+        encoded: dict[int, list[NativePair]] = {}
         pairs = list(
             chain.from_iterable(
                 _native_pairs(row, encoded) if isinstance(row, dict) else row for row in values

@@ -7,7 +7,7 @@ custom attributes, and prompt/response content (1 in 40 answers uncertain). Then
 median latency on the LLM layer and on raw otel_traces, the on-disk size per million calls, and the latency of
 every panel of the generated Grafana dashboards.
 
-    python bench/queries.py            # 10 million calls (over an hour on a loaded 2-core machine, ~6 GB)
+    python bench/queries.py            # 10 million calls (~25 minutes on a shared 2-core machine, ~6 GB)
     python bench/queries.py --quick    # 200 thousand calls, for CI smoke runs
 """
 

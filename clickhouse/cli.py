@@ -20,7 +20,7 @@ import click
 from llmtap.clickhouse import queries, render
 from llmtap.clickhouse.connection import StoreError, default_dsn, parse_dsn
 from llmtap.clickhouse.export import FORMATS, chunks, export_calls, export_parquet
-from llmtap.clickhouse.filters import STATUSES, CallFilter, FilterError
+from llmtap.clickhouse.filters import LIST_FIELDS, STATUSES, CallFilter, FilterError
 from llmtap.clickhouse.follow import follow_calls
 from llmtap.clickhouse.migrations import MigrationError, status
 from llmtap.clickhouse.prices import (
@@ -118,18 +118,8 @@ def build_filter(options: dict[str, Any], *, default_since: str | None = None) -
             "metadata": _pairs(options.get("meta", ()), "--meta"),
             "min_duration_ms": _duration_ms(options.get("slower_than")),
         }
-        for name in (
-            "project",
-            "service",
-            "model",
-            "provider",
-            "operation",
-            "error_type",
-            "user",
-            "session",
-            "tag",
-        ):
-            fields["tags" if name == "tag" else name] = tuple(options.get(name, ()))
+        for name in LIST_FIELDS:
+            fields[name] = tuple(options.get("tag" if name == "tags" else name, ()))
         return CallFilter(**fields)
     except FilterError as exc:
         raise click.BadParameter(exc.message, param_hint=f"'{exc.option}'") from None

@@ -13,6 +13,18 @@ from datetime import datetime, timezone
 from typing import Any
 
 STATUSES = ("ok", "error")
+# The filters that take several values each (a call matches any of them); ``tags`` is the ``--tag`` option.
+LIST_FIELDS = (
+    "project",
+    "service",
+    "model",
+    "provider",
+    "operation",
+    "error_type",
+    "user",
+    "session",
+    "tags",
+)
 
 
 class FilterError(ValueError):
@@ -55,17 +67,7 @@ class CallFilter:
             )
         if self.status is not None and self.status not in STATUSES:
             raise FilterError("--status", f"{self.status!r} is not one of {', '.join(STATUSES)}")
-        for name in (
-            "project",
-            "service",
-            "model",
-            "provider",
-            "operation",
-            "error_type",
-            "user",
-            "session",
-            "tags",
-        ):
+        for name in LIST_FIELDS:
             if any(not value for value in getattr(self, name)):
                 raise FilterError(f"--{name.replace('_', '-')}", "empty value")
         for name, mapping in (("attr", self.attributes), ("meta", self.metadata)):

@@ -72,6 +72,7 @@ class _Entry:
     items: int
     dedupe: bool  # possibly already in ClickHouse (replayed after a crash, or a retried batch)
     replayed: bool = False  # accepted by a previous process and found in the spool on start
+    released: bool = False  # written or quarantined, and gone from the spool: a retried batch leaves it out
     arrived: float = field(default_factory=time.monotonic)
 
 
@@ -258,6 +259,9 @@ class Pipeline:
         """Convert and insert in this process, de-duplicating when needed; retry, split and quarantine."""
         attempt = 0
         while True:
+            entries = [entry for entry in entries if not entry.released]  # quarantined by an earlier attempt
+            if not entries:
+                return
             try:
                 self._insert(entries)
                 return
@@ -313,6 +317,7 @@ class Pipeline:
         held = sum(entry.record.length for entry in entries if entry.payload is not None)
         for entry in entries:
             entry.payload = None
+            entry.released = True
         with self._cond:
             self._memory_bytes -= held
         self.spool.release(

@@ -3,6 +3,7 @@ insert and its checkpoint, and stopped with SIGTERM; after a restart every ackno
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,8 +15,14 @@ import urllib.request
 
 import pytest
 from collector_support import post
+from llmtap.clickhouse.connection import connect
+from llmtap.clickhouse.schema import bring_up_to_date
+from llmtap.collector.pipeline import Limits, Pipeline
+from llmtap.collector.spool import Spool
+from llmtap.collector.stats import Stats
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
+from test_collector_receivers import good_span, span_request
 
 pytestmark = pytest.mark.slow
 
@@ -132,3 +139,39 @@ def test_sigterm_writes_queued_data_and_exits_cleanly(tmp_path):
     finally:
         _, stderr = restarted.terminate()
     assert "replayed 0 spooled request(s)" in stderr
+
+
+def test_a_damaged_spool_record_is_quarantined_once_while_the_store_comes_back(tmp_path):
+    """A replayed record that cannot be converted is set aside; when the first insert then finds ClickHouse down,
+    the retry carries on with the rest of the batch instead of reading the quarantined record's deleted segment."""
+    dsn = f"chdb://{tmp_path / 'chdb'}"
+    previous = Spool(tmp_path / "spool", segment_bytes=1)  # one record per segment
+    previous.append("traces", b"\x0a\xff not an export request")
+    previous.append("traces", span_request(good_span("kept")))
+    previous.close()
+
+    attempts = []
+
+    def store_down_once():
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise ConnectionRefusedError("ClickHouse is restarting")
+        return connect(dsn, create_database=True)
+
+    with contextlib.closing(connect(dsn, create_database=True)) as client:
+        bring_up_to_date(client)
+    spool = Spool(tmp_path / "spool", segment_bytes=1)
+    stats = Stats()
+    pipeline = Pipeline(store_down_once, spool, stats, Limits(memory_bytes=0, flush_seconds=0.05))
+    assert pipeline.start() == 2
+    try:
+        deadline = time.monotonic() + 30
+        while stats.snapshot()["signals"]["traces"]["written"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with contextlib.closing(connect(dsn, create_database=True)) as client:
+            assert client.query("SELECT SpanName FROM otel.otel_traces").result_rows == [("kept",)]
+    finally:
+        assert pipeline.close()
+    assert len(attempts) == 2
+    assert sorted(p.suffix for p in (tmp_path / "spool" / "quarantine").iterdir()) == [".pb", ".txt"]
+    assert Spool(tmp_path / "spool").recover() == []  # nothing left to replay

@@ -15,7 +15,7 @@ from typing import Any
 
 from llmtap.clickhouse.connection import StoreError, connect, parse_dsn, user_data_dir
 from llmtap.clickhouse.schema import bring_up_to_date
-from llmtap.collector import discovery
+from llmtap.collector import discovery, native
 from llmtap.collector.encode import EncoderPool
 from llmtap.collector.grpc_server import start_grpc_server
 from llmtap.collector.http_server import OTLPHTTPServer
@@ -111,7 +111,12 @@ class Collector:
         # Without a store to ask the column types of (a server that is down), batches convert in the writer.
         encoders = None
         if config.workers >= 0 and client is not None:
-            encoders = EncoderPool(config.workers, _column_types(client))
+            types = _column_types(client)
+            unsupported = _unwritable(types)
+            if unsupported:  # a schema changed by hand: every batch takes the slower, careful path instead
+                log.warning("columns the Native writer cannot write: %s", ", ".join(unsupported))
+            else:
+                encoders = EncoderPool(config.workers, types)
         self._pipeline = Pipeline(self._connect, spool, self.stats, config.limits, encoders)
         self.replayed = self._pipeline.start()
         if config.query_api:
@@ -193,6 +198,17 @@ class Collector:
             "llmtap_serve_queued_requests": pipeline.queued_requests() if pipeline else 0,
         }
         return self.stats.prometheus(extra)
+
+
+def _unwritable(types: dict[str, dict[str, str]]) -> list[str]:
+    """The columns serve writes whose type (as the store has it) the Native writer cannot write."""
+    found = []
+    for table, names in TABLE_COLUMNS.items():
+        for name in names:
+            type_ = types.get(table, {}).get(name, "missing")
+            if not native.supports(type_):
+                found.append(f"{table}.{name} {type_}")
+    return found
 
 
 def _column_types(client: Any) -> dict[str, dict[str, str]]:

@@ -214,12 +214,15 @@ class Pipeline:
                 if not wait:
                     return []
                 self._cond.wait(remaining)
+            # Rows bound a batch, and so do bytes: replayed requests have no row count until converted.
             batch: list[_Entry] = []
-            items = 0
-            while self._queue and (not batch or items < self.limits.batch_rows):
+            items = size = 0
+            limits = self.limits
+            while self._queue and (not batch or (items < limits.batch_rows and size < limits.memory_bytes)):
                 entry = self._queue.popleft()
                 batch.append(entry)
                 items += entry.items or 1
+                size += entry.record.length
             return batch
 
     def _queued_items(self) -> int:

@@ -1,5 +1,7 @@
 """A 2xx from `llmtap serve` means durable: real `llmtap serve` processes killed with SIGKILL, crashing between the
-insert and its checkpoint, and stopped with SIGTERM; after a restart every acknowledged span is stored exactly once."""
+insert and its checkpoint, and stopped with SIGTERM; after a restart every acknowledged span is stored exactly once.
+Also the writer's fallbacks: a damaged spool record, a store down at the first insert, a column type the Native
+writer cannot write."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import time
 import urllib.request
 
 import pytest
-from collector_support import post
+from collector_support import post, query, running_collector, wait_written
 from llmtap.clickhouse.connection import connect
 from llmtap.clickhouse.schema import bring_up_to_date
 from llmtap.collector.pipeline import Limits, Pipeline
@@ -175,3 +177,17 @@ def test_a_damaged_spool_record_is_quarantined_once_while_the_store_comes_back(t
     assert len(attempts) == 2
     assert sorted(p.suffix for p in (tmp_path / "spool" / "quarantine").iterdir()) == [".pb", ".txt"]
     assert Spool(tmp_path / "spool").recover() == []  # nothing left to replay
+
+
+def test_a_column_type_changed_by_hand_is_written_on_the_careful_path(tmp_path, caplog):
+    """The Native writer handles the exporter's column types; a store whose schema was altered to another type
+    gets a warning at start, and serve writes through clickhouse-connect instead of failing every batch."""
+    dsn = f"chdb://{tmp_path / 'chdb'}"
+    with contextlib.closing(connect(dsn, create_database=True)) as client:
+        bring_up_to_date(client)
+        client.command("ALTER TABLE otel_traces MODIFY COLUMN TraceState Nullable(String)")
+        with running_collector(tmp_path, dsn=dsn) as collector:
+            assert post(collector.http_url + "/v1/traces", span_request(good_span("altered")))[0] == 200
+            wait_written(collector, "traces", 1)
+            assert query(collector, "SELECT SpanName, TraceState FROM otel.otel_traces") == [("altered", "")]
+    assert "otel_traces.TraceState Nullable(String)" in caplog.text

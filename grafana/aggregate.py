@@ -11,13 +11,16 @@ The rollup branch reads whole days of the range from the daily rollup (totals on
 the hourly one and only the minutes at the range's ragged edges from the minute rollup, so it counts exactly the
 minutes a minute-only query would. Time series use the hours only when Grafana's bucket (`$__interval_s`) is a
 whole number of hours; finer buckets read minutes. Rollup resolution is a minute: panels using these queries set a
-1-minute minimum interval."""
+1-minute minimum interval. Hours and days are the ClickHouse server's (`toStartOfHour`, `toStartOfDay`): this
+assumes its time zone is UTC (the compose stack's server config sets it; chDB takes the machine's), or at least
+whole-hour offsets without daylight saving; elsewhere an hour can straddle two buckets and a day be 23 or 25 hours long."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from llmtap.clickhouse.queries import LATENCY_LEVELS
 from llmtap.grafana import sql
 
 
@@ -123,9 +126,10 @@ def _finite(expression: str) -> str:
     return f"ifNotFinite({expression}, NULL)"
 
 
-# Every percentile a panel shows: each one is read from a single `quantiles(...)` over all of them, and ClickHouse
-# computes identical aggregates once, so p50, p95 and p99 of one panel merge the latency digests once, not thrice.
-QUANTILES = (0.5, 0.9, 0.95, 0.99)
+# Every percentile a panel shows (the levels `llmtap stats` reports): each one is read from a single
+# `quantiles(...)` over all of them, and ClickHouse computes identical aggregates once, so p50, p95 and p99 of one
+# panel merge the latency digests once, not thrice.
+QUANTILES = LATENCY_LEVELS
 
 
 def _level(quantile: float) -> str:

@@ -54,6 +54,19 @@ def test_migrations_apply_once_then_idempotent(client):
     assert recorded == len(discover())
 
 
+def test_an_empty_uncertain_phrase_is_refused(client):
+    """An empty phrase would make every answer uncertain in the rollups from then on: the table refuses it."""
+    migrate(client)
+    with pytest.raises(Exception, match="phrase_not_empty"):
+        client.command("INSERT INTO llm_uncertain_phrases VALUES ('')")
+    client.command("INSERT INTO llm_uncertain_phrases VALUES ('as far as i can tell')")
+    phrases = [row[0] for row in client.query("SELECT Phrase FROM llm_uncertain_phrases").result_rows]
+    assert "as far as i can tell" in phrases and "" not in phrases
+    client.command(
+        "ALTER TABLE llm_uncertain_phrases DELETE WHERE Phrase = 'as far as i can tell' SETTINGS mutations_sync = 1"
+    )
+
+
 def test_traces_table_is_the_exporters(client):
     migrate(client)
     table = client.query(

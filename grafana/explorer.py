@@ -12,6 +12,10 @@ UID = "llmtap-explorer"
 FILTERS = (*sql.CALL_FILTERS, "session", "status", "search")
 
 
+# The totals read the rollups while only their dimensions are filtered, and rollups count whole minutes.
+_BY_MINUTE = " Counted by the minute: every minute that starts in the time range."
+
+
 def _matching(measure: aggregate.Measure, alias: str) -> str:
     """One total over the matching calls, from the rollups while only their dimensions are filtered."""
     return aggregate.query([(measure, alias)], filters=FILTERS)
@@ -31,7 +35,10 @@ def dashboard() -> Dashboard:
     )
     board.add(
         panels.big_number(
-            "Matching calls", "Calls matching the filters.", _matching(aggregate.CALLS, "calls"), "short"
+            "Matching calls",
+            "Calls matching the filters." + _BY_MINUTE,
+            _matching(aggregate.CALLS, "calls"),
+            "short",
         ),
         8,
         3,
@@ -39,7 +46,7 @@ def dashboard() -> Dashboard:
     board.add(
         panels.big_number(
             "Failed",
-            "Matching calls that failed.",
+            "Matching calls that failed." + _BY_MINUTE,
             _matching(aggregate.ERRORS, "failed"),
             "short",
             thresholds=((None, "green"), (1, "red")),
@@ -50,7 +57,7 @@ def dashboard() -> Dashboard:
     board.add(
         panels.big_number(
             "Tokens",
-            "Input plus output tokens of the matching calls.",
+            "Input plus output tokens of the matching calls." + _BY_MINUTE,
             _matching(aggregate.TOKENS, "tokens"),
             "short",
         ),

@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -183,6 +183,28 @@ def test_totals_over_days_read_the_daily_rollup_and_count_every_call(store: Stor
     )
 
 
+def test_totals_over_a_ragged_range_count_exactly_the_minutes_inside_it(store: Store) -> None:
+    """A range starting mid-minute among the stored calls and ending days later: minutes at the ragged start, whole
+    hours, then whole days are summed, and each model's count is that of the calls whose minute starts in range."""
+    middle = store.scalar("SELECT toDateTime(quantile(0.5)(Timestamp)) FROM llm_calls").replace(
+        tzinfo=timezone.utc
+    )
+    start = middle + timedelta(seconds=30)
+    ragged = QueryContext(start, store.now + timedelta(days=2), interval_seconds=3600)
+    (models,) = _panel("llmtap-models", "Models")["targets"]
+    expanded = expand_dashboard_sql(models["rawSql"], _selection("llmtap-models", "all", store), ragged)
+    assert "llm_calls_1m" in expanded and "llm_calls_1h" in expanded and "llm_calls_1d" in expanded
+    got = {row[0]: row[2] for row in store.client.query(expanded).result_rows}
+    expected = dict(
+        store.client.query(
+            "SELECT Model, count() FROM llm_calls WHERE toStartOfMinute(Timestamp) >= toDateTime({s:UInt32}) "
+            "GROUP BY Model",
+            parameters={"s": int(start.timestamp())},
+        ).result_rows
+    )
+    assert got == expected and 0 < sum(expected.values()) < store.scalar("SELECT count() FROM llm_calls")
+
+
 @pytest.mark.parametrize("limit", [1, 7, 60, 100_000])
 @pytest.mark.parametrize("selection", ["all", "filtered"])
 def test_newest_bound_keeps_every_one_of_the_newest_calls(store: Store, limit: int, selection: str) -> None:
@@ -230,8 +252,13 @@ def test_explorer_totals_by_status_come_from_the_rollups(store: Store, status: s
         if v["type"] != "datasource"
     ]
     (target,) = _panel("llmtap-explorer", "Matching calls")["targets"]
-    expanded = expand_dashboard_sql(target["rawSql"], variables, store.context())
-    window = "Timestamp >= now() - INTERVAL 6 HOUR - INTERVAL 1 MINUTE"
+    context = store.context()
+    expanded = expand_dashboard_sql(target["rawSql"], variables, context)
+    # The rollups count whole minutes: the calls whose minute starts inside the range, as $__timeFilter(Minute).
+    window = " AND ".join(
+        f"toStartOfMinute(Timestamp) {op} toDateTime({int(moment.timestamp())})"
+        for op, moment in ((">=", context.time_from), ("<=", context.time_to))
+    )
     expected = store.scalar(f"SELECT count() FROM llm_calls WHERE {window} AND IsError = {status}")
     assert store.client.query(expanded).result_rows == [(expected,)] and expected > 0
 

@@ -27,10 +27,11 @@ _HTML_ESCAPES = str.maketrans(
 )
 _ZERO_TRACE_ID = bytes(16)
 _ZERO_SPAN_ID = bytes(8)
-# Memos for encoded attribute lists: encoded KeyValue -> (key, AsString) and -> its Native bytes, since attributes such as the operation,
-# provider, model, server, flags and tags repeat from span to span; and the keys of a list in arrival order -> which
-# positions to keep in which order, since one instrumentation emits the same keys in the same order every time. Each is bounded
-# (_MEMO_ENTRIES entries, KeyValues of up to _MEMO_ENTRY_BYTES; a few MiB in all) and emptied when full.
+# Memos for encoded attribute lists: encoded KeyValue -> (key, AsString) and -> its Native bytes, since attributes
+# such as the operation, provider, model, server, flags and tags repeat from span to span; and the keys of a list in
+# arrival order -> which positions to keep in which order, since one instrumentation emits the same keys in the same
+# order every time. Each is bounded (_MEMO_ENTRIES entries, KeyValues of up to _MEMO_ENTRY_BYTES; a few MiB in all)
+# and emptied when full.
 _MEMO_ENTRIES = 8192
 _MEMO_ENTRY_BYTES = 256
 _memo: dict[bytes, tuple[str, str]] = {}

@@ -196,8 +196,8 @@ def query(
     order_by = order_by or ", ".join(keys) or None
     tail = (f"\nORDER BY {order_by}" if order_by else "") + (f"\nLIMIT {limit}" if limit else "")
     raw_table = sql.COSTED if costed else sql.CALLS
-    raw_where = sql.where(*extra, filters=filters)
     if any(measure.rollup is None for measure, _ in measures):  # only the calls can answer
+        raw_where = sql.where(*extra, filters=filters)
         return _aggregate(measures, "Timestamp", by, keys, raw_table, raw_where, having, switch=None) + tail
     applies = _rollup_applies(filters)
     rollup = _aggregate(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -62,6 +63,11 @@ class OTLPHTTPServer(ThreadingHTTPServer):
         self.metrics_text = metrics_text
         self.max_body_bytes = max_body_bytes
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client dropping its keep-alive connection is normal: no traceback for it on the console.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class ByteBudget:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,6 +93,11 @@ class _HTTPServer(ThreadingHTTPServer):
         self.app = app
         self.connections: set[socket.socket] = set()
         super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client dropping its keep-alive connection is normal: no traceback for it on the console.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         """Close idle keep-alive connections so a stopped server leaves no thread waiting on a client."""

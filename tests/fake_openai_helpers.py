@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import socket
+import struct
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -72,3 +75,11 @@ def connection_errors() -> tuple[type[BaseException], ...]:
         with contextlib.suppress(ImportError):
             errors.append(__import__(module).TransportError)
     return tuple(errors)
+
+
+def reset_mid_request(port: int) -> None:
+    """Start a request on 127.0.0.1:``port`` and abort the connection (RST), as a crashing client does."""
+    with socket.create_connection(("127.0.0.1", port)) as client:
+        client.sendall(b"POST /v1/chat/comp")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(0.3)  # the server thread reads, fails and (formerly) printed its traceback meanwhile

@@ -9,6 +9,7 @@ import socket
 import grpc
 import pytest
 from collector_support import post, query, running_collector, settle, wait_written
+from fake_openai_helpers import reset_mid_request
 from google.rpc import error_details_pb2, status_pb2
 from llmtap.collector.app import ConfigError, ServeConfig
 from llmtap.collector.pipeline import Limits
@@ -391,3 +392,9 @@ def test_status_line_is_compact(collector):
     line = status_line(collector.health())
     assert line.startswith("spans ") and "written" in line and "store ok" in line
     assert "\n" not in line and len(line) < 220
+
+
+def test_a_client_resetting_its_connection_prints_no_traceback(collector, capfd):
+    reset_mid_request(collector.http_port)
+    assert "Traceback" not in capfd.readouterr().err
+    assert post(collector.http_url + "/v1/traces", span_request(good_span("after reset")))[0] == 200

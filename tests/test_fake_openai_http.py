@@ -12,6 +12,7 @@ import sys
 
 import openai
 import pytest
+from fake_openai_helpers import reset_mid_request
 from hypothesis import given
 from hypothesis import strategies as st
 from llmtap.fake_openai import FakeOpenAIServer, Knobs
@@ -267,3 +268,11 @@ def test_cli_reports_bad_options_and_busy_ports(server: FakeOpenAIServer) -> Non
         [*run, "--port", str(server.port)], capture_output=True, text=True, timeout=30, env=env
     )
     assert busy.returncode == 1 and "cannot listen" in busy.stderr and "Traceback" not in busy.stderr
+
+
+def test_a_client_resetting_its_connection_prints_no_traceback(
+    server: FakeOpenAIServer, connection, capfd
+) -> None:
+    reset_mid_request(server.port)
+    assert "Traceback" not in capfd.readouterr().err
+    assert request(connection, "GET", "/v1/models")[0].status == 200  # and it keeps serving

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from llmtap.clickhouse.connection import connect
@@ -23,6 +25,16 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
     return result, data_dir
 
 
+@pytest.fixture
+def store(demo_run) -> Iterator[Any]:
+    """A client on the store the demo filled (closed after the test: chDB holds one store per process)."""
+    result, data_dir = demo_run
+    assert result.returncode == 0
+    client = connect(f"chdb://{data_dir / 'chdb'}")
+    yield client
+    client.close()
+
+
 def test_demo_exits_zero_and_says_every_call_was_stored(demo_run) -> None:
     result, _ = demo_run
     assert result.returncode == 0, result.stdout + result.stderr
@@ -31,11 +43,8 @@ def test_demo_exits_zero_and_says_every_call_was_stored(demo_run) -> None:
         assert heading in result.stdout
 
 
-def test_demo_store_holds_both_services_users_tags_and_content(demo_run) -> None:
-    result, data_dir = demo_run
-    assert result.returncode == 0
-    client = connect(f"chdb://{data_dir / 'chdb'}")
-    rows = client.query(
+def test_demo_store_holds_both_services_users_tags_and_content(store) -> None:
+    rows = store.query(
         "SELECT ServiceName, count(), uniqExact(UserId), countIf(IsError), arrayDistinct(flatten(groupArray(Tags))),"
         " uniqExact(Operation) FROM llm_calls GROUP BY ServiceName ORDER BY ServiceName"
     ).result_rows
@@ -43,18 +52,15 @@ def test_demo_store_holds_both_services_users_tags_and_content(demo_run) -> None
     assert sum(row[1] for row in rows) == 16
     assert all(row[2] >= 2 for row in rows), rows
     assert all(row[4] for row in rows), "custom tags were recorded"
-    content = client.query(
+    content = store.query(
         "SELECT countIf(InputMessages != '' OR Operation = 'embeddings'), countIf(Project = 'demo-shop') FROM llm_calls"
     ).result_rows[0]
     assert content == (16, 16)
 
 
-def test_demo_calls_are_priced_by_the_bundled_prices(demo_run) -> None:
+def test_demo_calls_are_priced_by_the_bundled_prices(store) -> None:
     """serve loads llmtap's prices when it creates the store, so known models are costed with no extra step."""
-    result, data_dir = demo_run
-    assert result.returncode == 0
-    client = connect(f"chdb://{data_dir / 'chdb'}")
-    unpriced = client.query(
+    unpriced = store.query(
         "SELECT groupUniqArray(Model) FROM llm_calls_costed WHERE Cost IS NULL AND Model LIKE 'gpt-%'"
     ).result_rows[0][0]
     assert unpriced == []

@@ -193,3 +193,22 @@ def test_the_generator_refuses_statements_it_cannot_distribute(tmp_path):
     (tmp_path / "0001_alter.sql").write_text("CREATE TABLE IF NOT EXISTS t (x UInt8) ENGINE = Memory;\n")
     with pytest.raises(generate.GenerateError, match="no \\*MergeTree engine"):
         generate.generate(tmp_path)
+
+
+def test_the_generator_alters_a_sharded_tables_storage_on_its_local_table_only(tmp_path):
+    sys.path.insert(0, str(CLUSTER))
+    try:
+        import generate
+    finally:
+        sys.path.remove(str(CLUSTER))
+    create = "CREATE TABLE IF NOT EXISTS t (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
+    (tmp_path / "0001_t.sql").write_text(
+        create + "ALTER TABLE t ADD PROJECTION IF NOT EXISTS p (SELECT * ORDER BY x);\n"
+        "ALTER TABLE t MODIFY SETTING deduplicate_merge_projection_mode = 'rebuild';\n"
+    )
+    text = generate.generate(tmp_path)["0001_t.sql"]
+    assert "ALTER TABLE t_local ON CLUSTER '{cluster}' ADD PROJECTION IF NOT EXISTS p" in text
+    assert "ALTER TABLE t_local ON CLUSTER '{cluster}' MODIFY SETTING" in text
+    (tmp_path / "0001_t.sql").write_text(create + "ALTER TABLE t ADD COLUMN IF NOT EXISTS y UInt8;\n")
+    with pytest.raises(generate.GenerateError, match="cannot derive a cluster statement"):
+        generate.generate(tmp_path)

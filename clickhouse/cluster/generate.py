@@ -12,8 +12,9 @@ of them the statements a sharded, replicated cluster needs, so the two can never
   views' price joins run locally;
 * a materialized view reads the local table its source's inserts land in and writes the local target, so each
   shard derives its own rows; plain views read the Distributed tables;
-* ``ALTER TABLE`` of a table replicated whole keeps its name; one of a sharded table is refused (its local and
-  Distributed tables need statements written for them);
+* ``ALTER TABLE`` of a table replicated whole keeps its name. Of a sharded table, only changes to how a shard
+  stores its rows (projections, settings) are derived, on the local table; any other (columns, say) is refused,
+  since its local and Distributed tables need statements written for them;
 * every statement gets ``ON CLUSTER '{cluster}'``; ``{cluster}``, ``{shard}`` and ``{replica}`` are the server
   macros (see docs/scaling.md).
 
@@ -43,6 +44,8 @@ _CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)(\s*\()", re.IGNOR
 _CREATE_MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+)\s+TO (\w+)(\s+AS\b)", re.IGNORECASE)
 _CREATE_VIEW = re.compile(r"^CREATE VIEW IF NOT EXISTS (\w+)(\s+AS\b)", re.IGNORECASE)
 _ALTER_TABLE = re.compile(r"^ALTER TABLE (\w+)\s+", re.IGNORECASE)
+# ALTER actions that concern only a shard's storage, so they apply to the local table alone.
+_STORAGE_ALTER = re.compile(r"^(ADD|MATERIALIZE|DROP) PROJECTION\b|^MODIFY SETTING\b", re.IGNORECASE)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w*MergeTree)(?:[ \t]*\(([^)]*)\))?", re.IGNORECASE)
 
 
@@ -114,9 +117,12 @@ def convert(statement: str, sharded: set[str]) -> list[str]:
         return [head + match.group(3) + body]
     if match := _CREATE_VIEW.match(statement):
         return [f"CREATE VIEW IF NOT EXISTS {match.group(1)} ON CLUSTER {CLUSTER}{statement[match.end(1) :]}"]
-    # A table replicated whole is one table on every node; a sharded one (local + Distributed) is not handled.
-    if (match := _ALTER_TABLE.match(statement)) and match.group(1) in REPLICATED_WHOLE:
-        return [f"ALTER TABLE {match.group(1)} ON CLUSTER {CLUSTER} {statement[match.end() :]}"]
+    if match := _ALTER_TABLE.match(statement):
+        table, action = match.group(1), statement[match.end() :]
+        if table in REPLICATED_WHOLE:  # one table on every node
+            return [f"ALTER TABLE {table} ON CLUSTER {CLUSTER} {action}"]
+        if table in sharded and _STORAGE_ALTER.match(action):
+            return [f"ALTER TABLE {local_name(table)} ON CLUSTER {CLUSTER} {action}"]
     if statement.lstrip().upper().startswith("INSERT INTO "):
         # Backfills run once, from one node: the original names are Distributed tables on the cluster, so the
         # SELECT reads every shard and the INSERT spreads the rows by the sharding key.

@@ -9,8 +9,10 @@ is chosen. The branch whose switch is false reads no data (a constant-false filt
 
 The rollup branch reads whole days of the range from the daily rollup (totals only), the other whole hours from
 the hourly one and only the minutes at the range's ragged edges from the minute rollup, so it counts exactly the
-minutes a minute-only query would. Time series use the hours only when Grafana's bucket (`$__interval_s`) is a
-whole number of hours; finer buckets read minutes. Rollup resolution is a minute: panels using these queries set a
+minutes a minute-only query would. Time series use the days only when their bucket is a whole number of days,
+the hours only when it is a whole number of hours; finer buckets read minutes. A latency percentile merges
+t-digests, about one centroid per call in an hourly digest, so its series over ranges longer than a week are
+bucketed by day: each point then merges a few dozen daily digests rather than hundreds of hourly ones. Rollup resolution is a minute: panels using these queries set a
 1-minute minimum interval. Hours and days are the ClickHouse server's (`toStartOfHour`, `toStartOfDay`): this
 assumes its time zone is UTC (the compose stack's server config sets it; chDB takes the machine's), or at least
 whole-hour offsets without daylight saving; elsewhere an hour can straddle two buckets and a day be 23 or 25 hours long."""
@@ -101,10 +103,12 @@ def _latest_with(
 
 @dataclass(frozen=True)
 class Measure:
-    """One aggregate, written over llm_calls rows and, when the rollup holds what it needs, over its rows."""
+    """One aggregate, written over llm_calls rows and, when the rollup holds what it needs, over its rows;
+    `digest` when the rollup form merges latency digests (costly per row, see the module docstring)."""
 
     raw: str
     rollup: str | None = None
+    digest: bool = False
 
 
 CALLS = Measure("count()", "sum(Calls)")
@@ -146,6 +150,7 @@ def latency(quantile: float) -> Measure:
     return Measure(
         _finite(f"{_quantiles('quantiles')}(DurationMs){_level(quantile)}"),
         _finite(f"{_quantiles('quantilesTDigestMerge')}(DurationMsQuantiles){_level(quantile)}"),
+        digest=True,
     )
 
 
@@ -157,7 +162,21 @@ def time_to_first_chunk(quantile: float) -> Measure:
             + _level(quantile)
         ),
         _finite(f"{_quantiles('quantilesTDigestIfMerge')}(TimeToFirstChunkMsQuantiles){_level(quantile)}"),
+        digest=True,
     )
+
+
+_GRAFANA_BUCKET = "$__interval_s"
+# The bucket, in seconds, of a time series of digest measures: Grafana's, but at least a day over ranges longer
+# than a week. Grafana's own buckets from a day up (1d, 1w, 30d) are whole days.
+DIGEST_BUCKET = "if($__toTime - $__fromTime > 7 * 86400, greatest($__interval_s, 86400), $__interval_s)"
+DIGEST_BUCKET_NOTE = "Over ranges longer than 7 days each point is one day."
+
+
+def _bucket_start(column: str, bucket: str) -> str:
+    if bucket == _GRAFANA_BUCKET:
+        return f"$__timeInterval({column})"
+    return f"toStartOfInterval(toDateTime({column}), INTERVAL {bucket} second)"
 
 
 def _scaled(measure: Measure, template: str) -> Measure:
@@ -196,33 +215,41 @@ def query(
     order_by = order_by or ", ".join(keys) or None
     tail = (f"\nORDER BY {order_by}" if order_by else "") + (f"\nLIMIT {limit}" if limit else "")
     raw_table = sql.COSTED if costed else sql.CALLS
+    bucket = None
+    if over_time:
+        bucket = DIGEST_BUCKET if any(measure.digest for measure, _ in measures) else _GRAFANA_BUCKET
     if any(measure.rollup is None for measure, _ in measures):  # only the calls can answer
         raw_where = sql.where(*extra, filters=filters)
-        return _aggregate(measures, "Timestamp", by, keys, raw_table, raw_where, having, switch=None) + tail
+        return (
+            _aggregate(measures, "Timestamp", bucket, by, keys, raw_table, raw_where, having, switch=None)
+            + tail
+        )
     applies = _rollup_applies(filters)
     rollup = _aggregate(
-        measures, _START, by, keys, f"(\n{_rollup_rows(rollups or (COSTED_ROLLUPS if costed else CALL_ROLLUPS), extra, filters, over_time)}\n)", "", having,
+        measures, _START, bucket, by, keys, f"(\n{_rollup_rows(rollups or (COSTED_ROLLUPS if costed else CALL_ROLLUPS), extra, filters, bucket)}\n)", "", having,
         switch=applies,
     )  # fmt: skip
     raw_where = sql.where(*extra, f"NOT ({applies})", filters=filters)
-    raw = _aggregate(measures, "Timestamp", by, keys, raw_table, raw_where, having, switch=f"NOT ({applies})")
+    raw = _aggregate(
+        measures, "Timestamp", bucket, by, keys, raw_table, raw_where, having, switch=f"NOT ({applies})"
+    )
     return f"SELECT * FROM (\n{rollup}\nUNION ALL\n{raw}\n){tail}"
 
 
-def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str], over_time: bool) -> str:
+def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str], bucket: str | None) -> str:
     """The rollup rows of the time range: whole days from the daily rollup (totals only: a day starts at the
     server's midnight, which time buckets need not share), the other whole hours from the hourly rollup, the
     remaining minutes from the minute rollup. Hours serve a time series only when its buckets are whole hours
     (so an hour never straddles two)."""
     answered = [name for name in filters if name in ROLLUP_FILTERS]
-    hours_fit = "$__interval_s % 3600 = 0" if over_time else "1"
-    days_fit = "0" if over_time or rollups.day is None else "1"
+    hours_fit = "1" if bucket is None else f"{bucket} % 3600 = 0"
+    days_fit = "0" if rollups.day is None else "1" if bucket is None else f"{bucket} % 86400 = 0"
     levels = [
         ("Minute", rollups.minute, f"NOT ({hours_fit} AND {_whole_hour('toStartOfHour(Minute)')})"),
         ("Hour", rollups.hour, f"{hours_fit} AND {_whole_hour('Hour')} AND NOT ({days_fit} AND {_whole_day('toStartOfDay(Hour)')})"),
     ]  # fmt: skip
-    if days_fit == "1":
-        levels.append(("Day", rollups.day, _whole_day("Day")))
+    if rollups.day is not None:
+        levels.append(("Day", rollups.day, f"{days_fit} AND {_whole_day('Day')}"))
     return "\nUNION ALL\n".join(
         f"SELECT {column} AS {_START}, * EXCEPT ({column}) FROM {table}\n"
         + sql.where(*extra, condition, filters=answered, time_column=column)
@@ -233,6 +260,7 @@ def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str],
 def _aggregate(
     measures: Sequence[tuple[Measure, str]],
     time_column: str,
+    bucket: str | None,
     by: Sequence[str],
     keys: Sequence[str],
     table: str,
@@ -241,10 +269,10 @@ def _aggregate(
     *,
     switch: str | None,
 ) -> str:
-    """One aggregating SELECT over the rollup rows (`time_column` Start) or the calls (Timestamp); `switch` turns
-    it off."""
+    """One aggregating SELECT over the rollup rows (`time_column` Start) or the calls (Timestamp), per `bucket`
+    seconds when over time; `switch` turns it off."""
     rollup = time_column == _START
-    columns = [f"$__timeInterval({time_column}) AS time"] if keys[:1] == ["time"] else []
+    columns = [f"{_bucket_start(time_column, bucket)} AS time"] if bucket else []
     columns += list(by)
     columns += [f"{measure.rollup if rollup else measure.raw} AS {alias}" for measure, alias in measures]
     group = f"\nGROUP BY {', '.join(keys)}" if keys else ""

@@ -84,7 +84,7 @@ def dashboard() -> Dashboard:
     board.add(
         panels.time_series(
             "p95 latency by model",
-            "95th percentile of the call duration, per model.",
+            f"95th percentile of the call duration, per model. {aggregate.DIGEST_BUCKET_NOTE}",
             aggregate.query([(aggregate.latency(0.95), "p95_ms")], over_time=True, by=["Model"]),
             "ms",
             axis_label="duration",

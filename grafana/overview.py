@@ -23,7 +23,7 @@ def _by(
     return [
         panels.time_series(
             f"{title} by {name}",
-            f"{what} per {name}.",
+            f"{what} per {name}." + (f" {aggregate.DIGEST_BUCKET_NOTE}" if measure.digest else ""),
             aggregate.query([(measure, alias)], over_time=True, by=[column], costed=costed),
             unit,
             axis_label=axis,
@@ -108,7 +108,7 @@ def dashboard() -> Dashboard:
         board.add(
             panels.time_series(
                 title,
-                f"p50, p95 and p99 of {description}.",
+                f"p50, p95 and p99 of {description}. {aggregate.DIGEST_BUCKET_NOTE}",
                 aggregate.query(_percentiles(measure), over_time=True),
                 "ms",
                 axis_label=axis,

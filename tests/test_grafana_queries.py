@@ -183,6 +183,39 @@ def test_totals_over_days_read_the_daily_rollup_and_count_every_call(store: Stor
     )
 
 
+def test_percentile_series_over_more_than_a_week_have_a_point_per_day(store: Store) -> None:
+    """Digest series beyond 7 days bucket by day (merging daily digests, not hourly ones), starting mid-minute;
+    counts keep Grafana's hourly buckets. Each day's p50 lies between the quartiles of that day's calls."""
+    variables = _selection("llmtap-overview", "all", store)
+    start = store.now - timedelta(days=10, seconds=30)
+    ten_days = QueryContext(start, store.now + timedelta(minutes=1), interval_seconds=3600)
+    (target,) = _panel("llmtap-overview", "Latency percentiles")["targets"]
+    expanded = expand_dashboard_sql(target["rawSql"], variables, ten_days)
+    assert "llm_calls_1d" in expanded
+    rows = store.client.query(expanded).result_rows
+    expected = {
+        day: (low, high)
+        for day, low, high in store.client.query(
+            "SELECT toStartOfDay(Timestamp), quantileExact(0.25)(DurationMs), quantileExact(0.75)(DurationMs) "
+            "FROM llm_calls GROUP BY 1"
+        ).result_rows
+    }
+    assert [row[0] for row in rows] == sorted(expected)
+    assert all(row[0].hour == row[0].minute == 0 for row in rows)
+    for time, p50, p95, p99 in rows:
+        low, high = expected[time]
+        assert low <= p50 <= high and p50 <= p95 <= p99, "a day's median lies between its quartiles"
+    (calls,) = _panel("llmtap-overview", "Calls per second by model")["targets"]
+    hours = {
+        row[0]
+        for row in store.client.query(expand_dashboard_sql(calls["rawSql"], variables, ten_days)).result_rows
+    }
+    assert len(hours) >= 6, "a count series keeps its hourly buckets"
+    week = QueryContext(store.now - timedelta(days=7), store.now, interval_seconds=3600)
+    hourly = store.client.query(expand_dashboard_sql(target["rawSql"], variables, week)).result_rows
+    assert len(hourly) >= 6, "up to a week, percentiles keep Grafana's buckets"
+
+
 def test_totals_over_a_ragged_range_count_exactly_the_minutes_inside_it(store: Store) -> None:
     """A range starting mid-minute among the stored calls and ending days later: minutes at the ragged start, whole
     hours, then whole days are summed, and each model's count is that of the calls whose minute starts in range."""

@@ -7,15 +7,18 @@ session or text. Each query therefore has two branches over the same columns, an
 one inside ClickHouse: `$__conditionalAll(0, $user)` is `1=1` while the user filter is "All" and `0` once a user
 is chosen. The branch whose switch is false reads no data (a constant-false filter selects no parts).
 
-The rollup branch reads whole days of the range from the daily rollup (totals only), the other whole hours from
-the hourly one and only the minutes at the range's ragged edges from the minute rollup, so it counts exactly the
-minutes a minute-only query would. Time series use the days only when their bucket is a whole number of days,
-the hours only when it is a whole number of hours; finer buckets read minutes. A latency percentile merges
-t-digests, about one centroid per call in an hourly digest, so its series over ranges longer than a week are
-bucketed by day: each point then merges a few dozen daily digests rather than hundreds of hourly ones. Rollup resolution is a minute: panels using these queries set a
-1-minute minimum interval. Hours and days are the ClickHouse server's (`toStartOfHour`, `toStartOfDay`): this
-assumes its time zone is UTC (the compose stack's server config sets it; chDB takes the machine's), or at least
-whole-hour offsets without daylight saving; elsewhere an hour can straddle two buckets and a day be 23 or 25 hours long."""
+The rollup branch reads whole days of the range from the daily rollup, the other whole hours from the hourly one
+and only the minutes at the range's ragged edges from the minute rollup, so it counts exactly the minutes a
+minute-only query would. Time series use the days only when their bucket is a whole number of days and the
+server's days start at UTC midnight (as the buckets do), the hours only when it is a whole number of hours; finer
+buckets read minutes. Over ranges longer than a day, series are bucketed by at least an hour (`SERIES_BUCKET`).
+A latency percentile merges t-digests, about one centroid per call in an hourly digest, so its series are bucketed
+by at least a day over a week or more (`DIGEST_BUCKET`): a point then merges daily digests rather than hundreds of
+hourly ones. Rollup
+resolution is a minute: panels using these queries set a 1-minute minimum interval. Hours and days are the
+ClickHouse server's (`toStartOfHour`, `toStartOfDay`): hours assume a time zone with whole-hour offsets (the
+compose stack's server config sets UTC; chDB takes the machine's); elsewhere an hour can straddle two buckets.
+Totals do not depend on it."""
 
 from __future__ import annotations
 
@@ -167,15 +170,24 @@ def time_to_first_chunk(quantile: float) -> Measure:
 
 
 _GRAFANA_BUCKET = "$__interval_s"
-# The bucket, in seconds, of a time series of digest measures: Grafana's, but at least a day over ranges longer
-# than a week. Grafana's own buckets from a day up (1d, 1w, 30d) are whole days.
-DIGEST_BUCKET = "if($__toTime - $__fromTime > 7 * 86400, greatest($__interval_s, 86400), $__interval_s)"
-DIGEST_BUCKET_NOTE = "Over ranges longer than 7 days each point is one day."
+_RANGE = "$__toTime - $__fromTime"
+_WHOLE_HOURS = "intDiv($__interval_s + 3599, 3600) * 3600"  # Grafana's bucket rounded up to whole hours
+# The bucket, in seconds, of a time series: Grafana's, rounded up to whole hours over ranges longer than a day, so
+# such a series reads the hourly rollup rather than days of minutes (Grafana asks for 10-minute buckets over a
+# week, 30-minute ones over a month on a wide panel).
+SERIES_BUCKET = f"if({_RANGE} > 86400, {_WHOLE_HOURS}, $__interval_s)"
+# The same for digest measures, and rounded up to whole days over a week or more (Grafana's "Last 7 days" is
+# exactly a week), so a month's series merges its daily digests.
+DIGEST_BUCKET = (
+    f"multiIf({_RANGE} >= 7 * 86400, intDiv($__interval_s + 86399, 86400) * 86400,"
+    f" {_RANGE} > 86400, {_WHOLE_HOURS}, $__interval_s)"
+)
+DIGEST_BUCKET_NOTE = (
+    "Over ranges longer than a day each point spans at least an hour, over a week at least a day."
+)
 
 
 def _bucket_start(column: str, bucket: str) -> str:
-    if bucket == _GRAFANA_BUCKET:
-        return f"$__timeInterval({column})"
     return f"toStartOfInterval(toDateTime({column}), INTERVAL {bucket} second)"
 
 
@@ -184,7 +196,8 @@ def _scaled(measure: Measure, template: str) -> Measure:
 
 
 def rate(measure: Measure) -> Measure:
-    """Per second over the interval bucket, so values do not change with the zoom level."""
+    """Per second over the interval bucket (the query's own where it is not Grafana's), so values do not change
+    with the zoom level."""
     return _scaled(measure, "{} / $__interval_s")
 
 
@@ -206,10 +219,9 @@ def query(
     limit: int | None = None,
     filters: Sequence[str] = sql.CALL_FILTERS,
 ) -> str:
-    """Calls aggregated per `$__timeInterval` bucket (`over_time`) and per `by` expressions (`expr AS name` or a
-    column), narrowed by the dashboard variables `filters`. The rollup branch reads `rollups` (by default the calls'
-    rollups, priced when `costed`). `extra` conditions must only use columns both tables have (the rollup's
-    dimensions)."""
+    """Calls aggregated per time bucket (`over_time`: `SERIES_BUCKET`, or `DIGEST_BUCKET` for digest measures) and per `by` expressions (`expr AS name` or a column), narrowed by the dashboard variables
+    `filters`. The rollup branch reads `rollups` (by default the calls' rollups, priced when `costed`). `extra`
+    conditions must only use columns both tables have (the rollup's dimensions)."""
     keys = ["time"] if over_time else []
     keys += [item.rsplit(" AS ", 1)[-1] for item in by]
     order_by = order_by or ", ".join(keys) or None
@@ -217,7 +229,7 @@ def query(
     raw_table = sql.COSTED if costed else sql.CALLS
     bucket = None
     if over_time:
-        bucket = DIGEST_BUCKET if any(measure.digest for measure, _ in measures) else _GRAFANA_BUCKET
+        bucket = DIGEST_BUCKET if any(measure.digest for measure, _ in measures) else SERIES_BUCKET
     if any(measure.rollup is None for measure, _ in measures):  # only the calls can answer
         raw_where = sql.where(*extra, filters=filters)
         return (
@@ -237,13 +249,21 @@ def query(
 
 
 def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str], bucket: str | None) -> str:
-    """The rollup rows of the time range: whole days from the daily rollup (totals only: a day starts at the
-    server's midnight, which time buckets need not share), the other whole hours from the hourly rollup, the
-    remaining minutes from the minute rollup. Hours serve a time series only when its buckets are whole hours
-    (so an hour never straddles two)."""
+    """The rollup rows of the time range: whole days from the daily rollup, the other whole hours from the hourly
+    rollup, the remaining minutes from the minute rollup. Hours serve a time series only when its buckets are
+    whole hours (so an hour never straddles two), days only when they are whole days and the day starts at UTC
+    midnight as the buckets do (a day starts at the server's midnight)."""
     answered = [name for name in filters if name in ROLLUP_FILTERS]
     hours_fit = "1" if bucket is None else f"{bucket} % 3600 = 0"
-    days_fit = "0" if rollups.day is None else "1" if bucket is None else f"{bucket} % 86400 = 0"
+
+    # A constant (a per-row condition would keep ClickHouse from pruning by it): the server's zone is UTC at both
+    # ends of the range. Only a zero-offset zone with summer time (London) over a range spanning a whole summer
+    # would pass it and misplace days.
+    utc_days = "timeZoneOffset($__fromTime) = 0 AND timeZoneOffset($__toTime) = 0"
+    days_fit = (
+        "0" if rollups.day is None else "1" if bucket is None else f"{bucket} % 86400 = 0 AND {utc_days}"
+    )
+
     levels = [
         ("Minute", rollups.minute, f"NOT ({hours_fit} AND {_whole_hour('toStartOfHour(Minute)')})"),
         ("Hour", rollups.hour, f"{hours_fit} AND {_whole_hour('Hour')} AND NOT ({days_fit} AND {_whole_day('toStartOfDay(Hour)')})"),
@@ -274,7 +294,11 @@ def _aggregate(
     rollup = time_column == _START
     columns = [f"{_bucket_start(time_column, bucket)} AS time"] if bucket else []
     columns += list(by)
-    columns += [f"{measure.rollup if rollup else measure.raw} AS {alias}" for measure, alias in measures]
+    for measure, alias in measures:
+        expression = measure.rollup if rollup else measure.raw
+        if bucket:  # rates are per second of the bucket actually used
+            expression = expression.replace(_GRAFANA_BUCKET, f"({bucket})")
+        columns.append(f"{expression} AS {alias}")
     group = f"\nGROUP BY {', '.join(keys)}" if keys else ""
     # The switch in HAVING too: without GROUP BY an aggregate returns one row even when nothing was read.
     conditions = [condition for condition in (switch, having) if condition]

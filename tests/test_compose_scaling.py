@@ -179,12 +179,18 @@ def test_cluster_statements_parse_as_clickhouse_sql(tmp_path):
     assert errors == []
 
 
-def test_the_generator_refuses_statements_it_cannot_distribute(tmp_path):
+@pytest.fixture(scope="module")
+def generate():
+    """clickhouse/cluster/generate.py, a script rather than a package module."""
     sys.path.insert(0, str(CLUSTER))
     try:
         import generate
     finally:
         sys.path.remove(str(CLUSTER))
+    return generate
+
+
+def test_the_generator_refuses_statements_it_cannot_distribute(generate, tmp_path):
     (tmp_path / "0001_alter.sql").write_text("ALTER TABLE otel_traces ADD COLUMN IF NOT EXISTS X UInt8;\n")
     with pytest.raises(
         generate.GenerateError, match=re.escape("0001_alter.sql: cannot derive a cluster statement")
@@ -195,12 +201,7 @@ def test_the_generator_refuses_statements_it_cannot_distribute(tmp_path):
         generate.generate(tmp_path)
 
 
-def test_the_generator_alters_a_sharded_tables_storage_on_its_local_table_only(tmp_path):
-    sys.path.insert(0, str(CLUSTER))
-    try:
-        import generate
-    finally:
-        sys.path.remove(str(CLUSTER))
+def test_the_generator_alters_a_sharded_tables_storage_on_its_local_table_only(generate, tmp_path):
     create = "CREATE TABLE IF NOT EXISTS t (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
     (tmp_path / "0001_t.sql").write_text(
         create + "ALTER TABLE t ADD PROJECTION IF NOT EXISTS p (SELECT * ORDER BY x);\n"
@@ -209,6 +210,10 @@ def test_the_generator_alters_a_sharded_tables_storage_on_its_local_table_only(t
     text = generate.generate(tmp_path)["0001_t.sql"]
     assert "ALTER TABLE t_local ON CLUSTER '{cluster}' ADD PROJECTION IF NOT EXISTS p" in text
     assert "ALTER TABLE t_local ON CLUSTER '{cluster}' MODIFY SETTING" in text
-    (tmp_path / "0001_t.sql").write_text(create + "ALTER TABLE t ADD COLUMN IF NOT EXISTS y UInt8;\n")
-    with pytest.raises(generate.GenerateError, match="cannot derive a cluster statement"):
-        generate.generate(tmp_path)
+    for alter in (
+        "ALTER TABLE t ADD COLUMN IF NOT EXISTS y UInt8;",
+        "ALTER TABLE t ADD PROJECTION q (SELECT x, count() GROUP BY x), ADD COLUMN y UInt8;",
+    ):
+        (tmp_path / "0001_t.sql").write_text(create + alter + "\n")
+        with pytest.raises(generate.GenerateError, match="cannot derive a cluster statement"):
+            generate.generate(tmp_path)

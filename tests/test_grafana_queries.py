@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -183,37 +183,56 @@ def test_totals_over_days_read_the_daily_rollup_and_count_every_call(store: Stor
     )
 
 
-def test_percentile_series_over_more_than_a_week_have_a_point_per_day(store: Store) -> None:
-    """Digest series beyond 7 days bucket by day (merging daily digests, not hourly ones), starting mid-minute;
-    counts keep Grafana's hourly buckets. Each day's p50 lies between the quartiles of that day's calls."""
-    variables = _selection("llmtap-overview", "all", store)
-    start = store.now - timedelta(days=10, seconds=30)
-    ten_days = QueryContext(start, store.now + timedelta(minutes=1), interval_seconds=3600)
-    (target,) = _panel("llmtap-overview", "Latency percentiles")["targets"]
-    expanded = expand_dashboard_sql(target["rawSql"], variables, ten_days)
-    assert "llm_calls_1d" in expanded
-    rows = store.client.query(expanded).result_rows
-    expected = {
-        day: (low, high)
-        for day, low, high in store.client.query(
-            "SELECT toStartOfDay(Timestamp), quantileExact(0.25)(DurationMs), quantileExact(0.75)(DurationMs) "
-            "FROM llm_calls GROUP BY 1"
+@pytest.fixture(scope="module")
+def days_ago(store: Store) -> Iterator[Store]:
+    """The same calls three days back, in a database of their own: whole UTC days of a longer range hold them."""
+    path = store.client.uri.removeprefix("chdb://")
+    client = connect(f"chdb://{path}?database=three_days_ago", create_database=True)
+    try:
+        migrate(client)
+        load_bundled_prices(client)
+        now = store.now - timedelta(days=3)
+        calls.load(client, calls.built_requests(now))
+        yield Store(client, now, "", "")
+    finally:
+        client.command("DROP DATABASE three_days_ago SYNC")
+        client.close()
+
+
+def test_series_over_days_read_the_daily_rollup_and_count_every_call(days_ago: Store) -> None:
+    """Day buckets: calls per UTC day and model are those stored (from llm_calls_1d where the server's days are
+    UTC days); percentile series over a week or more have a point per day, between the day's quartiles."""
+    client, variables = days_ago.client, _selection("llmtap-overview", "all", days_ago)
+    start = days_ago.now - timedelta(days=10, seconds=30)  # a ragged start, days before the calls
+    daily = QueryContext(start, days_ago.now + timedelta(days=2), interval_seconds=86400)
+    (target,) = _panel("llmtap-overview", "Calls per second by model")["targets"]
+    got = {
+        (time, model): round(per_second * 86400)
+        for time, model, per_second in client.query(
+            expand_dashboard_sql(target["rawSql"], variables, daily)
         ).result_rows
     }
-    assert [row[0] for row in rows] == sorted(expected)
-    assert all(row[0].hour == row[0].minute == 0 for row in rows)
-    for time, p50, p95, p99 in rows:
-        low, high = expected[time]
-        assert low <= p50 <= high and p50 <= p95 <= p99, "a day's median lies between its quartiles"
-    (calls,) = _panel("llmtap-overview", "Calls per second by model")["targets"]
-    hours = {
-        row[0]
-        for row in store.client.query(expand_dashboard_sql(calls["rawSql"], variables, ten_days)).result_rows
+    expected = client.query(
+        "SELECT toStartOfDay(Timestamp, 'UTC'), Model, count() FROM llm_calls GROUP BY ALL"
+    ).result_rows
+    assert got == {(time.replace(tzinfo=None), model): count for time, model, count in expected}
+    hourly = QueryContext(start, days_ago.now + timedelta(days=2), interval_seconds=3600)
+    (percentiles,) = _panel("llmtap-overview", "Latency percentiles")["targets"]
+    rows = client.query(expand_dashboard_sql(percentiles["rawSql"], variables, hourly)).result_rows
+    quartiles = {
+        day.replace(tzinfo=None): (low, high)
+        for day, low, high in client.query(
+            "SELECT toStartOfDay(Timestamp, 'UTC'), quantileExact(0.25)(DurationMs), "
+            "quantileExact(0.75)(DurationMs) FROM llm_calls GROUP BY 1"
+        ).result_rows
     }
-    assert len(hours) >= 6, "a count series keeps its hourly buckets"
-    week = QueryContext(store.now - timedelta(days=7), store.now, interval_seconds=3600)
-    hourly = store.client.query(expand_dashboard_sql(target["rawSql"], variables, week)).result_rows
-    assert len(hourly) >= 6, "up to a week, percentiles keep Grafana's buckets"
+    assert [row[0] for row in rows] == sorted(quartiles), "one point per day, though Grafana asked for hours"
+    for time, p50, p95, p99 in rows:
+        low, high = quartiles[time]
+        assert low <= p50 <= high and p50 <= p95 <= p99, "a day's median lies between its quartiles"
+    six_days = QueryContext(days_ago.now - timedelta(days=6), days_ago.now, interval_seconds=600)
+    rows = client.query(expand_dashboard_sql(percentiles["rawSql"], variables, six_days)).result_rows
+    assert len(rows) >= 5 and all(row[0].minute == 0 for row in rows), "under a week: whole hours"
 
 
 def test_totals_over_a_ragged_range_count_exactly_the_minutes_inside_it(store: Store) -> None:

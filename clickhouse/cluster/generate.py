@@ -121,13 +121,31 @@ def convert(statement: str, sharded: set[str]) -> list[str]:
         table, action = match.group(1), statement[match.end() :]
         if table in REPLICATED_WHOLE:  # one table on every node
             return [f"ALTER TABLE {table} ON CLUSTER {CLUSTER} {action}"]
-        if table in sharded and _STORAGE_ALTER.match(action):
+        if table in sharded and all(_STORAGE_ALTER.match(part.strip()) for part in _actions(action)):
             return [f"ALTER TABLE {local_name(table)} ON CLUSTER {CLUSTER} {action}"]
     if statement.lstrip().upper().startswith("INSERT INTO "):
         # Backfills run once, from one node: the original names are Distributed tables on the cluster, so the
         # SELECT reads every shard and the INSERT spreads the rows by the sharding key.
         return [statement]
     raise GenerateError(f"cannot derive a cluster statement for: {statement.splitlines()[0]}")
+
+
+def _actions(action: str) -> list[str]:
+    """The comma-separated actions of one ALTER (commas inside parentheses or quotes belong to an action)."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(action):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'`\"":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(action[start:i])
+            start = i + 1
+    return [*parts, action[start:]]
 
 
 def generate(source_dir: Path = SOURCE_DIR) -> dict[str, str]:

@@ -80,8 +80,8 @@ def dashboard() -> Dashboard:
   UserId AS User,
   SessionId AS Session,
   arrayStringConcat(Tags, ', ') AS `Call tags`,
-  {sql.preview("InputMessages")} AS Prompt,
-  {sql.preview("OutputMessages")} AS Response,
+  InputPreview AS Prompt,
+  OutputPreview AS Response,
   TraceId,
   SpanId
 FROM {sql.COSTED}

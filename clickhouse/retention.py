@@ -1,7 +1,7 @@
 """How long the store keeps calls and their content, read from and written to the tables' TTLs.
 
 Two horizons: the numbers (llm_calls rows and their rollups, `ROLLUPS`) and the content (prompt, response, system
-instructions, tool definitions, and the previews of prompt and response). The content columns carry their own, shorter column TTL, so prompts expire
+instructions, tool definitions). The content columns carry their own, shorter column TTL, so prompts expire
 while charts keep their history. The raw spans in ``otel_traces`` hold the same prompts in their attributes, so
 their row TTL follows the content horizon. ClickHouse applies a changed TTL to existing parts in the background
 (``materialize_ttl_after_modify``), and drops expired days whole (``ttl_only_drop_parts``).
@@ -16,14 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
-CONTENT_COLUMNS = (
-    "InputMessages",
-    "OutputMessages",
-    "SystemInstructions",
-    "ToolDefinitions",
-    "InputPreview",  # migration 0011
-    "OutputPreview",
-)
+CONTENT_COLUMNS = ("InputMessages", "OutputMessages", "SystemInstructions", "ToolDefinitions")
 DEFAULT_CONTENT_DAYS = 30
 DEFAULT_CALLS_DAYS = 400
 # TTL expressions as ClickHouse normalises them in SHOW CREATE: "... + toIntervalDay(30)".
@@ -89,32 +82,12 @@ def set_retention(
     if content_days is not None:
         days = int(content_days)
         for column in CONTENT_COLUMNS:
-            _set_content_ttl(client, column, days)
+            client.command(
+                f"ALTER TABLE llm_calls MODIFY COLUMN {column} String "
+                f"TTL toDateTime(Timestamp) + INTERVAL {days} DAY CODEC(ZSTD(3))"
+            )
         client.command(f"ALTER TABLE otel_traces MODIFY TTL toDateTime(Timestamp) + INTERVAL {days} DAY")
     return current_retention(client)
-
-
-def align_content_ttls(client: Client) -> None:
-    """Give every content column the prompts' (InputMessages') TTL. A column a later migration adds starts at
-    the default horizon, though the content retention may have been changed before: its text must not outlive
-    the content it was taken from."""
-    rows = client.query(
-        "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = 'llm_calls'"
-    ).result_rows
-    days = _column_ttl_days(rows[0][0], CONTENT_COLUMNS[0]) if rows else None
-    if days is None:
-        return
-    for column in CONTENT_COLUMNS[1:]:
-        if _column_ttl_days(rows[0][0], column) != days:
-            _set_content_ttl(client, column, days)
-
-
-def _set_content_ttl(client: Client, column: str, days: int) -> None:
-    """The column keeps its type, codec and default; only its TTL changes (a column that a later migration adds
-    is aligned when it runs: see `align_content_ttls`)."""
-    client.command(
-        f"ALTER TABLE llm_calls MODIFY COLUMN IF EXISTS {column} TTL toDateTime(Timestamp) + INTERVAL {days} DAY"
-    )
 
 
 def _table_ttl_days(engine_full: str) -> int | None:

@@ -10,16 +10,12 @@ from typing import TYPE_CHECKING
 
 from llmtap.clickhouse.migrations import MigrationReport, migrate
 from llmtap.clickhouse.prices import load_bundled_prices
-from llmtap.clickhouse.retention import align_content_ttls
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 
 def bring_up_to_date(client: Client) -> tuple[MigrationReport, int]:
-    """Apply pending migrations, keep every content column on the content retention (a migration adds columns at
-    the default one), and reload llmtap's prices (a user's own prices are kept); returns what was applied and
-    loaded."""
+    """Apply pending migrations and reload llmtap's prices (a user's own prices are kept); returns both results."""
     report = migrate(client)
-    align_content_ttls(client)
     return report, load_bundled_prices(client)

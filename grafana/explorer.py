@@ -80,8 +80,8 @@ def dashboard() -> Dashboard:
   UserId AS User,
   SessionId AS Session,
   arrayStringConcat(Tags, ', ') AS `Call tags`,
-  InputPreview AS Prompt,
-  OutputPreview AS Response,
+  {sql.preview("InputMessages")} AS Prompt,
+  {sql.preview("OutputMessages")} AS Response,
   TraceId,
   SpanId
 FROM {sql.COSTED}

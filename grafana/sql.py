@@ -69,6 +69,12 @@ def message_text(messages: str, fallback: str | None = None) -> str:
     return f"if(empty({parts}), {fallback or messages}, arrayStringConcat({parts}, '\\n'))"
 
 
+def preview(column: str, length: int = 160) -> str:
+    """A one-line preview of the last message of a messages column (the latest turn), for tables."""
+    last = f"concat('[', arrayElement(JSONExtractArrayRaw({column}), -1), ']')"
+    return f"leftUTF8(replaceRegexpAll({message_text(last, column)}, '\\\\s+', ' '), {length})"
+
+
 # Phrases that mark an answer as uncertain (a case-insensitive substring of the response text) are rows of the
 # table llm_uncertain_phrases (migration 0007, which also counts uncertain answers into the llm_answers rollups at
 # insert time), so the dashboards, the alert rule and the rollups share one list that needs no rebuild to change.

@@ -29,8 +29,7 @@ from llmtap.clickhouse.prices import (
     load_prices,
     read_prices,
 )
-from llmtap.clickhouse.retention import CONTENT_COLUMNS, current_retention, set_retention
-from llmtap.clickhouse.schema import bring_up_to_date
+from llmtap.clickhouse.retention import current_retention, set_retention
 from llmtap.clickhouse.timeparse import parse_duration, parse_time
 
 LEVELS = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
@@ -329,81 +328,6 @@ def test_rollup_time_projections_hold_the_rollups_rows(store, table, projection,
     assert direct
     settings = {"force_optimize_projection_name": projection}
     assert per_key(client.query(sql, settings=settings).result_rows) == direct
-
-
-def _preview(messages: str) -> str:
-    """Migration 0011's preview, in Python: the text of the last message on one line, else the JSON, 160 chars."""
-    try:
-        last = json.loads(messages)[-1]
-    except (ValueError, IndexError, KeyError, TypeError):
-        last = None
-    texts = []
-    if isinstance(last, dict):
-        parts = last.get("parts") if "parts" in last else [last]
-        texts = [p.get("content") for p in parts if isinstance(p, dict) and isinstance(p.get("content"), str)]
-    text = " ".join(t for t in texts if t) or messages
-    return " ".join(text.split())[:160]
-
-
-def test_previews_are_the_last_messages_text_on_one_line(store):
-    client, calls, _ = store
-    stored = _by_span(client, "SELECT SpanId, InputPreview, OutputPreview FROM llm_calls")
-    with_content = [c for c in calls if c.input_messages]
-    assert with_content, "the workload stores prompts"
-    for call in calls:
-        assert stored[call.span_id] == (_preview(call.input_messages), _preview(call.output_messages)), (
-            call.span_id
-        )
-    (latest,) = queries.search_calls(client, CallFilter(), limit=1, preview_chars=20)
-    assert latest.prompt_preview == stored[latest.span_id][0][:20]
-
-
-def test_a_store_from_before_the_previews_gets_them_and_their_content_horizon(store):
-    """Migration 0011 on a store with calls and a changed content retention: old parts get previews stored, and the
-    previews take the content's horizon, not the migration's default."""
-    client, _, spans = store
-    path = client.uri.removeprefix("chdb://")
-    older = connect(f"chdb://{path}?database=before_previews", create_database=True)
-    try:
-        migrate(older, target=10)
-        insert_spans(older, spans)
-        set_retention(older, content_days=7)
-        bring_up_to_date(older)
-        _settle_mutations(older, "before_previews")
-        parts = "database = 'before_previews' AND table = 'llm_calls' AND active"
-        assert older.query(
-            f"SELECT uniqExact(name) = countIf(column = 'InputPreview') AND countIf(column = 'InputPreview') > 0 "
-            f"FROM system.parts_columns WHERE {parts}"
-        ).result_rows == [(1,)], "every part stores the previews"
-        create = older.query("SHOW CREATE TABLE llm_calls").result_rows[0][0]
-        assert create.count("toIntervalDay(7)") == len(CONTENT_COLUMNS) and "toIntervalDay(30)" not in create
-        # New calls: a long, multi-line last message is cut to one line of 160; one without text shows its JSON.
-        long_text = "first line\n\n  " + "word " * 60
-        tool_call = [
-            {"role": "assistant", "parts": [{"type": "tool_call", "name": "lookup", "arguments": {}}]}
-        ]
-        messages = {
-            "a" * 16: json.dumps([{"role": "user", "parts": [{"type": "text", "content": "earlier"}]},
-                                  {"role": "user", "parts": [{"type": "text", "content": long_text}]}]),
-            "b" * 16: json.dumps(tool_call),
-        }  # fmt: skip
-        older.insert(
-            "otel_traces",
-            [[datetime.now(timezone.utc), "c" * 32, span, {"gen_ai.operation.name": "chat",
-              "gen_ai.input.messages": text}] for span, text in messages.items()],
-            column_names=["Timestamp", "TraceId", "SpanId", "SpanAttributes"],
-        )  # fmt: skip
-        previews = dict(
-            older.query(
-                f"SELECT SpanId, InputPreview FROM llm_calls WHERE TraceId = '{'c' * 32}'"
-            ).result_rows
-        )
-        assert previews == {span: _preview(text) for span, text in messages.items()}
-        assert previews["a" * 16] == ("first line " + "word " * 60)[:160] and len(previews["a" * 16]) == 160
-        assert previews["b" * 16] == json.dumps(tool_call)[:160]
-    finally:
-        older.command("DROP DATABASE before_previews SYNC")
-        older.close()
 
 
 def _settle_mutations(client, database: str) -> None:

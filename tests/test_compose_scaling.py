@@ -210,17 +210,9 @@ def test_the_generator_alters_a_sharded_tables_storage_on_its_local_table_only(g
     text = generate.generate(tmp_path)["0001_t.sql"]
     assert "ALTER TABLE t_local ON CLUSTER '{cluster}' ADD PROJECTION IF NOT EXISTS p" in text
     assert "ALTER TABLE t_local ON CLUSTER '{cluster}' MODIFY SETTING" in text
-    (tmp_path / "0001_t.sql").write_text(
-        create + "ALTER TABLE t ADD COLUMN IF NOT EXISTS y UInt8 DEFAULT x;\n"
-    )
-    text = generate.generate(tmp_path)["0001_t.sql"]
-    local = text.index(
-        "ALTER TABLE t_local ON CLUSTER '{cluster}' ADD COLUMN IF NOT EXISTS y UInt8 DEFAULT x;"
-    )
-    assert local < text.index("ALTER TABLE t ON CLUSTER '{cluster}' ADD COLUMN IF NOT EXISTS y UInt8;")
     for alter in (
+        "ALTER TABLE t ADD COLUMN IF NOT EXISTS y UInt8;",
         "ALTER TABLE t ADD PROJECTION q (SELECT x, count() GROUP BY x), ADD COLUMN y UInt8;",
-        "ALTER TABLE t MODIFY COLUMN x UInt16;",
     ):
         (tmp_path / "0001_t.sql").write_text(create + alter + "\n")
         with pytest.raises(generate.GenerateError, match="cannot derive a cluster statement"):

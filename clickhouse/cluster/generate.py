@@ -12,10 +12,9 @@ of them the statements a sharded, replicated cluster needs, so the two can never
   views' price joins run locally;
 * a materialized view reads the local table its source's inserts land in and writes the local target, so each
   shard derives its own rows; plain views read the Distributed tables;
-* ``ALTER TABLE`` of a table replicated whole keeps its name. Of a sharded table, changes to how a shard stores
-  its rows (projections, settings, materializing a column) apply to the local table, a new column to the local
-  table and then, by name and type only, to the Distributed one; any other (dropping or changing a column, say) is refused, since its local and
-  Distributed tables need statements written for them;
+* ``ALTER TABLE`` of a table replicated whole keeps its name. Of a sharded table, only changes to how a shard
+  stores its rows (projections, settings) are derived, on the local table; any other (columns, say) is refused,
+  since its local and Distributed tables need statements written for them;
 * every statement gets ``ON CLUSTER '{cluster}'``; ``{cluster}``, ``{shard}`` and ``{replica}`` are the server
   macros (see docs/scaling.md).
 
@@ -43,20 +42,10 @@ REPLICATED_WHOLE = {"model_prices", "llm_uncertain_phrases"}
 _STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
 _CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)(\s*\()", re.IGNORECASE)
 _CREATE_MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+)\s+TO (\w+)(\s+AS\b)", re.IGNORECASE)
-_CREATE_VIEW = re.compile(
-    r"^(CREATE VIEW IF NOT EXISTS|CREATE OR REPLACE VIEW) (\w+)(\s+AS\b)", re.IGNORECASE
-)
+_CREATE_VIEW = re.compile(r"^CREATE VIEW IF NOT EXISTS (\w+)(\s+AS\b)", re.IGNORECASE)
 _ALTER_TABLE = re.compile(r"^ALTER TABLE (\w+)\s+", re.IGNORECASE)
 # ALTER actions that concern only a shard's storage, so they apply to the local table alone.
-_STORAGE_ALTER = re.compile(
-    r"^(ADD|MATERIALIZE|DROP) PROJECTION\b|^MODIFY SETTING\b|^MATERIALIZE COLUMN\b", re.IGNORECASE
-)
-# A new column: the local table stores it (default, codec, TTL and all); the Distributed table only needs its name
-# and type to read it (nothing inserts through it), and a storage clause such as TTL is no business of its.
-_ADD_COLUMN = re.compile(
-    r"^ADD COLUMN (?:IF NOT EXISTS )?\w+ .+?(?=\s+(?:DEFAULT|MATERIALIZED|ALIAS|EPHEMERAL|CODEC|TTL|COMMENT)\b|$)",
-    re.IGNORECASE | re.DOTALL,
-)
+_STORAGE_ALTER = re.compile(r"^(ADD|MATERIALIZE|DROP) PROJECTION\b|^MODIFY SETTING\b", re.IGNORECASE)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w*MergeTree)(?:[ \t]*\(([^)]*)\))?", re.IGNORECASE)
 
 
@@ -127,20 +116,13 @@ def convert(statement: str, sharded: set[str]) -> list[str]:
         head = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view} ON CLUSTER {CLUSTER} TO {local_name(target)}"
         return [head + match.group(3) + body]
     if match := _CREATE_VIEW.match(statement):
-        return [f"{match.group(1)} {match.group(2)} ON CLUSTER {CLUSTER}{statement[match.end(2) :]}"]
+        return [f"CREATE VIEW IF NOT EXISTS {match.group(1)} ON CLUSTER {CLUSTER}{statement[match.end(1) :]}"]
     if match := _ALTER_TABLE.match(statement):
         table, action = match.group(1), statement[match.end() :]
         if table in REPLICATED_WHOLE:  # one table on every node
             return [f"ALTER TABLE {table} ON CLUSTER {CLUSTER} {action}"]
-        actions = [part.strip() for part in _actions(action)]
-        if table in sharded and all(_STORAGE_ALTER.match(part) for part in actions):
+        if table in sharded and all(_STORAGE_ALTER.match(part.strip()) for part in _actions(action)):
             return [f"ALTER TABLE {local_name(table)} ON CLUSTER {CLUSTER} {action}"]
-        columns = [match.group(0) for part in actions if (match := _ADD_COLUMN.match(part))]
-        if table in sharded and len(columns) == len(actions):
-            return [
-                f"ALTER TABLE {local_name(table)} ON CLUSTER {CLUSTER} {action}",
-                f"ALTER TABLE {table} ON CLUSTER {CLUSTER} {', '.join(columns)}",
-            ]
     if statement.lstrip().upper().startswith("INSERT INTO "):
         # Backfills run once, from one node: the original names are Distributed tables on the cluster, so the
         # SELECT reads every shard and the INSERT spreads the rows by the sharding key.

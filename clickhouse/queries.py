@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from llmtap.clickhouse.filters import CallFilter, where_clause
+from llmtap.clickhouse.messages import preview
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -38,12 +39,8 @@ LATENCY_LEVELS = (0.5, 0.9, 0.95, 0.99)
 _SPAN_ID = re.compile(r"^[0-9a-fA-F]{16}$")
 _TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 
-# The preview of a call's prompt: the text parts of its last input message (semconv gen_ai.input.messages is
-# a JSON array of {role, parts: [{type, content}]}), else the raw start of the column.
-_PROMPT_PREVIEW = """substring(if(
-        (arrayStringConcat(arrayMap(p -> JSONExtractString(p, 'content'),
-            JSONExtractArrayRaw(arrayElement(JSONExtractArrayRaw(InputMessages), -1), 'parts')), ' ') AS _parts) != '',
-        _parts, InputMessages), 1, {preview_chars:UInt32})"""
+# The preview of a call's prompt: its last message's text on one line, as the dashboards show it.
+_PROMPT_PREVIEW = preview("InputMessages", "{preview_chars:UInt32}")
 
 
 @dataclass(frozen=True)

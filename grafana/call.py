@@ -8,6 +8,7 @@ every LLM call of the trace. Queries find the call through the trace's time boun
 from __future__ import annotations
 
 from grafana_foundation_sdk.models.dashboard import Dashboard
+from llmtap.clickhouse import messages
 from llmtap.grafana import links, panels, sql, variables
 from llmtap.grafana.board import Board
 
@@ -61,7 +62,7 @@ ORDER BY Timestamp"""
 def _messages_sql(column: str) -> str:
     """One row per message of a messages column: its position, role and text."""
     return f"""SELECT SpanId AS Call, message.1 AS Position, JSONExtractString(message.2, 'role') AS Role,
-  {sql.message_text("concat('[', message.2, ']')", "message.2")} AS Content
+  {messages.message_text("concat('[', message.2, ']')", "message.2")} AS Content
 FROM {sql.CALLS}
 ARRAY JOIN arrayZip(arrayEnumerate(JSONExtractArrayRaw({column})), JSONExtractArrayRaw({column})) AS message
 {_THE_CALL}"""
@@ -70,7 +71,7 @@ ARRAY JOIN arrayZip(arrayEnumerate(JSONExtractArrayRaw({column})), JSONExtractAr
 def _prompt_sql() -> str:
     """System instructions first (position 0), then the input messages."""
     return f"""SELECT * FROM (
-SELECT SpanId AS Call, 0 AS Position, 'system' AS Role, {sql.message_text("SystemInstructions")} AS Content
+SELECT SpanId AS Call, 0 AS Position, 'system' AS Role, {messages.message_text("SystemInstructions")} AS Content
 FROM {sql.CALLS}
 {_THE_CALL}
   AND SystemInstructions != ''

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from grafana_foundation_sdk.models.dashboard import Dashboard
+from llmtap.clickhouse import messages
 from llmtap.grafana import aggregate, links, panels, sql, variables
 from llmtap.grafana.board import Board
 
@@ -80,8 +81,8 @@ def dashboard() -> Dashboard:
   UserId AS User,
   SessionId AS Session,
   arrayStringConcat(Tags, ', ') AS `Call tags`,
-  {sql.preview("InputMessages")} AS Prompt,
-  {sql.preview("OutputMessages")} AS Response,
+  {messages.preview("InputMessages")} AS Prompt,
+  {messages.preview("OutputMessages")} AS Response,
   TraceId,
   SpanId
 FROM {sql.COSTED}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from llmtap.clickhouse.messages import message_text
+
 CALLS = "llm_calls"
 COSTED = "llm_calls_costed"  # llm_calls + Cost (USD, NULL when the model has no price)
 
@@ -55,24 +57,6 @@ def where(*extra: str, filters: Sequence[str] = CALL_FILTERS, time_column: str |
 
 def error_ratio() -> str:
     return "countIf(IsError = 1) / count()"
-
-
-def message_text(messages: str, fallback: str | None = None) -> str:
-    """The text of a GenAI messages JSON array (`[{role, parts: [{type, content}]}]`; bare parts, as in system
-    instructions, work too). When it holds no text parts the `fallback` (by default the JSON itself) is shown, so
-    truncated or unusual content is never hidden from the reader."""
-    parts = (
-        f"arrayFilter(x -> x != '', arrayFlatten(arrayMap(m -> if(JSONHas(m, 'parts'),"
-        f" arrayMap(p -> JSONExtractString(p, 'content'), JSONExtractArrayRaw(m, 'parts')),"
-        f" [JSONExtractString(m, 'content')]), JSONExtractArrayRaw({messages}))))"
-    )
-    return f"if(empty({parts}), {fallback or messages}, arrayStringConcat({parts}, '\\n'))"
-
-
-def preview(column: str, length: int = 160) -> str:
-    """A one-line preview of the last message of a messages column (the latest turn), for tables."""
-    last = f"concat('[', arrayElement(JSONExtractArrayRaw({column}), -1), ']')"
-    return f"leftUTF8(replaceRegexpAll({message_text(last, column)}, '\\\\s+', ' '), {length})"
 
 
 # Phrases that mark an answer as uncertain (a case-insensitive substring of the response text) are rows of the

@@ -463,6 +463,31 @@ def test_search_is_newest_first_with_a_prompt_preview(store):
     assert error.status == "RateLimitError" and error.is_error
 
 
+def _last_message_text(messages: str) -> str:
+    """llmtap.clickhouse.messages.preview in Python: the last message's text parts (or bare content), else the
+    JSON itself, on one line."""
+    try:
+        last = json.loads(messages)[-1]
+        parts = last.get("parts", [last])
+        text = "\n".join(p["content"] for p in parts if isinstance(p.get("content"), str) and p["content"])
+    except (ValueError, LookupError, TypeError, AttributeError):
+        text = ""
+    return " ".join((text or messages).split())
+
+
+def test_prompt_previews_are_the_last_messages_text_on_one_line(store):
+    """The logs' previews (and the explorer's: the same expression) for every stored call, cut to 40 characters."""
+    client, calls, _ = store
+    found = {
+        c.span_id: c.prompt_preview
+        for c in queries.search_calls(client, CallFilter(), limit=len(calls), preview_chars=40)
+    }
+    multi_turn = [c for c in calls if c.input_messages.count('"role"') > 1]
+    assert multi_turn, "the workload has a conversation, whose preview is its latest turn"
+    for call in calls:
+        assert found[call.span_id] == _last_message_text(call.input_messages)[:40].strip(), call.span_id
+
+
 def test_get_calls_by_span_or_trace_id(store):
     client, calls, _ = store
     call = next(c for c in calls if c.metadata)

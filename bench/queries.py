@@ -302,11 +302,12 @@ def comparisons(now: datetime) -> list[tuple[str, str, str]]:
         ("calls+errors per hour by model, 30d (hourly rollup)",
          f"SELECT Hour AS t, Model, sum(Calls), sum(Errors) FROM llm_calls_1h WHERE Hour >= toStartOfHour({since}) GROUP BY t, Model ORDER BY t",
          f"SELECT toStartOfHour(Timestamp) AS t, {_RAW_MODEL} AS m, count(), countIf({_RAW_ERROR}) FROM otel_traces WHERE Timestamp >= {since} AND {_RAW_GENAI} GROUP BY t, m ORDER BY t"),
-        # The dashboards chart percentiles per day beyond a week (llmtap.grafana.aggregate.DIGEST_BUCKET).
+        # The dashboards chart percentiles per day over a week or more, per hour over shorter ranges of more than a
+        # day (llmtap.grafana.aggregate.DIGEST_BUCKET).
         ("p50/p95 latency per day by model, 30d (daily rollup)",
          f"SELECT Day AS t, Model, quantilesTDigestMerge(0.5, 0.95)(DurationMsQuantiles) FROM llm_calls_1d WHERE Day >= toStartOfDay({since}) GROUP BY t, Model ORDER BY t",
          f"SELECT toStartOfDay(Timestamp) AS t, {_RAW_MODEL} AS m, quantilesTDigest(0.5, 0.95)({_RAW_MS}) FROM otel_traces WHERE Timestamp >= {since} AND {_RAW_GENAI} GROUP BY t, m ORDER BY t"),
-        ("p50/p95 latency per hour by model, 7d (hourly rollup)",
+        ("p50/p95 latency per hour by model, 6d (hourly rollup)",
          f"SELECT Hour AS t, Model, quantilesTDigestMerge(0.5, 0.95)(DurationMsQuantiles) FROM llm_calls_1h WHERE Hour >= toStartOfHour({since}) GROUP BY t, Model ORDER BY t",
          f"SELECT toStartOfHour(Timestamp) AS t, {_RAW_MODEL} AS m, quantilesTDigest(0.5, 0.95)({_RAW_MS}) FROM otel_traces WHERE Timestamp >= {since} AND {_RAW_GENAI} GROUP BY t, m ORDER BY t"),
         ("tokens and cost by model, 30d (hourly rollup + prices)",
@@ -444,7 +445,7 @@ def main() -> None:
 
         rows = []
         for name, layer_sql, raw_sql in comparisons(now):
-            days = 1 if "24h" in name else 7 if "7d" in name else DAYS
+            days = 1 if "24h" in name else 6 if "6d" in name else DAYS
             bound = {"since": int((now - timedelta(days=days)).timestamp() * 1e9)}
             layer = timed(lambda q=layer_sql, p=bound: client.query(q, parameters=p), repeat)
             # Raw scans take seconds on big stores: one run, its data already cached by nothing but itself.

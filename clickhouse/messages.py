@@ -21,4 +21,4 @@ def preview(column: str, length: int | str = 160) -> str:
     """A one-line preview of the last message of a messages column (the latest turn), for tables; `length` in
     characters, a number or a bound parameter."""
     last = f"concat('[', arrayElement(JSONExtractArrayRaw({column}), -1), ']')"
-    return f"leftUTF8(replaceRegexpAll({message_text(last, column)}, '\\\\s+', ' '), {length})"
+    return f"leftUTF8(trimBoth(replaceRegexpAll({message_text(last, column)}, '\\\\s+', ' ')), {length})"

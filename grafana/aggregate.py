@@ -9,16 +9,17 @@ is chosen. The branch whose switch is false reads no data (a constant-false filt
 
 The rollup branch reads whole days of the range from the daily rollup, the other whole hours from the hourly one
 and only the minutes at the range's ragged edges from the minute rollup, so it counts exactly the minutes a
-minute-only query would. Time series use the days only when their bucket is a whole number of days and the
-server's days start at UTC midnight (as the buckets do), the hours only when it is a whole number of hours; finer
-buckets read minutes. Over ranges longer than a day, series are bucketed by at least an hour (`SERIES_BUCKET`).
-A latency percentile merges t-digests, about one centroid per call in an hourly digest, so its series are bucketed
-by at least a day over a week or more (`DIGEST_BUCKET`): a point then merges daily digests rather than hundreds of
-hourly ones. Rollup
-resolution is a minute: panels using these queries set a 1-minute minimum interval. Hours and days are the
-ClickHouse server's (`toStartOfHour`, `toStartOfDay`): hours assume a time zone with whole-hour offsets (the
-compose stack's server config sets UTC; chDB takes the machine's); elsewhere an hour can straddle two buckets.
-Totals do not depend on it."""
+minute-only query would. Over ranges longer than a day, series are bucketed by at least an hour
+(`SERIES_BUCKET`). A latency percentile merges t-digests, about one centroid per call in an hourly digest, so its
+series are bucketed by at least a day over a week or more (`DIGEST_BUCKET`): a point then merges daily digests
+rather than hundreds of hourly ones. Rollup resolution is a minute: panels using these queries set a 1-minute
+minimum interval.
+
+Buckets start at whole multiples of their length since the epoch, in UTC; the rollups' hours and days are the
+ClickHouse server's (`toStartOfHour`, `toStartOfDay`). So a series reads the hours only when its bucket is a whole
+number of hours and the server's zone is a whole number of hours from UTC, and the days only when its bucket is a
+whole number of days and the zone is UTC; otherwise it reads finer rows and stays right, only slower. The compose
+stack's server runs in UTC; chDB (`llmtap serve`) takes the machine's zone. Totals do not depend on the zone."""
 
 from __future__ import annotations
 
@@ -219,8 +220,8 @@ def query(
     limit: int | None = None,
     filters: Sequence[str] = sql.CALL_FILTERS,
 ) -> str:
-    """Calls aggregated per time bucket (`over_time`: `SERIES_BUCKET`, or `DIGEST_BUCKET` for digest measures) and per `by` expressions (`expr AS name` or a column), narrowed by the dashboard variables
-    `filters`. The rollup branch reads `rollups` (by default the calls' rollups, priced when `costed`). `extra`
+    """Calls aggregated per time bucket (`over_time`: `SERIES_BUCKET`, or `DIGEST_BUCKET` for digest measures)
+    and per `by` expressions (`expr AS name` or a column), narrowed by the dashboard variables `filters`. The rollup branch reads `rollups` (by default the calls' rollups, priced when `costed`). `extra`
     conditions must only use columns both tables have (the rollup's dimensions)."""
     keys = ["time"] if over_time else []
     keys += [item.rsplit(" AS ", 1)[-1] for item in by]
@@ -254,11 +255,10 @@ def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str],
     whole hours (so an hour never straddles two), days only when they are whole days and the day starts at UTC
     midnight as the buckets do (a day starts at the server's midnight)."""
     answered = [name for name in filters if name in ROLLUP_FILTERS]
-    hours_fit = "1" if bucket is None else f"{bucket} % 3600 = 0"
-
-    # A constant (a per-row condition would keep ClickHouse from pruning by it): the server's zone is UTC at both
-    # ends of the range. Only a zero-offset zone with summer time (London) over a range spanning a whole summer
-    # would pass it and misplace days.
+    # Constants (a per-row condition would keep ClickHouse from pruning by it), judged at the range's two ends.
+    whole_hour_zone = "timeZoneOffset($__fromTime) % 3600 = 0 AND timeZoneOffset($__toTime) % 3600 = 0"
+    hours_fit = "1" if bucket is None else f"{bucket} % 3600 = 0 AND {whole_hour_zone}"
+    # Only a zone with summer time over a range that holds a whole summer (London, say) passes this one wrongly.
     utc_days = "timeZoneOffset($__fromTime) = 0 AND timeZoneOffset($__toTime) = 0"
     days_fit = (
         "0" if rollups.day is None else "1" if bucket is None else f"{bucket} % 86400 = 0 AND {utc_days}"

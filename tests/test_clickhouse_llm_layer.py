@@ -19,6 +19,7 @@ from llmtap.clickhouse.connection import connect
 from llmtap.clickhouse.export import chunks, export_calls
 from llmtap.clickhouse.filters import CallFilter, FilterError, where_clause
 from llmtap.clickhouse.follow import follow_calls
+from llmtap.clickhouse.messages import preview
 from llmtap.clickhouse.migrations import migrate
 from llmtap.clickhouse.prices import (
     BUNDLED_PRICES,
@@ -473,6 +474,31 @@ def _last_message_text(messages: str) -> str:
     except (ValueError, LookupError, TypeError, AttributeError):
         text = ""
     return " ".join((text or messages).split())
+
+
+_TOOL_CALL = json.dumps(
+    [{"role": "assistant", "parts": [{"type": "tool_call", "name": "lookup", "arguments": {}}]}]
+)
+
+
+@pytest.mark.parametrize(
+    ("messages", "expected"),
+    [
+        (json.dumps([{"role": "user", "parts": [{"type": "text", "content": "older turn"}]},
+                     {"role": "user", "parts": [{"type": "text", "content": "  a\n\n\tb  "},
+                                                {"type": "text", "content": "c"}]}]), "a b c"),
+        (json.dumps([{"role": "user", "content": "bare   content"}]), "bare content"),
+        (_TOOL_CALL, _TOOL_CALL[:40]),
+        ("not JSON at all", "not JSON at all"),
+        ("", ""),
+    ],
+)  # fmt: skip
+def test_message_preview_sql(store, messages, expected):
+    """llmtap.clickhouse.messages.preview itself: the last message's text parts (or bare content) on one
+    trimmed line, else the stored text as it is, cut to the length."""
+    client, _, _ = store
+    got = client.query(f"SELECT {preview('{m:String}', 40)}", parameters={"m": messages}).result_rows[0][0]
+    assert got == expected
 
 
 def test_prompt_previews_are_the_last_messages_text_on_one_line(store):

@@ -205,11 +205,19 @@ def test_the_generator_alters_a_sharded_tables_storage_on_its_local_table_only(g
     create = "CREATE TABLE IF NOT EXISTS t (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
     (tmp_path / "0001_t.sql").write_text(
         create + "ALTER TABLE t ADD PROJECTION IF NOT EXISTS p (SELECT * ORDER BY x);\n"
-        "ALTER TABLE t MODIFY SETTING deduplicate_merge_projection_mode = 'rebuild';\n"
+        "ALTER TABLE t MODIFY SETTING deduplicate_merge_projection_mode = 'rebuild', min_bytes_for_wide_part = 0;\n"
     )
     text = generate.generate(tmp_path)["0001_t.sql"]
     assert "ALTER TABLE t_local ON CLUSTER '{cluster}' ADD PROJECTION IF NOT EXISTS p" in text
-    assert "ALTER TABLE t_local ON CLUSTER '{cluster}' MODIFY SETTING" in text
+    assert (
+        "ALTER TABLE t_local ON CLUSTER '{cluster}' MODIFY SETTING" in text
+        and "min_bytes_for_wide_part" in text
+    )
+    # A comma in a quoted value (after an escaped quote) is no second action.
+    (tmp_path / "0001_t.sql").write_text(
+        create + "ALTER TABLE t MODIFY SETTING storage_policy = 'it\\'s, ADD COLUMN y';\n"
+    )
+    assert "ALTER TABLE t_local ON CLUSTER" in generate.generate(tmp_path)["0001_t.sql"]
     for alter in (
         "ALTER TABLE t ADD COLUMN IF NOT EXISTS y UInt8;",
         "ALTER TABLE t ADD PROJECTION q (SELECT x, count() GROUP BY x), ADD COLUMN y UInt8;",

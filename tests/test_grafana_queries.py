@@ -166,6 +166,20 @@ def test_hourly_buckets_read_the_hourly_rollup_and_agree_with_the_minutes(store:
     assert "llm_calls_1h" in expanded and store.client.query(expanded).result_rows[0][0] > 0
 
 
+def test_rates_are_per_second_of_the_bucket_the_query_uses(store: Store) -> None:
+    """Over more than a day a series' buckets are whole hours though Grafana asks for 10 minutes: its rates divide
+    by the hour, so per-second rates times 3600 add up to the calls again."""
+    (target,) = _panel("llmtap-overview", "Calls per second by model")["targets"]
+    three_days = QueryContext(
+        store.now - timedelta(days=3), store.now + timedelta(minutes=1), interval_seconds=600
+    )
+    rows = store.client.query(
+        expand_dashboard_sql(target["rawSql"], _selection("llmtap-overview", "all", store), three_days)
+    ).result_rows
+    assert all(time.minute == 0 for time, _, _ in rows), "hourly buckets"
+    assert round(sum(rate for _, _, rate in rows) * 3600) == store.scalar("SELECT count() FROM llm_calls")
+
+
 def test_totals_over_days_read_the_daily_rollup_and_count_every_call(store: Store) -> None:
     """A range of whole days around the stored calls: totals come from llm_calls_1d (the edges hold nothing)."""
     variables = _selection("llmtap-models", "all", store)

@@ -131,10 +131,14 @@ def convert(statement: str, sharded: set[str]) -> list[str]:
 
 
 def _actions(action: str) -> list[str]:
-    """The comma-separated actions of one ALTER (commas inside parentheses or quotes belong to an action)."""
-    parts, depth, quote, start = [], 0, "", 0
+    """The comma-separated actions of one ALTER (commas inside parentheses or quotes belong to an action, and so
+    do those between the settings of one MODIFY SETTING)."""
+    parts, depth, quote, start, escaped = [], 0, "", 0, False
     for i, char in enumerate(action):
-        if quote:
+        if escaped:
+            escaped = False
+        elif quote:
+            escaped = char == "\\"
             quote = "" if char == quote else quote
         elif char in "'`\"":
             quote = char
@@ -145,7 +149,13 @@ def _actions(action: str) -> list[str]:
         elif char == "," and depth == 0:
             parts.append(action[start:i])
             start = i + 1
-    return [*parts, action[start:]]
+    actions: list[str] = []
+    for part in [*parts, action[start:]]:
+        if actions and re.match(r"\s*\w+\s*=", part):  # the next setting of a MODIFY SETTING
+            actions[-1] += "," + part
+        else:
+            actions.append(part)
+    return actions
 
 
 def generate(source_dir: Path = SOURCE_DIR) -> dict[str, str]:

@@ -176,12 +176,12 @@ _WHOLE_HOURS = "intDiv($__interval_s + 3599, 3600) * 3600"  # Grafana's bucket r
 # The bucket, in seconds, of a time series: Grafana's, rounded up to whole hours over ranges longer than a day, so
 # such a series reads the hourly rollup rather than days of minutes (Grafana asks for 10-minute buckets over a
 # week, 30-minute ones over a month on a wide panel).
-SERIES_BUCKET = f"if({_RANGE} > 86400, {_WHOLE_HOURS}, $__interval_s)"
+SERIES_BUCKET = f"if({_RANGE} > 86400, {_WHOLE_HOURS}, {_GRAFANA_BUCKET})"
 # The same for digest measures, and rounded up to whole days over a week or more (Grafana's "Last 7 days" is
 # exactly a week), so a month's series merges its daily digests.
 DIGEST_BUCKET = (
     f"multiIf({_RANGE} >= 7 * 86400, intDiv($__interval_s + 86399, 86400) * 86400,"
-    f" {_RANGE} > 86400, {_WHOLE_HOURS}, $__interval_s)"
+    f" {_RANGE} > 86400, {_WHOLE_HOURS}, {_GRAFANA_BUCKET})"
 )
 DIGEST_BUCKET_NOTE = (
     "Over ranges longer than a day each point spans at least an hour, over a week at least a day."
@@ -197,14 +197,14 @@ def _scaled(measure: Measure, template: str) -> Measure:
 
 
 def rate(measure: Measure) -> Measure:
-    """Per second over the interval bucket (the query's own where it is not Grafana's), so values do not change
-    with the zoom level."""
-    return _scaled(measure, "{} / $__interval_s")
+    """Per second over the query's bucket (`query` puts it in place of Grafana's `$__interval_s`), so values do
+    not change with the zoom level."""
+    return _scaled(measure, "{} / " + _GRAFANA_BUCKET)
 
 
 def per_hour(measure: Measure) -> Measure:
     """Per hour over the interval bucket (spend reads better as USD/h than USD/s)."""
-    return _scaled(measure, "{} * 3600 / $__interval_s")
+    return _scaled(measure, "{} * 3600 / " + _GRAFANA_BUCKET)
 
 
 def query(
@@ -221,8 +221,9 @@ def query(
     filters: Sequence[str] = sql.CALL_FILTERS,
 ) -> str:
     """Calls aggregated per time bucket (`over_time`: `SERIES_BUCKET`, or `DIGEST_BUCKET` for digest measures)
-    and per `by` expressions (`expr AS name` or a column), narrowed by the dashboard variables `filters`. The rollup branch reads `rollups` (by default the calls' rollups, priced when `costed`). `extra`
-    conditions must only use columns both tables have (the rollup's dimensions)."""
+    and per `by` expressions (`expr AS name` or a column), narrowed by the dashboard variables `filters`. The
+    rollup branch reads `rollups` (by default the calls' rollups, priced when `costed`). `extra` conditions must
+    only use columns both tables have (the rollup's dimensions)."""
     keys = ["time"] if over_time else []
     keys += [item.rsplit(" AS ", 1)[-1] for item in by]
     order_by = order_by or ", ".join(keys) or None
@@ -251,9 +252,10 @@ def query(
 
 def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str], bucket: str | None) -> str:
     """The rollup rows of the time range: whole days from the daily rollup, the other whole hours from the hourly
-    rollup, the remaining minutes from the minute rollup. Hours serve a time series only when its buckets are
-    whole hours (so an hour never straddles two), days only when they are whole days and the day starts at UTC
-    midnight as the buckets do (a day starts at the server's midnight)."""
+    rollup, the remaining minutes from the minute rollup. A time series' buckets start at UTC multiples of their
+    length, the rollups' hours and days at the server's, so hours serve it only when its buckets are whole hours
+    and the server's zone is whole hours from UTC, days only when its buckets are whole days and the zone is
+    UTC."""
     answered = [name for name in filters if name in ROLLUP_FILTERS]
     # Constants (a per-row condition would keep ClickHouse from pruning by it), judged at the range's two ends.
     whole_hour_zone = "timeZoneOffset($__fromTime) % 3600 = 0 AND timeZoneOffset($__toTime) % 3600 = 0"

@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llmtap.clickhouse.resort import ResortError, declared_order, resort
+
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
@@ -29,6 +31,9 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 MIGRATIONS_TABLE = "llmtap_migrations"
 _FILE_NAME = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
 _STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
+# Tables whose migration changed their ORDER BY after stores were made with it, and that migration's version:
+# when a store recorded the earlier text, migrate() re-sorts the table (see resort.py) instead of warning.
+RESORTED = {"llm_calls": 3}
 
 _CREATE_MIGRATIONS_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
@@ -73,12 +78,14 @@ class MigrationReport:
     applied: list[Migration] = field(default_factory=list)
     already_applied: list[Migration] = field(default_factory=list)
     changed_since_applied: list[Migration] = field(default_factory=list)
+    resorted: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
+        resorted = "".join(f"; re-sorted {table} into its new order" for table in self.resorted)
         if not self.applied:
-            return f"schema up to date in {self.database} ({len(self.already_applied)} migrations)"
+            return f"schema up to date in {self.database} ({len(self.already_applied)} migrations){resorted}"
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in self.applied)
-        return f"applied {len(self.applied)} migration(s) in {self.database}: {names}"
+        return f"applied {len(self.applied)} migration(s) in {self.database}: {names}{resorted}"
 
 
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -133,7 +140,12 @@ def migrate(
         if migration.version in done:
             report.already_applied.append(migration)
             if done[migration.version] != migration.checksum:
-                report.changed_since_applied.append(migration)
+                tables = _resort(client, migration)
+                report.resorted.extend(tables)
+                if tables:
+                    _record(client, migration)
+                else:
+                    report.changed_since_applied.append(migration)
             continue
         for number, statement in enumerate(migration.statements(), 1):
             try:
@@ -142,13 +154,26 @@ def migrate(
                 raise MigrationError(
                     f"migration {migration.path.name}, statement {number} failed in {database}: {exc}"
                 ) from exc
-        client.insert(
-            MIGRATIONS_TABLE,
-            [[migration.version, migration.name, migration.checksum, datetime.now(timezone.utc)]],
-            column_names=["Version", "Name", "Checksum", "AppliedAt"],
-        )
+        _record(client, migration)
         report.applied.append(migration)
     return report
+
+
+def _record(client: Client, migration: Migration) -> None:
+    client.insert(
+        MIGRATIONS_TABLE,
+        [[migration.version, migration.name, migration.checksum, datetime.now(timezone.utc)]],
+        column_names=["Version", "Name", "Checksum", "AppliedAt"],
+    )
+
+
+def _resort(client: Client, migration: Migration) -> list[str]:
+    """Re-sort the tables whose ORDER BY `migration` changed since the store applied it; the ones re-sorted."""
+    tables = [table for table, version in RESORTED.items() if version == migration.version]
+    try:
+        return [table for table in tables if resort(client, table, declared_order(migration.sql, table))]
+    except ResortError as exc:
+        raise MigrationError(f"migration {migration.path.name}: {exc}") from exc
 
 
 def status(client: Client, *, directory: Path = MIGRATIONS_DIR) -> list[tuple[Migration, bool]]:

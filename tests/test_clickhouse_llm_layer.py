@@ -11,6 +11,7 @@ import json
 import time
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from clickhouse_llm_calls import Call, cost_of, expected_calls, insert_spans, quantile, record_spans
@@ -20,7 +21,7 @@ from llmtap.clickhouse.export import chunks, export_calls
 from llmtap.clickhouse.filters import CallFilter, FilterError, where_clause
 from llmtap.clickhouse.follow import follow_calls
 from llmtap.clickhouse.messages import preview
-from llmtap.clickhouse.migrations import migrate
+from llmtap.clickhouse.migrations import MIGRATIONS_DIR, migrate
 from llmtap.clickhouse.prices import (
     BUNDLED_PRICES,
     ModelPrice,
@@ -361,6 +362,95 @@ def test_a_store_from_before_the_projections_gets_them_for_its_old_parts(store):
         )
     finally:
         older.command("DROP DATABASE before_projections SYNC")
+        older.close()
+
+
+def _earlier_migrations(directory: Path) -> Path:
+    """The migrations as a store made before 0003's ORDER BY put the hour before service and model saw them."""
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        sql = path.read_text()
+        if path.name.startswith("0003_"):
+            sql = sql.replace("ORDER BY (Project, toStartOfHour(Timestamp), ServiceName, Model, Timestamp)",
+                              "ORDER BY (Project, ServiceName, Model, Timestamp)")  # fmt: skip
+            assert "ORDER BY (Project, ServiceName, Model, Timestamp)" in sql
+        (directory / path.name).write_text(sql)
+    return directory
+
+
+def test_a_store_sorted_the_earlier_way_is_resorted_keeping_rows_retention_and_rollups(store, tmp_path):
+    client, _, spans = store
+    path = client.uri.removeprefix("chdb://")
+    older = connect(f"chdb://{path}?database=sorted_before", create_database=True)
+    calls = "SELECT * FROM llm_calls ORDER BY TraceId, SpanId"
+    rollups = "SELECT Model, sum(Calls), sum(InputTokens) FROM llm_calls_1m GROUP BY Model ORDER BY Model"
+    key = "SELECT sorting_key FROM system.tables WHERE database = 'sorted_before' AND name = 'llm_calls'"
+    try:
+        migrate(older, directory=_earlier_migrations(tmp_path))
+        insert_spans(older, spans)
+        set_retention(older, content_days=20, calls_days=300)
+        before = (older.query(calls).result_rows, older.query(rollups).result_rows)
+        assert older.query(key).result_rows[0][0] == "Project, ServiceName, Model, Timestamp"
+        older.command(
+            "CREATE TABLE llm_calls_resort (x UInt8) ENGINE = Memory"
+        )  # a copy cut off before the swap
+
+        report = migrate(older)
+
+        assert report.resorted == ["llm_calls"] and not report.changed_since_applied and not report.applied
+        assert "re-sorted llm_calls" in report.summary()
+        assert (
+            older.query(key).result_rows[0][0]
+            == "Project, toStartOfHour(Timestamp), ServiceName, Model, Timestamp"
+        )
+        assert (older.query(calls).result_rows, older.query(rollups).result_rows) == before
+        kept = current_retention(older)
+        assert (kept.calls_days, kept.content_days) == (300, 20)
+        leftovers = "SELECT name FROM system.tables WHERE database = 'sorted_before' AND name LIKE 'llm_calls_resort%'"
+        assert older.query(leftovers).result_rows == []
+        again = migrate(older)
+        assert not again.resorted and not again.changed_since_applied
+
+        # The materialized views feed the new table: a new call lands once in it and once in the rollup.
+        insert_spans(older, spans[:1])
+        assert older.query("SELECT count() FROM llm_calls").result_rows[0][0] == len(before[0]) + 1
+        assert sum(row[1] for row in older.query(rollups).result_rows) == sum(row[1] for row in before[1]) + 1
+    finally:
+        older.command("DROP DATABASE sorted_before SYNC")
+        older.close()
+
+
+def test_a_resort_cut_off_after_the_swap_copies_the_late_rows_without_counting_them_again(store, tmp_path):
+    client, _, spans = store
+    path = client.uri.removeprefix("chdb://")
+    older = connect(f"chdb://{path}?database=resort_cut_off", create_database=True)
+    rollups = "SELECT sum(Calls) FROM llm_calls_1m"
+    try:
+        migrate(older, directory=_earlier_migrations(tmp_path))
+        insert_spans(older, spans)
+        counted = older.query(rollups).result_rows[0][0]
+        # The re-sort's steps up to the swap, then a writer that still holds the old table adds three calls.
+        create = older.query(
+            "SELECT create_table_query FROM system.tables WHERE database = 'resort_cut_off' AND name = 'llm_calls'"
+        ).result_rows[0][0]
+        older.command(create.replace("CREATE TABLE resort_cut_off.llm_calls ", "CREATE TABLE llm_calls_resort ", 1)
+                      .replace("ORDER BY (Project, ServiceName, Model, Timestamp)",
+                               "ORDER BY (Project, toStartOfHour(Timestamp), ServiceName, Model, Timestamp)"))  # fmt: skip
+        older.command("INSERT INTO llm_calls_resort SELECT * FROM llm_calls")
+        older.command("EXCHANGE TABLES llm_calls AND llm_calls_resort")
+        older.command(
+            "INSERT INTO llm_calls_resort SELECT * REPLACE (concat(SpanId, '-late') AS SpanId) "
+            "FROM llm_calls_resort ORDER BY SpanId LIMIT 3"
+        )
+
+        report = migrate(older)
+
+        assert report.resorted == ["llm_calls"]
+        late = older.query("SELECT count() FROM llm_calls WHERE endsWith(SpanId, '-late')").result_rows[0][0]
+        total = older.query("SELECT count() FROM llm_calls").result_rows[0][0]
+        assert (late, total) == (3, len(expected_calls(spans)) + 3)
+        assert older.query(rollups).result_rows[0][0] == counted  # attached, not inserted: no view fired
+    finally:
+        older.command("DROP DATABASE resort_cut_off SYNC")
         older.close()
 
 

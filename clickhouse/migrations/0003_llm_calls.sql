@@ -7,11 +7,17 @@
 -- PARTITION BY toDate(Timestamp): the same daily partitions as otel_traces. Every query carries a time range,
 -- which prunes whole days before reading anything, and the row TTL drops whole expired days
 -- (ttl_only_drop_parts) instead of rewriting parts.
--- ORDER BY (Project, ServiceName, Model, Timestamp): dashboards filter by project (the team or app sharing the
--- store), then service, then model, then a time range inside the day; this order lets the primary index skip
--- the granules of other projects/services/models, keeps a series' rows contiguous for GROUP BY, and puts
--- rows with the same low-cardinality values together, which compresses well. Lookups by id, user, session,
--- tag or custom attribute go through the skipping indexes below.
+-- ORDER BY (Project, toStartOfHour(Timestamp), ServiceName, Model, Timestamp): charts read the rollups, so this
+-- table serves the reads of single calls: the newest calls (explorer, latest failures, `llmtap logs`), one
+-- call by id, searches. Project (the team or app sharing the store) comes first, since every view can filter
+-- by it. The hour comes next, so a project's newest calls lie in the last hour's few granules, whatever the
+-- number of services and models: ordered by service and model before time, they were spread over one granule
+-- per service and model in the day, and reading the content of those granules made the explorer's 500 newest
+-- calls on 10M calls take 330-410 ms, 130-170 ms in this order (same disk size). Service and model inside the
+-- hour still let the primary index skip other services' granules where an hour has many, and keep
+-- low-cardinality values together, which compresses well. Lookups by id, user, session, tag or custom
+-- attribute go through the skipping indexes below. Stores made with the earlier order are re-sorted by
+-- `llmtap db migrate` (see clickhouse/resort.py).
 CREATE TABLE IF NOT EXISTS llm_calls
 (
     Timestamp DateTime64(9) CODEC(Delta(8), ZSTD(1)),
@@ -64,7 +70,7 @@ CREATE TABLE IF NOT EXISTS llm_calls
 )
 ENGINE = MergeTree
 PARTITION BY toDate(Timestamp)
-ORDER BY (Project, ServiceName, Model, Timestamp)
+ORDER BY (Project, toStartOfHour(Timestamp), ServiceName, Model, Timestamp)
 TTL toDateTime(Timestamp) + INTERVAL 400 DAY
 SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1;
 

@@ -8,7 +8,8 @@ and feed the new one.
 
 A writer (the contrib collector on a server, say) may add rows to the old table while it is copied. After the
 swap those rows are copied too, but through a staging table whose partitions are attached: attaching does not
-fire the rollups' materialized views, which counted the rows on their way into the old table.
+fire the rollups' materialized views, which counted the rows on their way into the old table. The one gap is an
+insert that is still writing into the old table when its late rows are read: stop the writers to rule it out.
 
 An interrupted re-sort is safe to run again: before the swap the partial copy is dropped and made anew; after
 it, the left-behind old table is finished (its late rows copied) and dropped.

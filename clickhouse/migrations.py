@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmtap.clickhouse.resort import ResortError, declared_order, resort
+from llmtap.clickhouse.resort import declared_order, resort, table_exists
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -31,9 +31,12 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 MIGRATIONS_TABLE = "llmtap_migrations"
 _FILE_NAME = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
 _STATEMENT_END = re.compile(r";[ \t]*$", re.MULTILINE)
-# Tables whose migration changed their ORDER BY after stores were made with it, and that migration's version:
-# when a store recorded the earlier text, migrate() re-sorts the table (see resort.py) instead of warning.
-RESORTED = {"llm_calls": 3}
+# Migrations edited to give a table a new ORDER BY after stores had applied them: version -> the table and the
+# checksums those stores recorded. For them migrate() re-sorts the table (resort.py) and records the new text;
+# any other change to an applied migration is only reported.
+RESORTED = {
+    3: ("llm_calls", frozenset({"00e1e523b96a541b25ede694ef902cc03d3413a959265e103b1f7a7ed60d4430"})),
+}
 
 _CREATE_MIGRATIONS_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
@@ -110,11 +113,7 @@ def split_statements(sql: str) -> list[str]:
 
 def applied_versions(client: Client) -> dict[int, str]:
     """Version -> checksum of what the database has recorded as applied (empty when never migrated)."""
-    exists = client.query(
-        "SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = {t:String}",
-        parameters={"t": MIGRATIONS_TABLE},
-    ).result_rows[0][0]
-    if not exists:
+    if not table_exists(client, MIGRATIONS_TABLE):
         return {}
     rows = client.query(
         f"SELECT Version, argMax(Checksum, AppliedAt) FROM {MIGRATIONS_TABLE} GROUP BY Version"
@@ -140,9 +139,7 @@ def migrate(
         if migration.version in done:
             report.already_applied.append(migration)
             if done[migration.version] != migration.checksum:
-                tables = _resort(client, migration)
-                report.resorted.extend(tables)
-                if tables:
+                if _was_resortable(client, migration, done[migration.version], report):
                     _record(client, migration)
                 else:
                     report.changed_since_applied.append(migration)
@@ -167,13 +164,21 @@ def _record(client: Client, migration: Migration) -> None:
     )
 
 
-def _resort(client: Client, migration: Migration) -> list[str]:
-    """Re-sort the tables whose ORDER BY `migration` changed since the store applied it; the ones re-sorted."""
-    tables = [table for table, version in RESORTED.items() if version == migration.version]
+def _was_resortable(client: Client, migration: Migration, recorded: str, report: MigrationReport) -> bool:
+    """When the store applied an earlier text of `migration` that only sorted a table otherwise, re-sort the
+    table (if not yet done) and say True; False for any other change."""
+    table, earlier = RESORTED.get(migration.version, ("", frozenset()))
+    if recorded not in earlier:
+        return False
     try:
-        return [table for table in tables if resort(client, table, declared_order(migration.sql, table))]
-    except ResortError as exc:
-        raise MigrationError(f"migration {migration.path.name}: {exc}") from exc
+        if resort(client, table, declared_order(migration.statements(), table)):
+            report.resorted.append(table)
+    except Exception as exc:
+        raise MigrationError(
+            f"migration {migration.path.name}: re-sorting {table} failed: {exc} "
+            "(running `llmtap db migrate` again resumes it)"
+        ) from exc
+    return True
 
 
 def status(client: Client, *, directory: Path = MIGRATIONS_DIR) -> list[tuple[Migration, bool]]:

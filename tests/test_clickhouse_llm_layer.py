@@ -21,7 +21,7 @@ from llmtap.clickhouse.export import chunks, export_calls
 from llmtap.clickhouse.filters import CallFilter, FilterError, where_clause
 from llmtap.clickhouse.follow import follow_calls
 from llmtap.clickhouse.messages import preview
-from llmtap.clickhouse.migrations import MIGRATIONS_DIR, migrate
+from llmtap.clickhouse.migrations import MIGRATIONS_DIR, MIGRATIONS_TABLE, RESORTED, migrate
 from llmtap.clickhouse.prices import (
     BUNDLED_PRICES,
     ModelPrice,
@@ -365,55 +365,97 @@ def test_a_store_from_before_the_projections_gets_them_for_its_old_parts(store):
         older.close()
 
 
-def _earlier_migrations(directory: Path) -> Path:
-    """The migrations as a store made before 0003's ORDER BY put the hour before service and model saw them."""
+_OLD_ORDER = "ORDER BY (Project, ServiceName, Model, Timestamp)"
+_NEW_ORDER = "ORDER BY (Project, toStartOfHour(Timestamp), ServiceName, Model, Timestamp)"
+
+
+def _sorted_the_earlier_way(client, spans, directory: Path, days: int = 0) -> None:
+    """Make `client`'s database a store of `spans` as the earlier 0003 made it (llm_calls in the old order, the
+    old text's checksum recorded), with copies of the calls on each of the `days` days before, and a retention
+    of 300 days for calls and 200 for content (set before the copies: on 150 partitions it takes minutes)."""
     for path in MIGRATIONS_DIR.glob("*.sql"):
         sql = path.read_text()
         if path.name.startswith("0003_"):
-            sql = sql.replace("ORDER BY (Project, toStartOfHour(Timestamp), ServiceName, Model, Timestamp)",
-                              "ORDER BY (Project, ServiceName, Model, Timestamp)")  # fmt: skip
-            assert "ORDER BY (Project, ServiceName, Model, Timestamp)" in sql
+            assert _NEW_ORDER in sql
+            sql = sql.replace(_NEW_ORDER, _OLD_ORDER)
         (directory / path.name).write_text(sql)
-    return directory
+    migrate(client, directory=directory)
+    client.insert(MIGRATIONS_TABLE, [[3, "llm_calls", next(iter(RESORTED[3][1])), datetime.now(timezone.utc)]],
+                  column_names=["Version", "Name", "Checksum", "AppliedAt"])  # fmt: skip
+    set_retention(client, content_days=200, calls_days=300)
+    insert_spans(client, spans)
+    if days:
+        client.command(
+            "INSERT INTO llm_calls SELECT c.* REPLACE (Timestamp - toIntervalDay(n.number + 1) AS Timestamp, "
+            f"concat(SpanId, '-', toString(n.number)) AS SpanId) FROM llm_calls AS c CROSS JOIN numbers({days}) AS n",
+            settings={"max_partitions_per_insert_block": 0},
+        )
 
 
-def test_a_store_sorted_the_earlier_way_is_resorted_keeping_rows_retention_and_rollups(store, tmp_path):
+def test_a_store_sorted_the_earlier_way_is_resorted_keeping_rows_retention_and_rollups(
+    store, tmp_path, monkeypatch
+):
     client, _, spans = store
     path = client.uri.removeprefix("chdb://")
     older = connect(f"chdb://{path}?database=sorted_before", create_database=True)
     calls = "SELECT * FROM llm_calls ORDER BY TraceId, SpanId"
-    rollups = "SELECT Model, sum(Calls), sum(InputTokens) FROM llm_calls_1m GROUP BY Model ORDER BY Model"
-    key = "SELECT sorting_key FROM system.tables WHERE database = 'sorted_before' AND name = 'llm_calls'"
+    rollups = {
+        table: f"SELECT Model, sum(Calls), sum(InputTokens) FROM {table} GROUP BY Model ORDER BY Model"
+        for table in ("llm_calls_1m", "llm_calls_1h", "llm_calls_1d")
+    }
+    definition = "SELECT sorting_key, create_table_query FROM system.tables WHERE database = 'sorted_before' AND name = 'llm_calls'"
     try:
-        migrate(older, directory=_earlier_migrations(tmp_path))
-        insert_spans(older, spans)
-        set_retention(older, content_days=20, calls_days=300)
-        before = (older.query(calls).result_rows, older.query(rollups).result_rows)
-        assert older.query(key).result_rows[0][0] == "Project, ServiceName, Model, Timestamp"
+        _sorted_the_earlier_way(older, spans, tmp_path, days=150)  # more partitions than one INSERT may write
+        ((old_key, old_create),) = older.query(definition).result_rows
+        assert old_key == "Project, ServiceName, Model, Timestamp"
         older.command(
             "CREATE TABLE llm_calls_resort (x UInt8) ENGINE = Memory"
         )  # a copy cut off before the swap
+        # A writer adds three calls to the old table while it is copied, just before the swap.
+        late = (
+            "INSERT INTO otel_traces SELECT * REPLACE (concat(SpanId, 'w') AS SpanId) FROM "
+            "(SELECT * FROM otel_traces WHERE SpanId IN (SELECT SpanId FROM llm_calls) ORDER BY SpanId LIMIT 3)"
+        )
+        before = {name: older.query(sql).result_rows for name, sql in {"calls": calls, **rollups}.items()}
+        command = older.command
 
+        def write_before_swap(sql, *args, **kwargs):
+            if sql.startswith("EXCHANGE TABLES"):
+                command(late)
+            return command(sql, *args, **kwargs)
+
+        monkeypatch.setattr(older, "command", write_before_swap)
         report = migrate(older)
+        monkeypatch.undo()
 
         assert report.resorted == ["llm_calls"] and not report.changed_since_applied and not report.applied
         assert "re-sorted llm_calls" in report.summary()
-        assert (
-            older.query(key).result_rows[0][0]
-            == "Project, toStartOfHour(Timestamp), ServiceName, Model, Timestamp"
-        )
-        assert (older.query(calls).result_rows, older.query(rollups).result_rows) == before
+        ((new_key, new_create),) = older.query(definition).result_rows
+        assert new_key == "Project, toStartOfHour(Timestamp), ServiceName, Model, Timestamp"
+        assert new_create == old_create.replace(
+            _OLD_ORDER, _NEW_ORDER
+        )  # TTLs, codecs, indexes, settings kept
+        after = older.query(calls).result_rows
+        assert [row for row in after if not row[2].endswith("w")] == before["calls"]
+        assert len(after) == len(before["calls"]) + 3
+        for table, sql in rollups.items():  # the three late calls counted once, when they were written
+            assert sum(r[1] for r in older.query(sql).result_rows) == sum(r[1] for r in before[table]) + 3, (
+                table
+            )
         kept = current_retention(older)
-        assert (kept.calls_days, kept.content_days) == (300, 20)
+        assert (kept.calls_days, kept.content_days) == (300, 200)
         leftovers = "SELECT name FROM system.tables WHERE database = 'sorted_before' AND name LIKE 'llm_calls_resort%'"
         assert older.query(leftovers).result_rows == []
         again = migrate(older)
         assert not again.resorted and not again.changed_since_applied
 
-        # The materialized views feed the new table: a new call lands once in it and once in the rollup.
+        # The materialized views feed the new table: a new call lands once in it and once in each rollup.
         insert_spans(older, spans[:1])
-        assert older.query("SELECT count() FROM llm_calls").result_rows[0][0] == len(before[0]) + 1
-        assert sum(row[1] for row in older.query(rollups).result_rows) == sum(row[1] for row in before[1]) + 1
+        assert older.query("SELECT count() FROM llm_calls").result_rows[0][0] == len(after) + 1
+        for table, sql in rollups.items():
+            assert sum(r[1] for r in older.query(sql).result_rows) == sum(r[1] for r in before[table]) + 4, (
+                table
+            )
     finally:
         older.command("DROP DATABASE sorted_before SYNC")
         older.close()
@@ -425,16 +467,14 @@ def test_a_resort_cut_off_after_the_swap_copies_the_late_rows_without_counting_t
     older = connect(f"chdb://{path}?database=resort_cut_off", create_database=True)
     rollups = "SELECT sum(Calls) FROM llm_calls_1m"
     try:
-        migrate(older, directory=_earlier_migrations(tmp_path))
-        insert_spans(older, spans)
+        _sorted_the_earlier_way(older, spans, tmp_path)
         counted = older.query(rollups).result_rows[0][0]
         # The re-sort's steps up to the swap, then a writer that still holds the old table adds three calls.
         create = older.query(
             "SELECT create_table_query FROM system.tables WHERE database = 'resort_cut_off' AND name = 'llm_calls'"
         ).result_rows[0][0]
         older.command(create.replace("CREATE TABLE resort_cut_off.llm_calls ", "CREATE TABLE llm_calls_resort ", 1)
-                      .replace("ORDER BY (Project, ServiceName, Model, Timestamp)",
-                               "ORDER BY (Project, toStartOfHour(Timestamp), ServiceName, Model, Timestamp)"))  # fmt: skip
+                      .replace(_OLD_ORDER, _NEW_ORDER))  # fmt: skip
         older.command("INSERT INTO llm_calls_resort SELECT * FROM llm_calls")
         older.command("EXCHANGE TABLES llm_calls AND llm_calls_resort")
         older.command(
@@ -444,13 +484,30 @@ def test_a_resort_cut_off_after_the_swap_copies_the_late_rows_without_counting_t
 
         report = migrate(older)
 
-        assert report.resorted == ["llm_calls"]
+        assert report.resorted == ["llm_calls"] and not report.changed_since_applied
         late = older.query("SELECT count() FROM llm_calls WHERE endsWith(SpanId, '-late')").result_rows[0][0]
         total = older.query("SELECT count() FROM llm_calls").result_rows[0][0]
         assert (late, total) == (3, len(expected_calls(spans)) + 3)
         assert older.query(rollups).result_rows[0][0] == counted  # attached, not inserted: no view fired
+        again = migrate(older)
+        assert not again.resorted and not again.changed_since_applied
     finally:
         older.command("DROP DATABASE resort_cut_off SYNC")
+        older.close()
+
+
+def test_a_changed_migration_that_is_no_known_earlier_text_is_only_reported(store, tmp_path):
+    client, _, _ = store
+    path = client.uri.removeprefix("chdb://")
+    older = connect(f"chdb://{path}?database=changed_elsewise", create_database=True)
+    try:
+        migrate(older, target=3)
+        older.insert(MIGRATIONS_TABLE, [[3, "llm_calls", "some other text", datetime.now(timezone.utc)]],
+                     column_names=["Version", "Name", "Checksum", "AppliedAt"])  # fmt: skip
+        report = migrate(older, target=3)
+        assert [m.version for m in report.changed_since_applied] == [3] and not report.resorted
+    finally:
+        older.command("DROP DATABASE changed_elsewise SYNC")
         older.close()
 
 

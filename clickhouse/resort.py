@@ -12,7 +12,9 @@ fire the rollups' materialized views, which counted the rows on their way into t
 insert that is still writing into the old table when its late rows are read: stop the writers to rule it out.
 
 An interrupted re-sort is safe to run again: before the swap the partial copy is dropped and made anew; after
-it, the left-behind old table is finished (its late rows copied) and dropped.
+it, the left-behind old table is finished (its late rows copied) and dropped. A run refuses to start while
+another one's statements are running, and to swap when another run swapped first; two runs started at the
+same instant on one server can still race, so run one `llmtap db migrate` (or one `serve`) at a time.
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ def resort(client: Client, table: str, order_by: str) -> bool:
     if _same_key(client, sorting_key, order_by):
         if not table_exists(client, spare):
             return False
+        _refuse_a_second_run(client, table, spare)
         _copy_late(client, spare, table, since=0)  # a run cut off after the swap
         client.command(f"DROP TABLE {spare} SYNC")
         return True
-    _check_can_resort(client, table, engine, spare)
+    _check_can_resort(client, table, engine)
+    _refuse_a_second_run(client, table, spare)
     client.command(f"DROP TABLE IF EXISTS {spare} SYNC")  # a copy cut off before the swap
     client.command(_with_order(create_query, spare, order_by))
     # Parts the old table gets from here on (inserts, or merges) mark the partitions to look at after the swap.
@@ -70,24 +74,30 @@ def resort(client: Client, table: str, order_by: str) -> bool:
             f"INSERT INTO {spare} SELECT * FROM {table} WHERE _partition_id = {{p:String}}",
             parameters={"p": partition},
         )
+    if _same_key(client, _live(client, table)[1], order_by):
+        raise ResortError(f"another run re-sorted {table} meanwhile; run the migration again to finish")
     client.command(f"EXCHANGE TABLES {table} AND {spare}")
     _copy_late(client, spare, table, since)
     client.command(f"DROP TABLE {spare} SYNC")
     return True
 
 
-def _check_can_resort(client: Client, table: str, engine: str, spare: str) -> None:
-    """Refuse before copying anything what would fail or race later."""
+def _check_can_resort(client: Client, table: str, engine: str) -> None:
+    """Refuse before copying anything what would fail later."""
     if engine != "MergeTree":
         raise ResortError(
             f"{table} is a {engine} table; re-sort only applies to a single node's MergeTree "
             "(a cluster's tables are re-made by hand, see docs/scaling.md)"
         )
     database = client.query("SELECT engine FROM system.databases WHERE name = currentDatabase()")
-    if database.result_rows[0][0] not in ("Atomic", "Replicated"):
-        raise ResortError(
-            f"the database engine is {database.result_rows[0][0]}; EXCHANGE TABLES needs Atomic"
-        )
+    if (
+        database.result_rows[0][0] != "Atomic"
+    ):  # a Replicated one would swap every replica but copy on this one
+        raise ResortError(f"the database engine is {database.result_rows[0][0]}; re-sort needs an Atomic one")
+
+
+def _refuse_a_second_run(client: Client, table: str, spare: str) -> None:
+    """Stop when another client is running statements on `spare` (two starts of serve on one server, say)."""
     others = client.query(
         "SELECT count() FROM system.processes WHERE query_id != queryID() AND position(query, {s:String}) > 0",
         parameters={"s": spare},

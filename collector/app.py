@@ -88,6 +88,9 @@ class Collector:
         self._http_thread: threading.Thread | None = None
         self.migration_summary = ""
         self._migrated = False
+        self._migrating = (
+            threading.Lock()
+        )  # the writer and the query API may both reach a store that was down
 
     def start(self) -> None:
         config = self.config
@@ -148,14 +151,15 @@ class Collector:
     def _connect(self) -> Any:
         """A client on the store with the schema applied (the writer reconnects through this too)."""
         client = connect(self.config.dsn, create_database=True)
-        if self._migrated:
-            return client
-        try:
-            bring_up_to_date(client)
-        except Exception:
-            client.close()
-            raise
-        self._migrated = True
+        with self._migrating:
+            if self._migrated:
+                return client
+            try:
+                bring_up_to_date(client)
+            except Exception:
+                client.close()
+                raise
+            self._migrated = True
         return client
 
     @property

@@ -10,6 +10,8 @@ import io
 import json
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -50,6 +52,17 @@ def store(tmp_path_factory):
     insert_spans(client, spans, old_status_spelling=old_spelling)
     yield client, calls, spans
     client.close()
+
+
+@contextmanager
+def _another_database(client, name: str) -> Iterator:
+    """A client on a new database `name` in the store's chDB directory (one process holds it), dropped after."""
+    other = connect(f"{client.uri}?database={name}", create_database=True)
+    try:
+        yield other
+    finally:
+        other.command(f"DROP DATABASE {name} SYNC")
+        other.close()
 
 
 def _by_span(client, sql: str) -> dict[str, tuple]:
@@ -284,9 +297,7 @@ def test_hourly_and_daily_rollups_equal_the_minute_rollup_and_backfill(store):
     for rollup in ("llm_answers_1m", "llm_answers_1h"):
         assert client.query(answers.format(rollup)).result_rows[0][0] == expected_answers
     # A store that had calls before migrations 0006-0008 gets them folded into the new rollups once.
-    path = client.uri.removeprefix("chdb://")
-    older = connect(f"chdb://{path}?database=before_hourly", create_database=True)
-    try:
+    with _another_database(client, "before_hourly") as older:
         migrate(older, target=5)
         insert_spans(older, spans)
         migrate(older)
@@ -298,9 +309,6 @@ def test_hourly_and_daily_rollups_equal_the_minute_rollup_and_backfill(store):
                 older.query(answers.format(rollup)).result_rows
                 == client.query(answers.format(rollup)).result_rows
             )
-    finally:
-        older.command("DROP DATABASE before_hourly SYNC")
-        older.close()
 
 
 @pytest.mark.parametrize(
@@ -344,10 +352,8 @@ def _settle_mutations(client, database: str) -> None:
 
 def test_a_store_from_before_the_projections_gets_them_for_its_old_parts(store):
     client, _, spans = store
-    path = client.uri.removeprefix("chdb://")
-    older = connect(f"chdb://{path}?database=before_projections", create_database=True)
     tables = "('llm_calls_1m', 'llm_calls_1h', 'llm_answers_1m')"
-    try:
+    with _another_database(client, "before_projections") as older:
         migrate(older, target=9)
         insert_spans(older, spans)
         migrate(older)
@@ -360,9 +366,6 @@ def test_a_store_from_before_the_projections_gets_them_for_its_old_parts(store):
         assert (
             without == [] and older.query(f"SELECT count() FROM system.parts WHERE {parts}").result_rows[0][0]
         )
-    finally:
-        older.command("DROP DATABASE before_projections SYNC")
-        older.close()
 
 
 _OLD_ORDER = "ORDER BY (Project, ServiceName, Model, Timestamp)"
@@ -396,15 +399,13 @@ def test_a_store_sorted_the_earlier_way_is_resorted_keeping_rows_retention_and_r
     store, tmp_path, monkeypatch
 ):
     client, _, spans = store
-    path = client.uri.removeprefix("chdb://")
-    older = connect(f"chdb://{path}?database=sorted_before", create_database=True)
     calls = "SELECT * FROM llm_calls ORDER BY TraceId, SpanId"
     rollups = {
         table: f"SELECT Model, sum(Calls), sum(InputTokens) FROM {table} GROUP BY Model ORDER BY Model"
         for table in ("llm_calls_1m", "llm_calls_1h", "llm_calls_1d")
     }
     definition = "SELECT sorting_key, create_table_query FROM system.tables WHERE database = 'sorted_before' AND name = 'llm_calls'"
-    try:
+    with _another_database(client, "sorted_before") as older:
         _sorted_the_earlier_way(older, spans, tmp_path, days=150)  # more partitions than one INSERT may write
         ((old_key, old_create),) = older.query(definition).result_rows
         assert old_key == "Project, ServiceName, Model, Timestamp"
@@ -456,17 +457,12 @@ def test_a_store_sorted_the_earlier_way_is_resorted_keeping_rows_retention_and_r
             assert sum(r[1] for r in older.query(sql).result_rows) == sum(r[1] for r in before[table]) + 4, (
                 table
             )
-    finally:
-        older.command("DROP DATABASE sorted_before SYNC")
-        older.close()
 
 
 def test_a_resort_cut_off_after_the_swap_copies_the_late_rows_without_counting_them_again(store, tmp_path):
     client, _, spans = store
-    path = client.uri.removeprefix("chdb://")
-    older = connect(f"chdb://{path}?database=resort_cut_off", create_database=True)
     rollups = "SELECT sum(Calls) FROM llm_calls_1m"
-    try:
+    with _another_database(client, "resort_cut_off") as older:
         _sorted_the_earlier_way(older, spans, tmp_path)
         counted = older.query(rollups).result_rows[0][0]
         # The re-sort's steps up to the swap, then a writer that still holds the old table adds three calls.
@@ -491,24 +487,18 @@ def test_a_resort_cut_off_after_the_swap_copies_the_late_rows_without_counting_t
         assert older.query(rollups).result_rows[0][0] == counted  # attached, not inserted: no view fired
         again = migrate(older)
         assert not again.resorted and not again.changed_since_applied
-    finally:
-        older.command("DROP DATABASE resort_cut_off SYNC")
-        older.close()
 
 
 def test_a_changed_migration_that_is_no_known_earlier_text_is_only_reported(store, tmp_path):
-    client, _, _ = store
-    path = client.uri.removeprefix("chdb://")
-    older = connect(f"chdb://{path}?database=changed_elsewise", create_database=True)
-    try:
-        migrate(older, target=3)
+    client, _, spans = store
+    key = "SELECT sorting_key FROM system.tables WHERE database = 'changed_elsewise' AND name = 'llm_calls'"
+    with _another_database(client, "changed_elsewise") as older:
+        _sorted_the_earlier_way(older, spans, tmp_path)
         older.insert(MIGRATIONS_TABLE, [[3, "llm_calls", "some other text", datetime.now(timezone.utc)]],
                      column_names=["Version", "Name", "Checksum", "AppliedAt"])  # fmt: skip
-        report = migrate(older, target=3)
+        report = migrate(older)
         assert [m.version for m in report.changed_since_applied] == [3] and not report.resorted
-    finally:
-        older.command("DROP DATABASE changed_elsewise SYNC")
-        older.close()
+        assert older.query(key).result_rows[0][0] == "Project, ServiceName, Model, Timestamp"
 
 
 def test_timeseries_rejects_fractional_steps(store):

@@ -73,20 +73,26 @@ def set_retention(
         raise ValueError(
             f"content retention ({content} days) cannot be longer than calls retention ({calls} days)"
         )
+    # One ALTER of llm_calls for all its TTLs: each ALTER re-applies the TTLs to every part (a mutation, which
+    # chDB waits for), so five of them took five times as long (25 s each on 150 daily parts).
+    calls_actions = []
+    if content_days is not None:
+        calls_actions += [
+            f"MODIFY COLUMN {column} String TTL toDateTime(Timestamp) + INTERVAL {int(content_days)} DAY "
+            "CODEC(ZSTD(3))"
+            for column in CONTENT_COLUMNS
+        ]
+    if calls_days is not None:  # last: a TTL clause would take a following comma as the start of another TTL
+        calls_actions.append(f"MODIFY TTL toDateTime(Timestamp) + INTERVAL {int(calls_days)} DAY")
+    if calls_actions:
+        client.command(f"ALTER TABLE llm_calls {', '.join(calls_actions)}")
     if calls_days is not None:
-        client.command(
-            f"ALTER TABLE llm_calls MODIFY TTL toDateTime(Timestamp) + INTERVAL {int(calls_days)} DAY"
-        )
         for rollup, time_column in ROLLUPS:
             client.command(f"ALTER TABLE {rollup} MODIFY TTL {time_column} + INTERVAL {int(calls_days)} DAY")
     if content_days is not None:
-        days = int(content_days)
-        for column in CONTENT_COLUMNS:
-            client.command(
-                f"ALTER TABLE llm_calls MODIFY COLUMN {column} String "
-                f"TTL toDateTime(Timestamp) + INTERVAL {days} DAY CODEC(ZSTD(3))"
-            )
-        client.command(f"ALTER TABLE otel_traces MODIFY TTL toDateTime(Timestamp) + INTERVAL {days} DAY")
+        client.command(
+            f"ALTER TABLE otel_traces MODIFY TTL toDateTime(Timestamp) + INTERVAL {int(content_days)} DAY"
+        )
     return current_retention(client)
 
 

@@ -33,7 +33,7 @@ from llmtap.clickhouse.prices import (
     load_prices,
     read_prices,
 )
-from llmtap.clickhouse.retention import current_retention, set_retention
+from llmtap.clickhouse.retention import CONTENT_COLUMNS, current_retention, set_retention
 from llmtap.clickhouse.timeparse import parse_duration, parse_time
 
 LEVELS = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
@@ -781,6 +781,12 @@ def test_retention_reads_and_changes_ttls(tmp_path_factory, store):
             90,
             7,
         )
+        create = other.query(
+            "SELECT create_table_query FROM system.tables WHERE database = 'retention_test' AND name = 'llm_calls'"
+        ).result_rows[0][0]
+        for column in CONTENT_COLUMNS:  # all four changed, in the one ALTER
+            declaration = create.split(f"`{column}` ", 1)[1].split("`", 1)[0]
+            assert "toIntervalDay(7)" in declaration, column
         with pytest.raises(ValueError, match="cannot be longer"):
             set_retention(other, content_days=120)
         with pytest.raises(ValueError, match="at least 1 day"):

@@ -76,12 +76,28 @@ def newest(limit: int, *extra: str, filters: Sequence[str] = sql.CALL_FILTERS) -
 
     The bound is the latest whole minute of the range from which on the minute rollup counts `limit` calls, looked
     for only from the latest whole hour on where the hourly rollup counts as many (so it reads a few hundred
-    rollup rows, not a month of minutes). When the range holds fewer, or a filter the rollups cannot answer is
-    set, it is the range's start. `extra` conditions must only use the rollups' dimensions."""
+    rollup rows, not a month of minutes); the range's start when it holds fewer. While a filter the rollups
+    cannot answer is set (a user, a tag, a text), the bound is instead the time of the `limit`-th newest matching
+    call, read from llm_calls' filter columns alone: the table then reads whole rows, content and all, of those
+    calls only, not of every match in the range (9 s for a busy user over 30 days on 10M calls). `extra`
+    conditions must only use the rollups' dimensions."""
     hour = _latest_with(limit, CALL_ROLLUPS.hour, "Hour", "1 HOUR", "$__fromTime", extra, filters)
-    return (
-        f"Timestamp >= {_latest_with(limit, CALL_ROLLUPS.minute, 'Minute', '1 MINUTE', hour, extra, filters)}"
+    minute = _latest_with(limit, CALL_ROLLUPS.minute, "Minute", "1 MINUTE", hour, extra, filters)
+    return f"Timestamp >= {minute}\n  AND Timestamp >= {_limit_th_newest(limit, extra, filters)}"
+
+
+def _limit_th_newest(limit: int, extra: Sequence[str], filters: Sequence[str]) -> str:
+    """The time of the `limit`-th newest call in range matching `filters` and `extra` (the epoch when fewer
+    match), read only while the rollups cannot answer the filters: otherwise its condition is constant false
+    and nothing is read."""
+    return f"""(
+    SELECT min(Timestamp) FROM (
+      SELECT Timestamp FROM {sql.CALLS}
+      {sql.where(f"NOT ({_rollup_applies(filters)})", *extra, filters=filters)}
+      ORDER BY Timestamp DESC
+      LIMIT {limit}
     )
+  )"""
 
 
 def _latest_with(

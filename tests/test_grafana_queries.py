@@ -291,6 +291,17 @@ def test_newest_bound_keeps_every_one_of_the_newest_calls(store: Store, limit: i
         store.context(),
     )
     assert 7 <= store.scalar(cut) < every  # the bound does narrow the read
+    # With a user and a tag chosen the rollups cannot answer, and the bound is the newest matching call itself.
+    filtered = _selection("llmtap-overview", "filtered", store)
+    matching, newest = (
+        store.scalar(
+            expand_dashboard_sql(
+                f"SELECT count() FROM llm_calls {sql.where(*bound)}", filtered, store.context()
+            )
+        )
+        for bound in ((), (aggregate.newest(1),))
+    )
+    assert newest == 1 < matching
 
 
 def test_explorer_rows_match_every_filter(store: Store) -> None:

@@ -13,7 +13,7 @@
 -- by it. The hour comes next, so a project's newest calls lie in the last hour's few granules, whatever the
 -- number of services and models: ordered by service and model before time, they were spread over one granule
 -- per service and model in the day, and reading the content of those granules made the explorer's 500 newest
--- calls on 10M calls take 330-410 ms, 160-175 ms in this order (same disk size). Service and model inside the
+-- calls on 10M calls take 330-410 ms, 150-180 ms in this order (same disk size). Service and model inside the
 -- hour still let the primary index skip other services' granules where an hour has many, and keep
 -- low-cardinality values together, which compresses well. Lookups by id, user, session, tag or custom
 -- attribute go through the skipping indexes below. Stores made with the earlier order are re-sorted by

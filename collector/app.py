@@ -88,9 +88,8 @@ class Collector:
         self._http_thread: threading.Thread | None = None
         self.migration_summary = ""
         self._migrated = False
-        self._migrating = (
-            threading.Lock()
-        )  # the writer and the query API may both reach a store that was down
+        # The writer and the query API may both reach a store that was down at start: one migrates.
+        self._migrating = threading.Lock()
 
     def start(self) -> None:
         config = self.config

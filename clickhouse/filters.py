@@ -61,7 +61,7 @@ class CallFilter:
     min_duration_ms: float | None = None
 
     def __post_init__(self) -> None:
-        if self.since and self.until and _utc(self.since) >= _utc(self.until):
+        if self.since and self.until and utc(self.since) >= utc(self.until):
             raise FilterError(
                 "--since", f"{self.since.isoformat()} is not before --until {self.until.isoformat()}"
             )
@@ -102,12 +102,12 @@ _ROLLUP_FIELDS = ("project", "service", "model", "provider", "operation", "error
 
 
 # rollup time column -> the function that rounds a time down to its bucket
-_ROLLUP_BUCKETS = {"Minute": "toStartOfMinute", "Hour": "toStartOfHour"}
+_ROLLUP_BUCKETS = {"Minute": "toStartOfMinute", "Hour": "toStartOfHour", "Day": "toStartOfDay"}
 
 
 def where_clause(flt: CallFilter, *, rollup: str | None = None) -> tuple[str, dict[str, Any]]:
     """``(sql, parameters)`` for a ``WHERE`` over llm_calls, or over a rollup when ``rollup`` names its time
-    column ("Minute" for llm_calls_1m, "Hour" for llm_calls_1h).
+    column ("Minute" for llm_calls_1m, "Hour" for llm_calls_1h, "Day" for the daily ones).
 
     Time bounds are bound as nanoseconds since the epoch so the server's timezone never shifts them; on a rollup
     the bucket that contains ``since`` is included.
@@ -165,11 +165,12 @@ def where_clause(flt: CallFilter, *, rollup: str | None = None) -> tuple[str, di
     return ("WHERE " + " AND ".join(conditions) if conditions else ""), params
 
 
-def _utc(moment: datetime) -> datetime:
+def utc(moment: datetime) -> datetime:
+    """A naive time taken as UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _epoch_ns(moment: datetime) -> int:
     """Exact nanoseconds since the epoch (float seconds would lose the last digits)."""
-    delta = _utc(moment) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = utc(moment) - datetime(1970, 1, 1, tzinfo=timezone.utc)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from llmtap.clickhouse import by_value
 from llmtap.clickhouse.filters import CallFilter, where_clause
 from llmtap.clickhouse.messages import preview
 
@@ -252,7 +253,7 @@ def call_stats(
     """Calls, errors, latency, tokens and cost per group, biggest groups first (days in date order)."""
     order = "Key" if by == "day" else "Calls DESC, Key"
     limit_clause = "LIMIT {limit:UInt32}" if limit else ""
-    sql, params = _stats_sql(_group_expression(by), flt, grouped=True)
+    sql, params = _stats_sql(by, flt)
     result = client.query(
         f"{sql}\nORDER BY {order}\n{limit_clause}", parameters={**params, "limit": limit or 0}
     )
@@ -261,7 +262,7 @@ def call_stats(
 
 def total_stats(client: Client, flt: CallFilter) -> StatsRow:
     """The same aggregates over every call matching ``flt`` (key 'total')."""
-    sql, params = _stats_sql("'total'", flt, grouped=False)
+    sql, params = _stats_sql(None, flt)
     return _stats_row(client.query(sql, parameters=params).result_rows[0])
 
 
@@ -328,45 +329,68 @@ def distinct_values(
 
 # ---------------------------------------------------------------- helpers
 
-_QUANTILES = f"quantiles({', '.join(map(str, LATENCY_LEVELS))})(DurationMs)"
+
+def _quantiles(function: str) -> str:
+    """`function` (quantiles, quantilesTDigestMerge…) at every level stats report."""
+    return f"{function}({', '.join(map(str, LATENCY_LEVELS))})"
+
+
+_QUANTILES = f"{_quantiles('quantiles')}(DurationMs)"
 _LATENCY = f"min(DurationMs), avg(DurationMs), {_QUANTILES} AS P, max(DurationMs)"
 
 
-def _stats_sql(key: str, flt: CallFilter, *, grouped: bool) -> tuple[str, dict[str, Any]]:
-    """The aggregates of `_stats_row` per `key` over the calls matching `flt` (one row, even for no calls, when
-    not `grouped` and `key` is a constant).
+def _stats_sql(by: str | None, flt: CallFilter) -> tuple[str, dict[str, Any]]:
+    """The aggregates of `_stats_row` per group `by` over the calls matching `flt` (None: one row, even for no
+    calls).
 
-    Cost is linear in tokens and a price holds for a model on a day, so the tokens are summed per key, model and
-    day first and only those sums are priced (the llm_calls_costed view prices every call: an ASOF join and a
-    model-name match per row, seconds on a month of calls). Each call's cached tokens are capped at its input
-    tokens before summing, exactly as the view does per call."""
-    where, params = where_clause(flt)
-    group = "GROUP BY Key" if grouped else ""
-    sql = f"""
-    SELECT Key, Calls, Errors, MinMs, AvgMs, P, MaxMs, Input, Output, Cached, Reasoning, Cost, Unpriced
-    FROM (
+    From the by-value rollup where it can answer (by_value.py), else from llm_calls. Cost is linear in tokens
+    and a price holds for a model on a day, so the tokens are summed per key, model and day first and only those
+    sums are priced (the llm_calls_costed view prices every call: an ASOF join and a model-name match per row,
+    seconds on a month of calls). From llm_calls each call's cached tokens are capped at its input tokens before
+    summing, exactly as the view does per call; the rollup caps its sums, as the rollups' costed views do."""
+    key = _group_expression(by) if by else "'total'"
+    group = "GROUP BY Key" if by else ""
+    chosen = by_value.selection(flt, by)
+    if chosen:
+        days, params = by_value.day_rows(chosen, flt, by, key)
+        totals = f"""
+        SELECT {"Key" if by else f"{key} AS Key"}, sum(CallCount) AS Calls, sum(ErrorCount) AS Errors,
+               min(MinMs) AS MinMs, sum(SumMs) / Calls AS AvgMs, {_quantiles("quantilesTDigestMerge")}(Latency) AS P,
+               max(MaxMs) AS MaxMs, sum(InputSum) AS Input, sum(OutputSum) AS Output, sum(CachedSum) AS Cached,
+               sum(ReasoningSum) AS Reasoning
+        FROM ({days})
+        {group}"""
+        day_sums = f"""
+        SELECT Key, Model, Date AS Day, CallCount AS DayCalls, InputSum - least(CachedSum, InputSum) AS Uncached,
+               least(CachedSum, InputSum) AS CachedInput, OutputSum AS Output
+        FROM ({days})"""
+    else:
+        where, params = where_clause(flt)
+        totals = f"""
         SELECT {key} AS Key, count() AS Calls, sum(IsError) AS Errors, min(DurationMs) AS MinMs,
                avg(DurationMs) AS AvgMs, {_QUANTILES} AS P, max(DurationMs) AS MaxMs, sum(InputTokens) AS Input,
                sum(OutputTokens) AS Output, sum(CachedTokens) AS Cached, sum(ReasoningTokens) AS Reasoning
         FROM llm_calls
         {where}
-        {group}
-    ) AS totals
+        {group}"""
+        day_sums = f"""
+        SELECT {key} AS Key, Model, toDate(Timestamp) AS Day, count() AS DayCalls,
+               sum(InputTokens - least(CachedTokens, InputTokens)) AS Uncached,
+               sum(least(CachedTokens, InputTokens)) AS CachedInput, sum(OutputTokens) AS Output
+        FROM llm_calls
+        {where}
+        GROUP BY Key, Model, Day"""
+    sql = f"""
+    SELECT Key, Calls, Errors, MinMs, AvgMs, P, MaxMs, Input, Output, Cached, Reasoning, Cost, Unpriced
+    FROM ({totals}) AS totals
     LEFT JOIN (
-        SELECT {"Key" if grouped else f"{key} AS Key"}, sum(DayCost) AS Cost, sumIf(DayCalls, DayCost IS NULL) AS Unpriced
+        SELECT {"Key" if by else f"{key} AS Key"}, sum(DayCost) AS Cost, sumIf(DayCalls, DayCost IS NULL) AS Unpriced
         FROM (
             SELECT t.Key AS Key, t.DayCalls AS DayCalls,
                    if(p.Model = '', NULL,
                       (t.Uncached * p.InputPerMillion + t.CachedInput * p.CachedInputPerMillion
                        + t.Output * p.OutputPerMillion) / 1e6) AS DayCost
-            FROM (
-                SELECT {key} AS Key, Model, toDate(Timestamp) AS Day, count() AS DayCalls,
-                       sum(InputTokens - least(CachedTokens, InputTokens)) AS Uncached,
-                       sum(least(CachedTokens, InputTokens)) AS CachedInput, sum(OutputTokens) AS Output
-                FROM llm_calls
-                {where}
-                GROUP BY Key, Model, Day
-            ) AS t
+            FROM ({day_sums}) AS t
             LEFT ASOF JOIN model_prices_effective AS p ON {_PRICE_MODEL.format(model="t.Model")} = p.Model
                 AND t.Day >= p.ValidFrom
         )

@@ -6,6 +6,7 @@ conversion (see clickhouse_llm_calls.py); every expectation is recomputed in Pyt
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from clickhouse_llm_calls import Call, cost_of, expected_calls, insert_spans, quantile, record_spans
-from llmtap.clickhouse import queries
+from llmtap.clickhouse import by_value, queries
 from llmtap.clickhouse.connection import connect
 from llmtap.clickhouse.export import chunks, export_calls
 from llmtap.clickhouse.filters import CallFilter, FilterError, where_clause
@@ -33,7 +34,7 @@ from llmtap.clickhouse.prices import (
     load_prices,
     read_prices,
 )
-from llmtap.clickhouse.retention import CONTENT_COLUMNS, current_retention, set_retention
+from llmtap.clickhouse.retention import CONTENT_COLUMNS, ROLLUPS, current_retention, set_retention
 from llmtap.clickhouse.timeparse import parse_duration, parse_time
 
 LEVELS = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
@@ -296,7 +297,7 @@ def test_hourly_and_daily_rollups_equal_the_minute_rollup_and_backfill(store):
     expected_answers = sum(c.operation in ("chat", "text_completion") for c in calls)
     for rollup in ("llm_answers_1m", "llm_answers_1h"):
         assert client.query(answers.format(rollup)).result_rows[0][0] == expected_answers
-    # A store that had calls before migrations 0006-0008 gets them folded into the new rollups once.
+    # A store that had calls before migrations 0006-0011 gets them folded into the new rollups once.
     with _another_database(client, "before_hourly") as older:
         migrate(older, target=5)
         insert_spans(older, spans)
@@ -304,6 +305,12 @@ def test_hourly_and_daily_rollups_equal_the_minute_rollup_and_backfill(store):
         migrate(older)
         assert older.query(totals.format("llm_calls_1h")).result_rows[0][0] == len(calls)
         assert older.query(totals.format("llm_calls_1d")).result_rows[0][0] == len(calls)
+        by_value_sums = (
+            "SELECT Dimension, Value, sum(Calls), sum(InputTokens), round(sum(DurationMsSum), 3), "
+            "arrayMap(x -> round(x, 3), quantilesTDigestMerge(0.5, 0.99)(DurationMsQuantiles)) FROM llm_calls_by_value_1d "
+            "GROUP BY Dimension, Value ORDER BY Dimension, Value"
+        )
+        assert older.query(by_value_sums).result_rows == client.query(by_value_sums).result_rows
         for rollup in ("llm_answers_1m", "llm_answers_1h"):
             assert (
                 older.query(answers.format(rollup)).result_rows
@@ -400,10 +407,11 @@ def test_a_store_sorted_the_earlier_way_is_resorted_keeping_rows_retention_and_r
 ):
     client, _, spans = store
     calls = "SELECT * FROM llm_calls ORDER BY TraceId, SpanId"
-    rollups = {
-        table: f"SELECT Model, sum(Calls), sum(InputTokens) FROM {table} GROUP BY Model ORDER BY Model"
-        for table in ("llm_calls_1m", "llm_calls_1h", "llm_calls_1d")
-    }
+    rollups = {  # each call once: by value, under its user
+        table: f"SELECT Model, sum(Calls), sum(InputTokens) FROM {table} WHERE {where} GROUP BY Model ORDER BY Model"
+        for table, where in (("llm_calls_1m", 1), ("llm_calls_1h", 1), ("llm_calls_1d", 1),
+                             ("llm_calls_by_value_1d", "Dimension = 'user'"))
+    }  # fmt: skip
     definition = "SELECT sorting_key, create_table_query FROM system.tables WHERE database = 'sorted_before' AND name = 'llm_calls'"
     with _another_database(client, "sorted_before") as older:
         _sorted_the_earlier_way(older, spans, tmp_path, days=150)  # more partitions than one INSERT may write
@@ -684,12 +692,16 @@ def test_stats_by_every_grouping_match_python(store, by):
     for call in calls:
         groups[_key(call, by)].append(call)
     assert set(rows) == set(groups)
+    digests = client if by_value.selection(CallFilter(), by) else None
+    assert (digests is not None) == (by == "user")  # a ranking of users comes from the by-value rollup
     for key, group in groups.items():
-        _assert_stats(rows[key], group)
+        _assert_stats(rows[key], group, digests=digests)
     _assert_stats(queries.total_stats(client, CallFilter()), calls)
 
 
-def _assert_stats(row: queries.StatsRow, group: list[Call]) -> None:
+def _assert_stats(row: queries.StatsRow, group: list[Call], *, digests=None) -> None:
+    """`row` holds `group`'s aggregates; its percentiles are exact, or with `digests` (a client) those of a
+    t-digest of the durations, as the by-value rollup keeps them."""
     durations = [c.duration_ms for c in group]
     assert row.calls == len(group)
     assert row.errors == sum(c.is_error for c in group)
@@ -700,12 +712,114 @@ def _assert_stats(row: queries.StatsRow, group: list[Call]) -> None:
     )
     assert (row.latency.min, row.latency.max) == (min(durations), max(durations))
     assert row.latency.avg == pytest.approx(sum(durations) / len(durations))
-    for name, level in LEVELS.items():
-        assert getattr(row.latency, name) == pytest.approx(quantile(durations, level), rel=1e-9), name
+    if digests is None:
+        expected = [quantile(durations, level) for level in LEVELS.values()]
+    else:
+        expected = digests.query(
+            f"SELECT quantilesTDigest({', '.join(map(str, LEVELS.values()))})(arrayJoin({{d:Array(Float64)}}))",
+            parameters={"d": durations},
+        ).result_rows[0][0]
+    for (name, _), value in zip(LEVELS.items(), expected, strict=True):
+        assert getattr(row.latency, name) == pytest.approx(value, rel=1e-6), name
     costs = [cost_of(c) for c in group]
     priced = [x for x in costs if x is not None]
     assert row.cost == (pytest.approx(sum(priced)) if priced else None)
     assert row.unpriced_calls == len(costs) - len(priced)
+
+
+def _by_value_questions(calls: list[Call]) -> list[tuple[CallFilter, str | None, object]]:
+    """(filter, grouping, which calls) of the questions the by-value rollup answers."""
+    user = calls[0].user_id
+    attribute = next((k, v) for c in calls for k, v in sorted(c.attributes.items()))
+    return [
+        (CallFilter(), "user", lambda c: True),
+        (CallFilter(user=(user, "nobody")), None, lambda c: c.user_id == user),
+        (CallFilter(user=(user,), status="ok"), "model", lambda c: c.user_id == user and not c.is_error),
+        (CallFilter(tags=("prod",), service=("chat-api",)), "service",
+         lambda c: "prod" in c.tags and c.service == "chat-api"),
+        (CallFilter(attributes=dict([attribute])), "model", lambda c: c.attributes.get(attribute[0]) == attribute[1]),
+        (CallFilter(attributes={attribute[0]: None}), None, lambda c: attribute[0] in c.attributes),
+    ]  # fmt: skip
+
+
+def test_user_tag_and_attribute_stats_take_whole_days_from_the_by_value_rollup(store):
+    """Over a range of several days, the whole days come from llm_calls_by_value_1d and only the partial first
+    and last day from llm_calls: the answers match Python, and stay the same once the whole days' calls are gone
+    from llm_calls."""
+    client, calls, spans = store
+    with _another_database(client, "by_value") as other:
+        migrate(other)
+        load_bundled_prices(other)
+        insert_spans(other, spans)
+        other.command(
+            "INSERT INTO llm_calls SELECT c.* REPLACE (Timestamp - toIntervalDay(n.number + 1) AS Timestamp, "
+            "concat(SpanId, '-', toString(n.number)) AS SpanId) FROM llm_calls AS c CROSS JOIN numbers(3) AS n"
+        )
+        day_ns = 86_400 * 10**9
+        past = [
+            dataclasses.replace(c, start_ns=c.start_ns - (n + 1) * day_ns, span_id=f"{c.span_id}-{n}")
+            for c in calls
+            for n in range(3)
+        ]
+        since = min(c.timestamp for c in past) - timedelta(minutes=1)
+
+        def answers_match_python() -> None:
+            for flt, by, keep in _by_value_questions(calls):
+                flt = dataclasses.replace(flt, since=since)
+                assert by_value.selection(flt, by), flt
+                rows = queries.call_stats(other, flt, by=by) if by else [queries.total_stats(other, flt)]
+                groups: dict[str, list[Call]] = defaultdict(list)
+                for call in calls + past:
+                    if keep(call) and call.timestamp >= since:
+                        groups[_key(call, by) if by else "total"].append(call)
+                assert {row.key for row in rows} == set(groups), (flt, by)
+                for row in rows:
+                    _assert_stats(row, groups[row.key], digests=other)
+
+        answers_match_python()
+        whole_days = other.query(
+            "SELECT DISTINCT _partition_id FROM llm_calls WHERE toStartOfDay(Timestamp) > {since:DateTime64(6)} "
+            "AND toStartOfDay(Timestamp) < toStartOfDay(now())",
+            parameters={"since": since},
+        ).result_rows
+        assert len(whole_days) == 2
+        for (partition,) in whole_days:
+            other.command(f"ALTER TABLE llm_calls DROP PARTITION ID '{partition}'")
+        assert other.query("SELECT count() FROM llm_calls").result_rows[0][0] == 2 * len(calls)
+        answers_match_python()
+        # A short range holds no whole day: llm_calls answers, with exact percentiles.
+        assert (
+            by_value.selection(
+                CallFilter(user=("u1",), since=datetime.now(timezone.utc) - timedelta(hours=23)), None
+            )
+            is None
+        )
+
+
+def test_by_value_rollup_counts_each_call_once_under_each_value(store):
+    client, calls, _ = store
+    expected: dict[tuple[str, str], list[Call]] = defaultdict(list)
+    for call in calls:
+        expected[("user", call.user_id)].append(call)
+        for tag in set(call.tags):
+            expected[("tag", tag)].append(call)
+        for key, value in call.attributes.items():
+            expected[(f"attr.{key}", value)].append(call)
+    rows = client.query(
+        "SELECT Dimension, Value, sum(Calls), sum(Errors), sum(InputTokens), sum(OutputTokens), sum(CachedTokens), "
+        "sum(ReasoningTokens), sum(DurationMsSum), min(DurationMsMin), max(DurationMsMax) "
+        "FROM llm_calls_by_value_1d GROUP BY Dimension, Value"
+    ).result_rows
+    assert {(r[0], r[1]) for r in rows} == set(expected)
+    for dimension, value, n, errors, *tokens, total_ms, low, high in rows:
+        group = expected[(dimension, value)]
+        durations = [c.duration_ms for c in group]
+        assert (n, errors) == (len(group), sum(c.is_error for c in group))
+        assert tokens == [
+            sum(getattr(c, f) for c in group)
+            for f in ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+        ]
+        assert (total_ms, low, high) == (pytest.approx(sum(durations)), min(durations), max(durations))
 
 
 def test_stats_limit_and_order(store):
@@ -808,6 +922,13 @@ def test_retention_reads_and_changes_ttls(tmp_path_factory, store):
         # Now the rollups hold rows and their time-ordered projections (migration 0010): a TTL change
         # re-materializes the TTL in both, and must not fail.
         assert set_retention(other, calls_days=60).rollup_days == 60
+        engines = dict(
+            other.query(
+                "SELECT name, engine_full FROM system.tables WHERE database = 'retention_test'"
+            ).result_rows
+        )
+        for rollup, _ in ROLLUPS:
+            assert "toIntervalDay(60)" in engines[rollup], rollup
         _settle_mutations(other, "retention_test")
         assert other.query("SELECT sum(Calls) FROM llm_calls_1h").result_rows == [(2,)]
     finally:

@@ -14,6 +14,7 @@ every panel of the generated Grafana dashboards.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -25,14 +26,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from _common import machine_info, markdown_table
-from llmtap.clickhouse import queries
+from llmtap.clickhouse import queries, retention
 from llmtap.clickhouse.connection import connect
 from llmtap.clickhouse.filters import CallFilter
 from llmtap.clickhouse.migrations import migrate
 from llmtap.clickhouse.prices import load_bundled_prices
 
 DAYS = 30
-ROLLUPS = ("llm_calls_1m", "llm_calls_1h", "llm_calls_1d", "llm_answers_1m", "llm_answers_1h")
+ROLLUPS = tuple(table for table, _ in retention.ROLLUPS)
 CHUNK = 500_000
 SERVICES = [
     "chat-api",
@@ -295,6 +296,18 @@ def _newest_bound(limit: int, since: str) -> str:
     return since
 
 
+def _by_value(rollup: str, raw: str) -> str:
+    """Whole days of the range from the by-value rollup, the rest from llm_calls, as the query layer reads them
+    (llmtap.clickhouse.by_value): `rollup` and `raw` are SELECTs over each, without their time conditions, which
+    go in place of {days} and {edges}."""
+    since, until = "fromUnixTimestamp64Nano({since:Int64})", "fromUnixTimestamp64Nano({until:Int64})"
+    first_day = f"toStartOfDay({since}) + toIntervalDay(toStartOfDay({since}) < {since})"
+    days_end = f"toStartOfDay({until})"
+    days = f"Day >= {first_day} AND Day < {days_end}"
+    edges = f"Timestamp >= {since} AND Timestamp < {until} AND (Timestamp < {first_day} OR Timestamp >= {days_end})"
+    return rollup.replace("{days}", days) + " UNION ALL " + raw.replace("{edges}", edges)
+
+
 def comparisons(now: datetime) -> list[tuple[str, str, str]]:
     """(question, SQL on the LLM layer, the same question on raw otel_traces); {since:Int64} is bound."""
     since = "fromUnixTimestamp64Nano({since:Int64})"
@@ -319,14 +332,20 @@ def comparisons(now: datetime) -> list[tuple[str, str, str]]:
         ("calls per minute, one service, 24h (minute rollup)",
          f"SELECT Minute, sum(Calls) FROM llm_calls_1m WHERE Minute >= {since} AND ServiceName = 'search' GROUP BY Minute ORDER BY Minute",
          f"SELECT toStartOfMinute(Timestamp) AS t, count() FROM otel_traces WHERE Timestamp >= {since} AND ServiceName = 'search' AND {_RAW_GENAI} GROUP BY t ORDER BY t"),
-        ("top 10 users by tokens, 30d (llm_calls)",
-         f"SELECT UserId, count(), sum(InputTokens + OutputTokens) AS t FROM llm_calls WHERE Timestamp >= {since} GROUP BY UserId ORDER BY t DESC LIMIT 10",
+        ("top 10 users by tokens, 30d (by-value rollup, edges from llm_calls)",
+         "SELECT Key, sum(N), sum(T) AS t FROM (" + _by_value(
+             "SELECT Value AS Key, sum(Calls) AS N, sum(InputTokens + OutputTokens) AS T FROM llm_calls_by_value_1d WHERE Dimension = 'user' AND {days} GROUP BY Key",
+             "SELECT UserId, count(), sum(InputTokens + OutputTokens) FROM llm_calls WHERE {edges} GROUP BY UserId",
+         ) + ") GROUP BY Key ORDER BY t DESC LIMIT 10",
          f"SELECT SpanAttributes['user.id'] AS u, count(), sum(toUInt64OrZero(SpanAttributes['gen_ai.usage.input_tokens']) + toUInt64OrZero(SpanAttributes['gen_ai.usage.output_tokens'])) AS t FROM otel_traces WHERE Timestamp >= {since} AND {_RAW_GENAI} GROUP BY u ORDER BY t DESC LIMIT 10"),
         ("latest 50 calls, 30d (llm_calls from a rollup-derived bound)",
          f"SELECT Timestamp, ServiceName, Model, DurationMs, InputTokens, OutputTokens, IsError FROM llm_calls WHERE Timestamp >= {_newest_bound(50, since)} ORDER BY Timestamp DESC LIMIT 50",
          f"SELECT Timestamp, ServiceName, {_RAW_MODEL}, {_RAW_MS}, SpanAttributes['gen_ai.usage.input_tokens'], SpanAttributes['gen_ai.usage.output_tokens'], {_RAW_ERROR} FROM otel_traces WHERE Timestamp >= {since} AND {_RAW_GENAI} ORDER BY Timestamp DESC LIMIT 50"),
-        ("calls of one tenant (custom attribute), 30d (llm_calls)",
-         f"SELECT count(), avg(DurationMs) FROM llm_calls WHERE Timestamp >= {since} AND Attributes['tenant'] = 'tenant-42'",
+        ("calls of one tenant (custom attribute), 30d (by-value rollup, edges from llm_calls)",
+         "SELECT sum(N), sum(Ms) / sum(N) FROM (" + _by_value(
+             "SELECT sum(Calls) AS N, sum(DurationMsSum) AS Ms FROM llm_calls_by_value_1d WHERE Dimension = 'attr.tenant' AND Value = 'tenant-42' AND {days}",
+             "SELECT count(), sum(DurationMs) FROM llm_calls WHERE Attributes['tenant'] = 'tenant-42' AND {edges}",
+         ) + ")",
          f"SELECT count(), avg({_RAW_MS}) FROM otel_traces WHERE Timestamp >= {since} AND {_RAW_GENAI} AND SpanAttributes['llmtap.attr.tenant'] = 'tenant-42'"),
     ]  # fmt: skip
 
@@ -338,6 +357,8 @@ def layer_queries(now: datetime) -> list[tuple[str, Callable[[object], object]]]
         ("stats --by model, 30d", lambda c: queries.call_stats(c, month, by="model")),
         ("stats --by service, 30d", lambda c: queries.call_stats(c, month, by="service")),
         ("stats --by user, 30d (top 50)", lambda c: queries.call_stats(c, month, by="user", limit=50)),
+        ("stats --attr tenant=tenant-42, 30d", lambda c: queries.total_stats(c, dataclasses.replace(month, attributes={"tenant": "tenant-42"}))),
+        ("stats --by model --user user-7, 30d", lambda c: queries.call_stats(c, dataclasses.replace(month, user=("user-7",)), by="model")),
         ("stats --by day, 30d", lambda c: queries.call_stats(c, month, by="day")),
         ("stats --by model, 24h", lambda c: queries.call_stats(c, day, by="model")),
         ("stats --latency (by model), 30d", lambda c: queries.latency_by_model(c, month)),
@@ -446,7 +467,10 @@ def main() -> None:
         rows = []
         for name, layer_sql, raw_sql in comparisons(now):
             days = 1 if "24h" in name else 6 if "6d" in name else DAYS
-            bound = {"since": int((now - timedelta(days=days)).timestamp() * 1e9)}
+            bound = {
+                "since": int((now - timedelta(days=days)).timestamp() * 1e9),
+                "until": int(now.timestamp() * 1e9),
+            }
             layer = timed(lambda q=layer_sql, p=bound: client.query(q, parameters=p), repeat)
             # Raw scans take seconds on big stores: one run, its data already cached by nothing but itself.
             raw = timed(lambda q=raw_sql, p=bound: client.query(q, parameters=p), 1, warm_up=False)

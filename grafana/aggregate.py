@@ -23,6 +23,7 @@ stack's server runs in UTC; chDB (`llmtap serve`) takes the machine's zone. Tota
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,15 +46,32 @@ COSTED_ROLLUPS = Rollups("llm_calls_1m_costed", "llm_calls_1h_costed", "llm_call
 ANSWER_ROLLUPS = Rollups("llm_answers_1m", "llm_answers_1h")  # answers and uncertain answers (migration 0007)
 # The variables the rollups' dimensions can answer (status is IsError, one of them).
 ROLLUP_FILTERS = ("project", "service", "model", "status")
+# The variables whose chosen values the by-value rollup (migration 0011) keeps rows for -> the rows of a choice.
+VALUE_FILTERS = {
+    "user": "Dimension = 'user' AND Value IN (${user:singlequote})",
+    "tag": "Dimension = 'tag' AND Value IN (${tag:singlequote})",
+}
+BY_VALUE, BY_VALUE_COSTED = "llm_calls_by_value_1d", "llm_calls_by_value_1d_costed"
+# The columns of the by-value rollup's rows that measures and groupings read, in the order both sides of its
+# union list them.
+_VALUE_ROW_DIMENSIONS = ("Project", "ServiceName", "Model", "Provider", "Operation", "IsError", "ErrorType")
+# The by-value rollup's measure columns -> the same aggregate over the calls.
+_VALUE_ROW_MEASURES = {
+    "Calls": "count()",
+    "Errors": "sum(IsError)",
+    "InputTokens": "sum(InputTokens)",
+    "OutputTokens": "sum(OutputTokens)",
+    "DurationMsSum": "sum(DurationMs)",
+    "DurationMsMin": "min(DurationMs)",
+    "DurationMsMax": "max(DurationMs)",
+    "DurationMsQuantiles": "quantileTDigestState(DurationMs)",
+}
 _START = "Start"  # the rollup rows' hour or minute, under one name in the union of both
 
 
 def _rollup_applies(filters: Sequence[str]) -> str:
     """True while every selected filter is one the rollups answer."""
-    return (
-        " AND ".join(f"$__conditionalAll(0, ${name})" for name in filters if name not in ROLLUP_FILTERS)
-        or "1"
-    )
+    return " AND ".join(_every(name) for name in filters if name not in ROLLUP_FILTERS) or "1"
 
 
 def _whole(start: str, minutes: int) -> str:
@@ -124,11 +142,13 @@ def _latest_with(
 @dataclass(frozen=True)
 class Measure:
     """One aggregate, written over llm_calls rows and, when the rollup holds what it needs, over its rows;
-    `digest` when the rollup form merges latency digests (costly per row, see the module docstring)."""
+    `digest` when the rollup form merges latency digests (costly per row, see the module docstring);
+    `per_value` when the by-value rollup's rows hold what the rollup form reads too."""
 
     raw: str
     rollup: str | None = None
     digest: bool = False
+    per_value: bool = True
 
 
 CALLS = Measure("count()", "sum(Calls)")
@@ -183,6 +203,7 @@ def time_to_first_chunk(quantile: float) -> Measure:
         ),
         _finite(f"{_quantiles('quantilesTDigestIfMerge')}(TimeToFirstChunkMsQuantiles){_level(quantile)}"),
         digest=True,
+        per_value=False,
     )
 
 
@@ -209,7 +230,8 @@ def _bucket_start(column: str, bucket: str) -> str:
 
 
 def _scaled(measure: Measure, template: str) -> Measure:
-    return Measure(template.format(measure.raw), template.format(measure.rollup) if measure.rollup else None)
+    rollup = template.format(measure.rollup) if measure.rollup else None
+    return dataclasses.replace(measure, raw=template.format(measure.raw), rollup=rollup)
 
 
 def rate(measure: Measure) -> Measure:
@@ -255,15 +277,76 @@ def query(
             + tail
         )
     applies = _rollup_applies(filters)
-    rollup = _aggregate(
-        measures, _START, bucket, by, keys, f"(\n{_rollup_rows(rollups or (COSTED_ROLLUPS if costed else CALL_ROLLUPS), extra, filters, bucket)}\n)", "", having,
-        switch=applies,
-    )  # fmt: skip
-    raw_where = sql.where(*extra, f"NOT ({applies})", filters=filters)
-    raw = _aggregate(
-        measures, "Timestamp", bucket, by, keys, raw_table, raw_where, having, switch=f"NOT ({applies})"
+    branches = [
+        _aggregate(
+            measures, _START, bucket, by, keys, f"(\n{_rollup_rows(rollups or (COSTED_ROLLUPS if costed else CALL_ROLLUPS), extra, filters, bucket)}\n)", "", having,
+            switch=applies,
+        )
+    ]  # fmt: skip
+    per_value = "0"
+    if bucket is None and rollups is None and all(measure.per_value for measure, _ in measures):
+        per_value = _by_value_applies(filters)
+    if per_value != "0":
+        rows = _by_value_rows(costed, extra, filters)
+        branches.append(
+            _aggregate(
+                measures, _START, None, by, keys, f"(\n{rows}\n)", "", having,
+                switch=f"NOT ({applies}) AND ({per_value})",
+            )
+        )  # fmt: skip
+    raw_switch = f"NOT ({applies})" + (f" AND NOT ({per_value})" if per_value != "0" else "")
+    raw_where = sql.where(*extra, raw_switch, filters=filters)
+    branches.append(
+        _aggregate(measures, "Timestamp", bucket, by, keys, raw_table, raw_where, having, switch=raw_switch)
     )
-    return f"SELECT * FROM (\n{rollup}\nUNION ALL\n{raw}\n){tail}"
+    return "SELECT * FROM (\n" + "\nUNION ALL\n".join(branches) + f"\n){tail}"
+
+
+def _by_value_applies(filters: Sequence[str]) -> str:
+    """True while exactly one of the value filters has a choice (a tag filter: one tag, since a call with two
+    chosen tags has a row under each) and every other filter set is one the rollups answer; "0" when `filters`
+    has no value filter."""
+    values = [name for name in filters if name in VALUE_FILTERS]
+    if not values:
+        return "0"
+    chosen = " + ".join(f"(NOT ({_every(name)}))" for name in values)
+    conditions = [f"({chosen}) = 1"]
+    conditions += [
+        _every(name) for name in filters if name not in ROLLUP_FILTERS and name not in VALUE_FILTERS
+    ]
+    if "tag" in values:
+        conditions.append(f"({_every('tag')} OR length([${{tag:singlequote}}]) = 1)")
+    return " AND ".join(conditions)
+
+
+def _every(variable: str) -> str:
+    """True while the variable is All (or empty): it selects no calls out."""
+    return f"$__conditionalAll(0, ${variable})"
+
+
+def _by_value_rows(costed: bool, extra: Sequence[str], filters: Sequence[str]) -> str:
+    """Rows of the calls of the chosen user or tag, priced when `costed`: the range's whole days from the by-value
+    rollup, its ragged edges as the same rows grouped from the calls (exactly those in the range). Whole days
+    as `_whole_day` has them: every minute in the range."""
+    first_day = "toStartOfDay($__fromTime) + toIntervalDay(toStartOfDay($__fromTime) < $__fromTime)"
+    days_end = "toStartOfDay($__toTime + INTERVAL 1 MINUTE)"
+    measures = {**_VALUE_ROW_MEASURES, **({"Cost": "sum(Cost)"} if costed else {})}
+    chosen = " OR ".join(
+        f"(NOT ({_every(name)}) AND $__conditionalAll({condition}, ${name}))"
+        for name, condition in VALUE_FILTERS.items()
+        if name in filters
+    )
+    answered = [name for name in filters if name in ROLLUP_FILTERS]
+    days = sql.where(
+        *extra, f"Day >= {first_day}", f"Day < {days_end}", f"({chosen})", filters=answered, time_column=None
+    )
+    edges = sql.where(*extra, f"(Timestamp < {first_day} OR Timestamp >= {days_end})", filters=filters)
+    dimensions = ", ".join(_VALUE_ROW_DIMENSIONS)
+    return (
+        f"SELECT {dimensions}, {', '.join(measures)}\nFROM {BY_VALUE_COSTED if costed else BY_VALUE}\n{days}"
+        f"\nUNION ALL\nSELECT {dimensions}, {', '.join(f'{raw} AS {column}' for column, raw in measures.items())}"
+        f"\nFROM {sql.COSTED if costed else sql.CALLS}\n{edges}\nGROUP BY {dimensions}"
+    )
 
 
 def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str], bucket: str | None) -> str:

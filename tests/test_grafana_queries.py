@@ -249,6 +249,73 @@ def test_series_over_days_read_the_daily_rollup_and_count_every_call(days_ago: S
     assert len(rows) >= 5 and all(row[0].minute == 0 for row in rows), "under a week: whole hours"
 
 
+@pytest.fixture(scope="module")
+def two_days(store: Store) -> Iterator[Store]:
+    """The scenario's calls twice, two and four days back, in a database of their own."""
+    path = store.client.uri.removeprefix("chdb://")
+    client = connect(f"chdb://{path}?database=two_days", create_database=True)
+    try:
+        migrate(client)
+        load_bundled_prices(client)
+        now = store.now - timedelta(days=2)
+        calls.load(client, calls.built_requests(now) + calls.built_requests(now - timedelta(days=2)))
+        yield Store(client, now, "", "")
+    finally:
+        client.command("DROP DATABASE two_days SYNC")
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "condition"),
+    [("user", "user-3", "UserId = 'user-3'"), ("tag", "beta", "has(Tags, 'beta')")],
+)
+def test_one_user_or_tag_over_days_takes_whole_days_from_the_by_value_rollup(
+    two_days: Store, variable: str, value: str, condition: str
+) -> None:
+    """One user or tag chosen over ten days, ending among the later calls: the whole days come from
+    llm_calls_by_value_1d, the ragged ends from the calls, and per model they add up to what llm_calls holds."""
+    client = two_days.client
+    start, end = two_days.now - timedelta(days=10, seconds=30), two_days.now - timedelta(minutes=100)
+    variables = [
+        Variable(chosen.name, [value]) if chosen.name == variable else chosen
+        for chosen in _selection("llmtap-models", "all", two_days)
+    ]
+    (models,) = _panel("llmtap-models", "Models")["targets"]
+    expanded = expand_dashboard_sql(
+        models["rawSql"], variables, QueryContext(start, end, interval_seconds=3600)
+    )
+    rows = {row[0]: row[2:] for row in client.query(expanded).result_rows}
+    expected = client.query(
+        "SELECT Model, count(), countIf(IsError = 1) / count(), min(DurationMs), avg(DurationMs), "
+        "quantileExact(0.25)(DurationMs), max(DurationMs), sum(InputTokens), sum(OutputTokens), sum(Cost) "
+        f"FROM llm_calls_costed WHERE Timestamp >= toDateTime({int(start.timestamp())}) "
+        f"AND Timestamp <= toDateTime({int(end.timestamp())}) AND {condition} GROUP BY Model"
+    ).result_rows
+    assert set(rows) == {row[0] for row in expected}
+    for model, count, error_rate, low, mean, quartile, high, tokens_in, tokens_out, cost in expected:
+        got = rows[model]
+        assert (got[0], got[1], got[2], got[6], got[7], got[8]) == (
+            count,
+            error_rate,
+            low,
+            high,
+            tokens_in,
+            tokens_out,
+        )
+        assert got[3] == pytest.approx(mean) and got[9] == pytest.approx(cost)
+        assert quartile <= got[5] <= got[6] * (1 + 1e-6), "p95 between the lower quartile and the maximum"
+    # Whole days came from the rollup: without its rows only the calls of the ragged end's day are left.
+    rollup = "FROM llm_calls_by_value_1d_costed"
+    assert rollup in expanded
+    without = expanded.replace(rollup, f"FROM (SELECT * {rollup} WHERE 0)")
+    left = sum(row[2] for row in client.query(without).result_rows)
+    in_last_day = two_days.scalar(
+        f"SELECT count() FROM llm_calls WHERE Timestamp >= toStartOfDay(toDateTime({int(end.timestamp())})) "
+        f"AND Timestamp <= toDateTime({int(end.timestamp())}) AND {condition}"
+    )
+    assert 0 < left == in_last_day < sum(row[1] for row in expected)
+
+
 def test_totals_over_a_ragged_range_count_exactly_the_minutes_inside_it(store: Store) -> None:
     """A range starting mid-minute among the stored calls and ending days later: minutes at the ragged start, whole
     hours, then whole days are summed, and each model's count is that of the calls whose minute starts in range."""

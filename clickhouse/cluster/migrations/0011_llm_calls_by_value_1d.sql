@@ -6,10 +6,11 @@
 -- user or tag chosen. Without it each of them reads a month of llm_calls (every call's user or attribute map:
 -- 0.4-1.2 s on 10 million calls), since llm_calls is sorted for the newest calls, not by user.
 --
--- Each call is counted once under each of its values: Dimension 'user' (Value: user.id), 'tag' (one row per
--- distinct tag) and 'attr.<key>' (one per custom attribute, llmtap.attr.<key>). Sum the rows of one Dimension
--- only, and over several values only where a call has one value at most (users, one attribute key): a call
--- with two of the tags chosen would count twice. Calls without a user, tag or attribute have no row here.
+-- Each call is counted once under each of its values: Dimension 'user' (Value: user.id, '' for calls without
+-- one, so a ranking of users shows them as the other views do), 'tag' (one row per distinct tag) and
+-- 'attr.<key>' (one per custom attribute, llmtap.attr.<key>). Sum the rows of one Dimension only, and over
+-- several values only where a call has one value at most (users, one attribute key): a call with two of the
+-- tags chosen would count twice.
 -- Size: a row per (value, day, service, model, status) with calls, so it grows with the number of distinct
 -- values a day; an attribute holding a new value per call (a request id) adds a row per call. Such values
 -- belong in metadata (llmtap.metadata.<key>, the OpenAI metadata= argument), which is not rolled up.
@@ -61,7 +62,7 @@ SELECT
     sum(Duration / 1e6), min(Duration / 1e6), max(Duration / 1e6), quantileTDigestState(Duration / 1e6)
 FROM llm_calls
 ARRAY JOIN arrayConcat(
-    if(UserId = '', [], [('user', UserId)]),
+    [('user', UserId)],
     arrayMap(tag -> ('tag', tag), arrayDistinct(Tags)),
     arrayMap((key, value) -> (concat('attr.', key), value), mapKeys(Attributes), mapValues(Attributes))
 ) AS Pair
@@ -94,8 +95,23 @@ SELECT
     quantileTDigestState(Duration / 1e6) AS DurationMsQuantiles
 FROM llm_calls_local
 ARRAY JOIN arrayConcat(
-    if(UserId = '', [], [('user', UserId)]),
+    [('user', UserId)],
     arrayMap(tag -> ('tag', tag), arrayDistinct(Tags)),
     arrayMap((key, value) -> (concat('attr.', key), value), mapKeys(Attributes), mapValues(Attributes))
 ) AS Pair
 GROUP BY Day, Project, Dimension, Value, ServiceName, Model, Provider, Operation, IsError, ErrorType;
+
+-- llm_calls_by_value_1d_costed: the by-value rollup plus Cost per row, priced like llm_calls_1m_costed (see 0005).
+CREATE VIEW IF NOT EXISTS llm_calls_by_value_1d_costed ON CLUSTER '{cluster}' AS
+SELECT
+    r.*,
+    p.Model AS PriceModel,
+    if(p.Model = '', NULL,
+       ((r.InputTokens - least(r.CachedTokens, r.InputTokens)) * p.InputPerMillion
+        + least(r.CachedTokens, r.InputTokens) * p.CachedInputPerMillion
+        + r.OutputTokens * p.OutputPerMillion) / 1e6) AS Cost
+FROM llm_calls_by_value_1d AS r
+LEFT ASOF JOIN model_prices_effective AS p
+    ON if(r.Model IN (SELECT Model FROM model_prices),
+          r.Model, replaceRegexpOne(r.Model, '-([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{4})$', '')) = p.Model
+    AND toDate(r.Day) >= p.ValidFrom;

@@ -118,13 +118,15 @@ _MULTI = {"project", "service", "model", "user", "tag", "status"}
 
 
 def selections(document: Mapping[str, Any]) -> dict[str, list[Variable]]:
-    """The two variable selections every dashboard query is checked with."""
+    """The variable selections every dashboard query is checked with: everything, a value of every variable,
+    and one tag alone (the by-value rollup's branch, see aggregate.py)."""
     names = [
         v["name"] for v in document.get("templating", {}).get("list", []) if v.get("type") != "datasource"
     ]
     everything = [Variable(name, ALL if name in _MULTI else "", options=["a", "b"]) for name in names]
     specific = [Variable(name, SPECIFIC_VALUES[name]) for name in names]
-    return {"all": everything, "specific": specific}
+    one_tag = [Variable(v.name, SPECIFIC_VALUES["tag"]) if v.name == "tag" else v for v in everything]
+    return {"all": everything, "specific": specific, "one tag": one_tag}
 
 
 def expansions(query: Query, document: Mapping[str, Any] | None, now: datetime) -> Iterator[tuple[str, str]]:

@@ -74,7 +74,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _selection(uid: str, name: str, store: Store) -> list[Variable]:
-    """The variables of dashboard `uid` for selection `name` ("all" or "filtered")."""
+    """The variables of dashboard `uid` for selection `name`: "all", "filtered" (every variable), or "one user"
+    (the rest All)."""
     chosen = []
     for variable in DOCUMENTS[uid]["templating"]["list"]:
         var = variable["name"]
@@ -84,7 +85,7 @@ def _selection(uid: str, name: str, store: Store) -> list[Variable]:
             chosen.append(Variable(var, store.redacted_trace))
         elif var == "span_id":
             chosen.append(Variable(var, store.redacted_span if name == "filtered" else ""))
-        elif name == "filtered":
+        elif name == "filtered" or (name == "one user" and var == "user"):
             chosen.append(Variable(var, FILTERED[var]))
         else:
             chosen.append(Variable(var, ALL if variable.get("includeAll") else ""))
@@ -101,7 +102,7 @@ def _panel(uid: str, title: str) -> dict:
     return panel
 
 
-@pytest.mark.parametrize("selection", ["all", "filtered"])
+@pytest.mark.parametrize("selection", ["all", "filtered", "one user"])
 @pytest.mark.parametrize(("uid", "query"), QUERIES, ids=[query.source for _, query in QUERIES])
 def test_query_returns_rows_of_its_panels_shape(
     store: Store, uid: str, query: validate.Query, selection: str
@@ -559,6 +560,7 @@ def test_validation_reports_broken_sql_and_wrong_shapes(store: Store) -> None:
     assert problems == [
         "llmtap-models / Models [all]: numeric column(s) without a unit: Cost",
         "llmtap-models / Models [specific]: numeric column(s) without a unit: Cost",
+        "llmtap-models / Models [one tag]: numeric column(s) without a unit: Cost",
         "alert llmtap-p95-latency [alert]: needs exactly one numeric column, has ['a', 'b']",
     ]
     assert validate.check(store.client, list(DOCUMENTS.values()), ALERTING, now=store.now) == []

@@ -67,12 +67,16 @@ def selection(flt: CallFilter, by: str | None) -> ValueSelection | None:
 
 
 def day_rows(
-    chosen: ValueSelection, flt: CallFilter, by: str | None, raw_key: str
+    chosen: ValueSelection, flt: CallFilter, by: str | None, raw_key: str, *, top: int | None = None
 ) -> tuple[str, dict[str, Any]]:
     """``(sql, parameters)`` of rows per Key, Model and Date with CallCount, ErrorCount, MinMs, SumMs, MaxMs,
     InputSum, OutputSum, CachedSum, ReasoningSum and Latency (a t-digest state): the range's whole days from the
-    rollup, the rest from llm_calls, where `raw_key` is the grouping's expression. (Names of their own: an alias
-    equal to a column's name would stand for the aggregate inside it.)"""
+    rollup, the rest from llm_calls, where `raw_key` is the grouping's expression; only of the `top` keys with
+    the most calls (ties by key) when given. (Names of their own: an alias equal to a column's name would stand
+    for the aggregate inside it.)
+
+    The top keys are found from the call counts first, since merging latency digests is what costs: a month of
+    all 5,000 users' percentiles merges millions of digests (3.7 s), the 50 busiest users' a few thousand."""
     first_day = f"toStartOfDay({_SINCE}) + toIntervalDay(toStartOfDay({_SINCE}) < {_SINCE})"
     days_end = f"toStartOfDay({_UNTIL if flt.until else 'now()'})"
     rollup_filter = dataclasses.replace(flt, since=None, until=None, user=(), tags=(), attributes={})
@@ -83,6 +87,7 @@ def day_rows(
         **raw_params,
         "by_value_dimension": chosen.dimension,
         "by_value_values": list(chosen.values),
+        "by_value_top": top or 0,
     }
 
     whole_days = ["Dimension = {by_value_dimension:String}", f"Day < {days_end}"]
@@ -92,23 +97,39 @@ def day_rows(
         whole_days.append(f"Day >= {first_day}")
     if rollup_where:
         whole_days.append(rollup_where.removeprefix("WHERE "))
-    edges = (
+    edges = [
         f"(Timestamp < {first_day} OR Timestamp >= {days_end})" if flt.since else f"Timestamp >= {days_end}"
-    )
+    ]
+    if raw_where:
+        edges.insert(0, raw_where.removeprefix("WHERE "))
     rollup_key = KEYS[by] if by else raw_key
+    rollup_rows, raw_rows = " AND ".join(whole_days), " AND ".join(edges)
+    if top:
+        busiest = f"""(
+            SELECT Key FROM (
+                SELECT {rollup_key} AS Key, sum(Calls) AS N FROM {TABLE} WHERE {rollup_rows} GROUP BY Key
+                UNION ALL
+                SELECT {raw_key} AS Key, count() AS N FROM llm_calls WHERE {raw_rows} GROUP BY Key
+            )
+            GROUP BY Key
+            ORDER BY sum(N) DESC, Key
+            LIMIT {{by_value_top:UInt32}}
+        )"""
+        rollup_rows += f" AND {rollup_key} IN {busiest}"
+        raw_rows += f" AND {raw_key} IN {busiest}"
     sql = f"""
         SELECT {rollup_key} AS Key, Model, toDate(Day) AS Date, sum(Calls) AS CallCount, sum(Errors) AS ErrorCount,
                min(DurationMsMin) AS MinMs, sum(DurationMsSum) AS SumMs, max(DurationMsMax) AS MaxMs,
                sum(InputTokens) AS InputSum, sum(OutputTokens) AS OutputSum, sum(CachedTokens) AS CachedSum,
                sum(ReasoningTokens) AS ReasoningSum, quantileTDigestMergeState(DurationMsQuantiles) AS Latency
         FROM {TABLE}
-        WHERE {" AND ".join(whole_days)}
+        WHERE {rollup_rows}
         GROUP BY Key, Model, Date
         UNION ALL
         SELECT {raw_key} AS Key, Model, toDate(Timestamp) AS Date, count(), sum(IsError), min(DurationMs),
                sum(DurationMs), max(DurationMs), sum(InputTokens), sum(OutputTokens), sum(CachedTokens),
                sum(ReasoningTokens), quantileTDigestState(DurationMs)
         FROM llm_calls
-        {raw_where} {"AND" if raw_where else "WHERE"} {edges}
+        WHERE {raw_rows}
         GROUP BY Key, Model, Date"""
     return sql, params

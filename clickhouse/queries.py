@@ -5,8 +5,9 @@ Each function takes a clickhouse-connect client (``chdb://``, ``http://``, or ``
 with bound parameters, and returns frozen dataclasses, so callers never see SQL rows or column positions.
 
 Sources: single calls come from ``llm_calls`` (with cost, ``llm_calls_costed``); stats from ``llm_calls``, its
-token sums priced per model and day; time series from the rollups (``llm_calls_1h_costed``,
-``llm_calls_1m_costed``) whenever the filter only uses their dimensions.
+token sums priced per model and day, or, for one user, tag or custom attribute value and for rankings of users,
+from the by-value rollup's whole days (:mod:`llmtap.clickhouse.by_value`); time series from the rollups
+(``llm_calls_1h_costed``, ``llm_calls_1m_costed``) whenever the filter only uses their dimensions.
 """
 
 from __future__ import annotations
@@ -253,7 +254,7 @@ def call_stats(
     """Calls, errors, latency, tokens and cost per group, biggest groups first (days in date order)."""
     order = "Key" if by == "day" else "Calls DESC, Key"
     limit_clause = "LIMIT {limit:UInt32}" if limit else ""
-    sql, params = _stats_sql(by, flt)
+    sql, params = _stats_sql(by, flt, top=limit)
     result = client.query(
         f"{sql}\nORDER BY {order}\n{limit_clause}", parameters={**params, "limit": limit or 0}
     )
@@ -339,9 +340,9 @@ _QUANTILES = f"{_quantiles('quantiles')}(DurationMs)"
 _LATENCY = f"min(DurationMs), avg(DurationMs), {_QUANTILES} AS P, max(DurationMs)"
 
 
-def _stats_sql(by: str | None, flt: CallFilter) -> tuple[str, dict[str, Any]]:
+def _stats_sql(by: str | None, flt: CallFilter, *, top: int | None = None) -> tuple[str, dict[str, Any]]:
     """The aggregates of `_stats_row` per group `by` over the calls matching `flt` (None: one row, even for no
-    calls).
+    calls), at least of the `top` groups with the most calls.
 
     From the by-value rollup where it can answer (by_value.py), else from llm_calls. Cost is linear in tokens
     and a price holds for a model on a day, so the tokens are summed per key, model and day first and only those
@@ -349,54 +350,56 @@ def _stats_sql(by: str | None, flt: CallFilter) -> tuple[str, dict[str, Any]]:
     seconds on a month of calls). From llm_calls each call's cached tokens are capped at its input tokens before
     summing, exactly as the view does per call; the rollup caps its sums, as the rollups' costed views do."""
     key = _group_expression(by) if by else "'total'"
+    select_key = "Key" if by else f"{key} AS Key"
     group = "GROUP BY Key" if by else ""
     chosen = by_value.selection(flt, by)
-    if chosen:
-        days, params = by_value.day_rows(chosen, flt, by, key)
-        totals = f"""
-        SELECT {"Key" if by else f"{key} AS Key"}, sum(CallCount) AS Calls, sum(ErrorCount) AS Errors,
-               min(MinMs) AS MinMs, sum(SumMs) / Calls AS AvgMs, {_quantiles("quantilesTDigestMerge")}(Latency) AS P,
-               max(MaxMs) AS MaxMs, sum(InputSum) AS Input, sum(OutputSum) AS Output, sum(CachedSum) AS Cached,
-               sum(ReasoningSum) AS Reasoning
-        FROM ({days})
+    if chosen:  # one pass over the day rows: they are few, and their latency digests the costly part
+        days, params = by_value.day_rows(chosen, flt, by, key, top=top)
+        priced = _priced_days(days, "t.InputSum - least(t.CachedSum, t.InputSum)", "least(t.CachedSum, t.InputSum)", "t.OutputSum")  # fmt: skip
+        sql = f"""
+        SELECT {select_key}, sum(CallCount) AS Calls, sum(ErrorCount) AS Errors, min(MinMs) AS MinMs,
+               sum(SumMs) / Calls AS AvgMs, {_quantiles("quantilesTDigestMerge")}(Latency) AS P, max(MaxMs) AS MaxMs,
+               sum(InputSum) AS Input, sum(OutputSum) AS Output, sum(CachedSum) AS Cached,
+               sum(ReasoningSum) AS Reasoning, sum(DayCost) AS Cost, sumIf(CallCount, DayCost IS NULL) AS Unpriced
+        FROM ({priced})
         {group}"""
-        day_sums = f"""
-        SELECT Key, Model, Date AS Day, CallCount AS DayCalls, InputSum - least(CachedSum, InputSum) AS Uncached,
-               least(CachedSum, InputSum) AS CachedInput, OutputSum AS Output
-        FROM ({days})"""
-    else:
-        where, params = where_clause(flt)
-        totals = f"""
+        return sql, params
+    where, params = where_clause(flt)
+    day_sums = f"""
+        SELECT {key} AS Key, Model, toDate(Timestamp) AS Date, count() AS DayCalls,
+               sum(InputTokens - least(CachedTokens, InputTokens)) AS Uncached,
+               sum(least(CachedTokens, InputTokens)) AS CachedInput, sum(OutputTokens) AS Output
+        FROM llm_calls
+        {where}
+        GROUP BY Key, Model, Date"""
+    sql = f"""
+    SELECT Key, Calls, Errors, MinMs, AvgMs, P, MaxMs, Input, Output, Cached, Reasoning, Cost, Unpriced
+    FROM (
         SELECT {key} AS Key, count() AS Calls, sum(IsError) AS Errors, min(DurationMs) AS MinMs,
                avg(DurationMs) AS AvgMs, {_QUANTILES} AS P, max(DurationMs) AS MaxMs, sum(InputTokens) AS Input,
                sum(OutputTokens) AS Output, sum(CachedTokens) AS Cached, sum(ReasoningTokens) AS Reasoning
         FROM llm_calls
         {where}
-        {group}"""
-        day_sums = f"""
-        SELECT {key} AS Key, Model, toDate(Timestamp) AS Day, count() AS DayCalls,
-               sum(InputTokens - least(CachedTokens, InputTokens)) AS Uncached,
-               sum(least(CachedTokens, InputTokens)) AS CachedInput, sum(OutputTokens) AS Output
-        FROM llm_calls
-        {where}
-        GROUP BY Key, Model, Day"""
-    sql = f"""
-    SELECT Key, Calls, Errors, MinMs, AvgMs, P, MaxMs, Input, Output, Cached, Reasoning, Cost, Unpriced
-    FROM ({totals}) AS totals
+        {group}
+    ) AS totals
     LEFT JOIN (
-        SELECT {"Key" if by else f"{key} AS Key"}, sum(DayCost) AS Cost, sumIf(DayCalls, DayCost IS NULL) AS Unpriced
-        FROM (
-            SELECT t.Key AS Key, t.DayCalls AS DayCalls,
-                   if(p.Model = '', NULL,
-                      (t.Uncached * p.InputPerMillion + t.CachedInput * p.CachedInputPerMillion
-                       + t.Output * p.OutputPerMillion) / 1e6) AS DayCost
-            FROM ({day_sums}) AS t
-            LEFT ASOF JOIN model_prices_effective AS p ON {_PRICE_MODEL.format(model="t.Model")} = p.Model
-                AND t.Day >= p.ValidFrom
-        )
+        SELECT {select_key}, sum(DayCost) AS Cost, sumIf(DayCalls, DayCost IS NULL) AS Unpriced
+        FROM ({_priced_days(day_sums, "t.Uncached", "t.CachedInput", "t.Output")})
         {group}
     ) AS costs USING (Key)"""
     return sql, params
+
+
+def _priced_days(rows: str, uncached: str, cached_input: str, output: str) -> str:
+    """`rows` (per Model and Date, as ``t``) with DayCost: their tokens at the price in force that day, NULL when
+    the model has none."""
+    return f"""
+        SELECT t.*, if(p.Model = '', NULL,
+               (({uncached}) * p.InputPerMillion + ({cached_input}) * p.CachedInputPerMillion
+                + ({output}) * p.OutputPerMillion) / 1e6) AS DayCost
+        FROM ({rows}) AS t
+        LEFT ASOF JOIN model_prices_effective AS p ON {_PRICE_MODEL.format(model="t.Model")} = p.Model
+            AND t.Date >= p.ValidFrom"""
 
 
 # The price a model name matches, as the costed views of migration 0005 match it: its own name, else its name

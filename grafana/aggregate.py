@@ -19,7 +19,11 @@ Buckets start at whole multiples of their length since the epoch, in UTC; the ro
 ClickHouse server's (`toStartOfHour`, `toStartOfDay`). So a series reads the hours only when its bucket is a whole
 number of hours and the server's zone is a whole number of hours from UTC, and the days only when its bucket is a
 whole number of days and the zone is UTC; otherwise it reads finer rows and stays right, only slower. The compose
-stack's server runs in UTC; chDB (`llmtap serve`) takes the machine's zone. Totals do not depend on the zone."""
+stack's server runs in UTC; chDB (`llmtap serve`) takes the machine's zone. Totals do not depend on the zone.
+
+A total (no time buckets) with one user or one tag chosen has a third branch: `llm_calls_by_value_1d` (migration
+0011) keeps daily rows per user and per tag, so it reads the range's whole days from there and groups the calls
+of the ragged ends into rows of the same columns; the calls branch then reads nothing."""
 
 from __future__ import annotations
 

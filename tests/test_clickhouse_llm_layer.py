@@ -775,6 +775,11 @@ def test_user_tag_and_attribute_stats_take_whole_days_from_the_by_value_rollup(s
                 assert {row.key for row in rows} == set(groups), (flt, by)
                 for row in rows:
                     _assert_stats(row, groups[row.key], digests=other)
+                if by:  # the busiest groups, found before any latency digest is merged
+                    busiest = queries.call_stats(other, flt, by=by, limit=2)
+                    assert [(r.key, r.calls) for r in busiest] == [(r.key, r.calls) for r in rows[:2]]
+                    for row in busiest:
+                        _assert_stats(row, groups[row.key], digests=other)
 
         answers_match_python()
         whole_days = other.query(

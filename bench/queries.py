@@ -334,7 +334,7 @@ def comparisons(now: datetime) -> list[tuple[str, str, str]]:
          f"SELECT toStartOfMinute(Timestamp) AS t, count() FROM otel_traces WHERE Timestamp >= {since} AND ServiceName = 'search' AND {_RAW_GENAI} GROUP BY t ORDER BY t"),
         ("top 10 users by tokens, 30d (by-value rollup, edges from llm_calls)",
          "SELECT Key, sum(N), sum(T) AS t FROM (" + _by_value(
-             "SELECT Value AS Key, sum(Calls) AS N, sum(InputTokens + OutputTokens) AS T FROM llm_calls_by_value_1d WHERE Dimension = 'user' AND {days} GROUP BY Key",
+             "SELECT Value AS Key, sum(Calls) AS N, sum(InputTokens) + sum(OutputTokens) AS T FROM llm_calls_by_value_1d WHERE Dimension = 'user' AND {days} GROUP BY Key",
              "SELECT UserId, count(), sum(InputTokens + OutputTokens) FROM llm_calls WHERE {edges} GROUP BY UserId",
          ) + ") GROUP BY Key ORDER BY t DESC LIMIT 10",
          f"SELECT SpanAttributes['user.id'] AS u, count(), sum(toUInt64OrZero(SpanAttributes['gen_ai.usage.input_tokens']) + toUInt64OrZero(SpanAttributes['gen_ai.usage.output_tokens'])) AS t FROM otel_traces WHERE Timestamp >= {since} AND {_RAW_GENAI} GROUP BY u ORDER BY t DESC LIMIT 10"),

@@ -77,46 +77,12 @@ def day_rows(
 
     The top keys are found from the call counts first, since merging latency digests is what costs: a month of
     all 5,000 users' percentiles merges millions of digests (3.7 s), the 50 busiest users' a few thousand."""
-    first_day = f"toStartOfDay({_SINCE}) + toIntervalDay(toStartOfDay({_SINCE}) < {_SINCE})"
-    days_end = f"toStartOfDay({_UNTIL if flt.until else 'now()'})"
-    rollup_filter = dataclasses.replace(flt, since=None, until=None, user=(), tags=(), attributes={})
-    rollup_where, params = where_clause(rollup_filter, rollup="Day")
-    raw_where, raw_params = where_clause(flt)
-    params = {
-        **params,
-        **raw_params,
-        "by_value_dimension": chosen.dimension,
-        "by_value_values": list(chosen.values),
-        "by_value_top": top or 0,
-    }
-
-    whole_days = ["Dimension = {by_value_dimension:String}", f"Day < {days_end}"]
-    if chosen.values:
-        whole_days.append("Value IN {by_value_values:Array(String)}")
-    if flt.since:
-        whole_days.append(f"Day >= {first_day}")
-    if rollup_where:
-        whole_days.append(rollup_where.removeprefix("WHERE "))
-    edges = [
-        f"(Timestamp < {first_day} OR Timestamp >= {days_end})" if flt.since else f"Timestamp >= {days_end}"
-    ]
-    if raw_where:
-        edges.insert(0, raw_where.removeprefix("WHERE "))
     rollup_key = KEYS[by] if by else raw_key
-    rollup_rows, raw_rows = " AND ".join(whole_days), " AND ".join(edges)
+    rollup_rows, raw_rows, params = _conditions(chosen, flt)
     if top:
-        busiest = f"""(
-            SELECT Key FROM (
-                SELECT {rollup_key} AS Key, sum(Calls) AS N FROM {TABLE} WHERE {rollup_rows} GROUP BY Key
-                UNION ALL
-                SELECT {raw_key} AS Key, count() AS N FROM llm_calls WHERE {raw_rows} GROUP BY Key
-            )
-            GROUP BY Key
-            ORDER BY sum(N) DESC, Key
-            LIMIT {{by_value_top:UInt32}}
-        )"""
-        rollup_rows += f" AND {rollup_key} IN {busiest}"
-        raw_rows += f" AND {raw_key} IN {busiest}"
+        ranking, params = busiest(chosen, flt, by, raw_key, top)
+        rollup_rows += f" AND {rollup_key} IN ({ranking})"
+        raw_rows += f" AND {raw_key} IN ({ranking})"
     sql = f"""
         SELECT {rollup_key} AS Key, Model, toDate(Day) AS Date, sum(Calls) AS CallCount, sum(Errors) AS ErrorCount,
                min(DurationMsMin) AS MinMs, sum(DurationMsSum) AS SumMs, max(DurationMsMax) AS MaxMs,
@@ -133,3 +99,51 @@ def day_rows(
         WHERE {raw_rows}
         GROUP BY Key, Model, Date"""
     return sql, params
+
+
+def busiest(
+    chosen: ValueSelection, flt: CallFilter, by: str | None, raw_key: str, top: int
+) -> tuple[str, dict[str, Any]]:
+    """``(sql, parameters)`` of the `top` keys with the most calls (ties by key), counted from the rollup's
+    per_day projection (when only its columns are filtered on) and the calls of the range's edges."""
+    rollup_rows, raw_rows, params = _conditions(chosen, flt)
+    rollup_key = KEYS[by] if by else raw_key
+    sql = f"""
+        SELECT Key FROM (
+            SELECT {rollup_key} AS Key, sum(Calls) AS N FROM {TABLE} WHERE {rollup_rows} GROUP BY Key
+            UNION ALL
+            SELECT {raw_key} AS Key, count() AS N FROM llm_calls WHERE {raw_rows} GROUP BY Key
+        )
+        GROUP BY Key
+        ORDER BY sum(N) DESC, Key
+        LIMIT {{by_value_top:UInt32}}"""
+    return sql, {**params, "by_value_top": top}
+
+
+def _conditions(chosen: ValueSelection, flt: CallFilter) -> tuple[str, str, dict[str, Any]]:
+    """``(rollup rows, calls, parameters)``: the conditions selecting the rollup rows of `chosen` on the range's
+    whole days, and the calls of `flt` in the rest of it."""
+    first_day = f"toStartOfDay({_SINCE}) + toIntervalDay(toStartOfDay({_SINCE}) < {_SINCE})"
+    days_end = f"toStartOfDay({_UNTIL if flt.until else 'now()'})"
+    rollup_filter = dataclasses.replace(flt, since=None, until=None, user=(), tags=(), attributes={})
+    rollup_where, params = where_clause(rollup_filter, rollup="Day")
+    raw_where, raw_params = where_clause(flt)
+    params = {
+        **params,
+        **raw_params,
+        "by_value_dimension": chosen.dimension,
+        "by_value_values": list(chosen.values),
+    }
+    whole_days = ["Dimension = {by_value_dimension:String}", f"Day < {days_end}"]
+    if chosen.values:
+        whole_days.append("Value IN {by_value_values:Array(String)}")
+    if flt.since:
+        whole_days.append(f"Day >= {first_day}")
+    if rollup_where:
+        whole_days.append(rollup_where.removeprefix("WHERE "))
+    edges = [
+        f"(Timestamp < {first_day} OR Timestamp >= {days_end})" if flt.since else f"Timestamp >= {days_end}"
+    ]
+    if raw_where:
+        edges.insert(0, raw_where.removeprefix("WHERE "))
+    return " AND ".join(whole_days), " AND ".join(edges), params

@@ -782,6 +782,14 @@ def test_user_tag_and_attribute_stats_take_whole_days_from_the_by_value_rollup(s
                         _assert_stats(row, groups[row.key], digests=other)
 
         answers_match_python()
+        # The busiest users are ranked from the per-day projection of the rollup (migration 0011).
+        month = CallFilter(since=since)
+        ranking, parameters = by_value.busiest(by_value.selection(month, "user"), month, "user", "UserId", 3)
+        ranked = other.query(
+            ranking, parameters=parameters, settings={"force_optimize_projection_name": "per_day"}
+        ).result_rows
+        per_user = [(r.key, r.calls) for r in queries.call_stats(other, month, by="user")]
+        assert [key for (key,) in ranked] == [key for key, _ in per_user[:3]]
         whole_days = other.query(
             "SELECT DISTINCT _partition_id FROM llm_calls WHERE toStartOfDay(Timestamp) > {since:DateTime64(6)} "
             "AND toStartOfDay(Timestamp) < toStartOfDay(now())",

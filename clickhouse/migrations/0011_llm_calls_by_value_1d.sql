@@ -17,6 +17,10 @@
 -- PARTITION BY toYYYYMM(Day), as the other rollups. ORDER BY: project, then the dimension and value, so one
 -- user's or tenant's month lies in a few granules and a ranking of all users reads one dimension's range, then
 -- the day, then the rest of the aggregation key.
+-- Projection per_day: the counts and token sums per value and day alone, which ClickHouse reads instead of the
+-- table for a ranking ("top users by calls or tokens"), about ten times fewer rows (10M calls: 4.5M rows per
+-- user, service, model and day; 456k per user and day): 175 -> 20 ms for the 50 busiest users of a month.
+-- 'rebuild': ClickHouse rebuilds it when parts merge, as for the rollups' projections (see 0010).
 CREATE TABLE IF NOT EXISTS llm_calls_by_value_1d
 (
     Day DateTime CODEC(Delta(4), ZSTD(1)),
@@ -44,7 +48,12 @@ ENGINE = AggregatingMergeTree
 PARTITION BY toYYYYMM(Day)
 ORDER BY (Project, Dimension, Value, Day, ServiceName, Model, Provider, Operation, IsError, ErrorType)
 TTL Day + INTERVAL 400 DAY
-SETTINGS ttl_only_drop_parts = 1;
+SETTINGS ttl_only_drop_parts = 1, deduplicate_merge_projection_mode = 'rebuild';
+
+ALTER TABLE llm_calls_by_value_1d ADD PROJECTION IF NOT EXISTS per_day (
+    SELECT Project, Dimension, Value, Day, sum(Calls), sum(Errors), sum(InputTokens), sum(OutputTokens)
+    GROUP BY Project, Dimension, Value, Day
+);
 
 -- Calls stored before this migration: folded in once, while the table is still empty (so a re-run adds nothing).
 -- The aggregation spills to disk past 1 GB, so a large store's backfill does not run out of memory.

@@ -31,7 +31,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llmtap.clickhouse.queries import LATENCY_LEVELS
+from llmtap.clickhouse.queries import LATENCY_LEVELS, priced_days
 from llmtap.grafana import sql
 
 
@@ -46,7 +46,6 @@ class Rollups:
 
 
 CALL_ROLLUPS = Rollups("llm_calls_1m", "llm_calls_1h", "llm_calls_1d")
-COSTED_ROLLUPS = Rollups("llm_calls_1m_costed", "llm_calls_1h_costed", "llm_calls_1d_costed")
 ANSWER_ROLLUPS = Rollups("llm_answers_1m", "llm_answers_1h")  # answers and uncertain answers (migration 0007)
 # The variables the rollups' dimensions can answer (status is IsError, one of them).
 ROLLUP_FILTERS = ("project", "service", "model", "status")
@@ -55,7 +54,7 @@ VALUE_FILTERS = {
     "user": "Dimension = 'user' AND Value IN (${user:singlequote})",
     "tag": "Dimension = 'tag' AND Value IN (${tag:singlequote})",
 }
-BY_VALUE, BY_VALUE_COSTED = "llm_calls_by_value_1d", "llm_calls_by_value_1d_costed"
+BY_VALUE = "llm_calls_by_value_1d"
 # The columns of the by-value rollup's rows that measures and groupings read, in the order both sides of its
 # union list them.
 _VALUE_ROW_DIMENSIONS = ("Project", "ServiceName", "Model", "Provider", "Operation", "IsError", "ErrorType")
@@ -163,7 +162,7 @@ ERROR_RATIO = Measure(
 INPUT_TOKENS = Measure("sum(InputTokens)", "sum(InputTokens)")
 OUTPUT_TOKENS = Measure("sum(OutputTokens)", "sum(OutputTokens)")
 TOKENS = Measure("sum(InputTokens + OutputTokens)", "sum(InputTokens + OutputTokens)")
-COST = Measure("sum(Cost)", "sum(Cost)")  # on the costed views
+COST = Measure("sum(Cost)", "sum(Cost)")  # on costed rows (`costed=True`)
 MIN_LATENCY = Measure("min(DurationMs)", "min(DurationMsMin)")
 AVG_LATENCY = Measure("avg(DurationMs)", "sum(DurationMsSum) / sum(Calls)")
 MAX_LATENCY = Measure("max(DurationMs)", "max(DurationMsMax)")
@@ -283,7 +282,7 @@ def query(
     applies = _rollup_applies(filters)
     branches = [
         _aggregate(
-            measures, _START, bucket, by, keys, f"(\n{_rollup_rows(rollups or (COSTED_ROLLUPS if costed else CALL_ROLLUPS), extra, filters, bucket)}\n)", "", having,
+            measures, _START, bucket, by, keys, f"(\n{_priced(_rollup_rows(rollups or CALL_ROLLUPS, extra, filters, bucket), costed)}\n)", "", having,
             switch=applies,
         )
     ]  # fmt: skip
@@ -291,13 +290,11 @@ def query(
     if bucket is None and rollups is None and all(measure.per_value for measure, _ in measures):
         per_value = _by_value_applies(filters)
     if per_value != "0":
-        rows = _by_value_rows(costed, extra, filters)
+        switch = f"NOT ({applies}) AND ({per_value})"
+        rows = _priced(_by_value_rows(costed, [*extra, switch], filters), costed)
         branches.append(
-            _aggregate(
-                measures, _START, None, by, keys, f"(\n{rows}\n)", "", having,
-                switch=f"NOT ({applies}) AND ({per_value})",
-            )
-        )  # fmt: skip
+            _aggregate(measures, _START, None, by, keys, f"(\n{rows}\n)", "", having, switch=switch)
+        )
     raw_switch = f"NOT ({applies})" + (f" AND NOT ({per_value})" if per_value != "0" else "")
     raw_where = sql.where(*extra, raw_switch, filters=filters)
     branches.append(
@@ -329,12 +326,13 @@ def _every(variable: str) -> str:
 
 
 def _by_value_rows(costed: bool, extra: Sequence[str], filters: Sequence[str]) -> str:
-    """Rows of the calls of the chosen user or tag, priced when `costed`: the range's whole days from the by-value
-    rollup, its ragged edges as the same rows grouped from the calls (exactly those in the range). Whole days
-    as `_whole_day` has them: every minute in the range."""
+    """Rows of the calls of the chosen user or tag per day (Start), with their cached tokens when `costed` (to be
+    priced): the range's whole days from the by-value rollup, its ragged edges as the same rows grouped from the
+    calls (exactly those in the range). Whole days as `_whole_day` has them: every minute in the range. `extra`
+    holds the branch's switch, so that both parts read nothing while it is off."""
     first_day = "toStartOfDay($__fromTime) + toIntervalDay(toStartOfDay($__fromTime) < $__fromTime)"
     days_end = "toStartOfDay($__toTime + INTERVAL 1 MINUTE)"
-    measures = {**_VALUE_ROW_MEASURES, **({"Cost": "sum(Cost)"} if costed else {})}
+    measures = {**_VALUE_ROW_MEASURES, **({"CachedTokens": "sum(CachedTokens)"} if costed else {})}
     chosen = " OR ".join(
         f"(NOT ({_every(name)}) AND $__conditionalAll({condition}, ${name}))"
         for name, condition in VALUE_FILTERS.items()
@@ -347,10 +345,25 @@ def _by_value_rows(costed: bool, extra: Sequence[str], filters: Sequence[str]) -
     edges = sql.where(*extra, f"(Timestamp < {first_day} OR Timestamp >= {days_end})", filters=filters)
     dimensions = ", ".join(_VALUE_ROW_DIMENSIONS)
     return (
-        f"SELECT {dimensions}, {', '.join(measures)}\nFROM {BY_VALUE_COSTED if costed else BY_VALUE}\n{days}"
-        f"\nUNION ALL\nSELECT {dimensions}, {', '.join(f'{raw} AS {column}' for column, raw in measures.items())}"
-        f"\nFROM {sql.COSTED if costed else sql.CALLS}\n{edges}\nGROUP BY {dimensions}"
+        f"SELECT Day AS {_START}, {dimensions}, {', '.join(measures)}\nFROM {BY_VALUE}\n{days}"
+        f"\nUNION ALL\nSELECT toStartOfDay(Timestamp) AS {_START}, {dimensions}, "
+        f"{', '.join(f'{raw} AS {column}' for column, raw in measures.items())}"
+        f"\nFROM {sql.CALLS}\n{edges}\nGROUP BY {_START}, {dimensions}"
     )
+
+
+def _priced(rows: str, costed: bool) -> str:
+    """Rollup-shaped `rows` (token sums per Model and Start) with Cost when `costed`, its prices looked up once for
+    all of them: through a costed view per rollup level, each lookup cost even a query whose branch reads
+    nothing (10-15 ms each)."""
+    if not costed:
+        return rows
+    priced = priced_days(
+        f"SELECT *, toDate({_START}) AS Date FROM (\n{rows}\n)",
+        "t.InputTokens - least(t.CachedTokens, t.InputTokens)", "least(t.CachedTokens, t.InputTokens)",
+        "t.OutputTokens",
+    )  # fmt: skip
+    return f"SELECT *, DayCost AS Cost FROM ({priced})"
 
 
 def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str], bucket: str | None) -> str:

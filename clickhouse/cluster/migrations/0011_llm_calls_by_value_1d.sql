@@ -109,18 +109,3 @@ ARRAY JOIN arrayConcat(
     arrayMap((key, value) -> (concat('attr.', key), value), mapKeys(Attributes), mapValues(Attributes))
 ) AS Pair
 GROUP BY Day, Project, Dimension, Value, ServiceName, Model, Provider, Operation, IsError, ErrorType;
-
--- llm_calls_by_value_1d_costed: the by-value rollup plus Cost per row, priced like llm_calls_1m_costed (see 0005).
-CREATE VIEW IF NOT EXISTS llm_calls_by_value_1d_costed ON CLUSTER '{cluster}' AS
-SELECT
-    r.*,
-    p.Model AS PriceModel,
-    if(p.Model = '', NULL,
-       ((r.InputTokens - least(r.CachedTokens, r.InputTokens)) * p.InputPerMillion
-        + least(r.CachedTokens, r.InputTokens) * p.CachedInputPerMillion
-        + r.OutputTokens * p.OutputPerMillion) / 1e6) AS Cost
-FROM llm_calls_by_value_1d AS r
-LEFT ASOF JOIN model_prices_effective AS p
-    ON if(r.Model IN (SELECT Model FROM model_prices),
-          r.Model, replaceRegexpOne(r.Model, '-([0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{4})$', '')) = p.Model
-    AND toDate(r.Day) >= p.ValidFrom;

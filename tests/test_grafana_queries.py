@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -198,20 +199,27 @@ def test_totals_over_days_read_the_daily_rollup_and_count_every_call(store: Stor
     )
 
 
-@pytest.fixture(scope="module")
-def days_ago(store: Store) -> Iterator[Store]:
-    """The same calls three days back, in a database of their own: whole UTC days of a longer range hold them."""
+@contextmanager
+def _scenario_days_back(store: Store, database: str, *days: int) -> Iterator[Store]:
+    """The scenario's calls as if run `days` back (each), in a database of their own; its `now` is the first."""
     path = store.client.uri.removeprefix("chdb://")
-    client = connect(f"chdb://{path}?database=three_days_ago", create_database=True)
+    client = connect(f"chdb://{path}?database={database}", create_database=True)
     try:
         migrate(client)
         load_bundled_prices(client)
-        now = store.now - timedelta(days=3)
-        calls.load(client, calls.built_requests(now))
-        yield Store(client, now, "", "")
+        moments = [store.now - timedelta(days=back) for back in days]
+        calls.load(client, [request for moment in moments for request in calls.built_requests(moment)])
+        yield Store(client, moments[0], "", "")
     finally:
-        client.command("DROP DATABASE three_days_ago SYNC")
+        client.command(f"DROP DATABASE {database} SYNC")
         client.close()
+
+
+@pytest.fixture(scope="module")
+def days_ago(store: Store) -> Iterator[Store]:
+    """The same calls three days back: whole UTC days of a longer range hold them."""
+    with _scenario_days_back(store, "three_days_ago", 3) as earlier:
+        yield earlier
 
 
 def test_series_over_days_read_the_daily_rollup_and_count_every_call(days_ago: Store) -> None:
@@ -252,18 +260,9 @@ def test_series_over_days_read_the_daily_rollup_and_count_every_call(days_ago: S
 
 @pytest.fixture(scope="module")
 def two_days(store: Store) -> Iterator[Store]:
-    """The scenario's calls twice, two and four days back, in a database of their own."""
-    path = store.client.uri.removeprefix("chdb://")
-    client = connect(f"chdb://{path}?database=two_days", create_database=True)
-    try:
-        migrate(client)
-        load_bundled_prices(client)
-        now = store.now - timedelta(days=2)
-        calls.load(client, calls.built_requests(now) + calls.built_requests(now - timedelta(days=2)))
-        yield Store(client, now, "", "")
-    finally:
-        client.command("DROP DATABASE two_days SYNC")
-        client.close()
+    """The scenario's calls twice, two and four days back."""
+    with _scenario_days_back(store, "two_days", 2, 4) as earlier:
+        yield earlier
 
 
 @pytest.mark.parametrize(

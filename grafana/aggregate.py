@@ -21,9 +21,10 @@ number of hours and the server's zone is a whole number of hours from UTC, and t
 whole number of days and the zone is UTC; otherwise it reads finer rows and stays right, only slower. The compose
 stack's server runs in UTC; chDB (`llmtap serve`) takes the machine's zone. Totals do not depend on the zone.
 
-A total (no time buckets) with one user or one tag chosen has a third branch: `llm_calls_by_value_1d` (migration
-0011) keeps daily rows per user and per tag, so it reads the range's whole days from there and groups the calls
-of the ragged ends into rows of the same columns; the calls branch then reads nothing."""
+A total, or a series of whole-day buckets where the days fit (as above), with one user or one tag chosen has a
+third branch: `llm_calls_by_value_1d` (migration 0011) keeps daily rows per user and per tag, so it reads the
+range's whole days from there and groups the calls of the ragged ends into rows of the same columns, per day;
+the calls branch then reads nothing. Latency-percentile charts over a week or more have such buckets."""
 
 from __future__ import annotations
 
@@ -287,13 +288,14 @@ def query(
         )
     ]  # fmt: skip
     per_value = "0"
-    if bucket is None and rollups is None and all(measure.per_value for measure, _ in measures):
+    if rollups is None and all(measure.per_value for measure, _ in measures):
         per_value = _by_value_applies(filters)
     if per_value != "0":
+        per_value += "" if bucket is None else f" AND {_days_fit(bucket)}"
         switch = f"NOT ({applies}) AND ({per_value})"
         rows = _priced(_by_value_rows(costed, [*extra, switch], filters), costed)
         branches.append(
-            _aggregate(measures, _START, None, by, keys, f"(\n{rows}\n)", "", having, switch=switch)
+            _aggregate(measures, _START, bucket, by, keys, f"(\n{rows}\n)", "", having, switch=switch)
         )
     raw_switch = f"NOT ({applies})" + (f" AND NOT ({per_value})" if per_value != "0" else "")
     raw_where = sql.where(*extra, raw_switch, filters=filters)
@@ -366,6 +368,15 @@ def _priced(rows: str, costed: bool) -> str:
     return f"SELECT *, DayCost AS Cost FROM ({priced})"
 
 
+def _days_fit(bucket: str | None) -> str:
+    """True when rows of the server's days serve buckets of `bucket` seconds (a total: always): whole days in a
+    UTC server. Only a zone with summer time over a range that holds a whole summer (London, say) passes this one
+    wrongly."""
+    if bucket is None:
+        return "1"
+    return f"{bucket} % 86400 = 0 AND timeZoneOffset($__fromTime) = 0 AND timeZoneOffset($__toTime) = 0"
+
+
 def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str], bucket: str | None) -> str:
     """The rollup rows of the time range: whole days from the daily rollup, the other whole hours from the hourly
     rollup, the remaining minutes from the minute rollup. A time series' buckets start at UTC multiples of their
@@ -376,11 +387,7 @@ def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str],
     # Constants (a per-row condition would keep ClickHouse from pruning by it), judged at the range's two ends.
     whole_hour_zone = "timeZoneOffset($__fromTime) % 3600 = 0 AND timeZoneOffset($__toTime) % 3600 = 0"
     hours_fit = "1" if bucket is None else f"{bucket} % 3600 = 0 AND {whole_hour_zone}"
-    # Only a zone with summer time over a range that holds a whole summer (London, say) passes this one wrongly.
-    utc_days = "timeZoneOffset($__fromTime) = 0 AND timeZoneOffset($__toTime) = 0"
-    days_fit = (
-        "0" if rollups.day is None else "1" if bucket is None else f"{bucket} % 86400 = 0 AND {utc_days}"
-    )
+    days_fit = "0" if rollups.day is None else _days_fit(bucket)
 
     levels = [
         ("Minute", rollups.minute, f"NOT ({hours_fit} AND {_whole_hour('toStartOfHour(Minute)')})"),

@@ -316,6 +316,41 @@ def test_one_user_or_tag_over_days_takes_whole_days_from_the_by_value_rollup(
     assert 0 < left == in_last_day < sum(row[1] for row in expected)
 
 
+def test_one_user_over_a_week_charts_daily_percentiles_from_the_by_value_rollup(two_days: Store) -> None:
+    """Over a week or more a percentile chart has a point per day: with one user chosen, a UTC server reads the
+    whole days from llm_calls_by_value_1d (without its rows only the ragged end's day is left) and each point lies
+    within its day's calls."""
+    client = two_days.client
+    start, end = two_days.now - timedelta(days=10, seconds=30), two_days.now - timedelta(minutes=100)
+    variables = [
+        Variable(chosen.name, ["user-3"]) if chosen.name == "user" else chosen
+        for chosen in _selection("llmtap-overview", "all", two_days)
+    ]
+    (percentiles,) = _panel("llmtap-overview", "Latency percentiles")["targets"]
+    expanded = expand_dashboard_sql(
+        percentiles["rawSql"], variables, QueryContext(start, end, interval_seconds=3600)
+    )
+    rows = client.query(expanded).result_rows
+    days = {
+        day.replace(tzinfo=None): (low, high)
+        for day, low, high in client.query(
+            "SELECT toStartOfDay(Timestamp, 'UTC'), min(DurationMs), max(DurationMs) FROM llm_calls "
+            f"WHERE Timestamp >= toDateTime({int(start.timestamp())}) AND Timestamp <= toDateTime({int(end.timestamp())}) "
+            "AND UserId = 'user-3' GROUP BY 1"
+        ).result_rows
+    }
+    assert [row[0] for row in rows] == sorted(days) and len(days) >= 2
+    for time, p50, p95, p99 in rows:
+        low, high = days[time]
+        assert low * (1 - 1e-6) <= p50 <= p95 <= p99 <= high * (1 + 1e-6)
+    if two_days.scalar("SELECT timeZoneOffset(now())") == 0:
+        rollup = "FROM llm_calls_by_value_1d\n"
+        assert expanded.count(rollup) == 1
+        without = expanded.replace(rollup, "FROM (SELECT * FROM llm_calls_by_value_1d WHERE 0)\n")
+        last_day = max(days)
+        assert [row[0] for row in client.query(without).result_rows] == [last_day]
+
+
 def test_totals_over_a_ragged_range_count_exactly_the_minutes_inside_it(store: Store) -> None:
     """A range starting mid-minute among the stored calls and ending days later: minutes at the ragged start, whole
     hours, then whole days are summed, and each model's count is that of the calls whose minute starts in range."""

@@ -355,7 +355,7 @@ def _stats_sql(by: str | None, flt: CallFilter, *, top: int | None = None) -> tu
     chosen = by_value.selection(flt, by)
     if chosen:  # one pass over the day rows: they are few, and their latency digests the costly part
         days, params = by_value.day_rows(chosen, flt, by, key, top=top)
-        priced = priced_days(days, "t.InputSum - least(t.CachedSum, t.InputSum)", "least(t.CachedSum, t.InputSum)", "t.OutputSum")  # fmt: skip
+        priced = priced_days(days, "t.InputSum", "t.CachedSum", "t.OutputSum")
         sql = f"""
         SELECT {select_key}, sum(CallCount) AS Calls, sum(ErrorCount) AS Errors, min(MinMs) AS MinMs,
                sum(SumMs) / Calls AS AvgMs, {_quantiles("quantilesTDigestMerge")}(Latency) AS P, max(MaxMs) AS MaxMs,
@@ -367,8 +367,8 @@ def _stats_sql(by: str | None, flt: CallFilter, *, top: int | None = None) -> tu
     where, params = where_clause(flt)
     day_sums = f"""
         SELECT {key} AS Key, Model, toDate(Timestamp) AS Date, count() AS DayCalls,
-               sum(InputTokens - least(CachedTokens, InputTokens)) AS Uncached,
-               sum(least(CachedTokens, InputTokens)) AS CachedInput, sum(OutputTokens) AS Output
+               sum(InputTokens) AS Input, sum(least(CachedTokens, InputTokens)) AS CachedInput,
+               sum(OutputTokens) AS Output
         FROM llm_calls
         {where}
         GROUP BY Key, Model, Date"""
@@ -384,20 +384,22 @@ def _stats_sql(by: str | None, flt: CallFilter, *, top: int | None = None) -> tu
     ) AS totals
     LEFT JOIN (
         SELECT {select_key}, sum(DayCost) AS Cost, sumIf(DayCalls, DayCost IS NULL) AS Unpriced
-        FROM ({priced_days(day_sums, "t.Uncached", "t.CachedInput", "t.Output")})
+        FROM ({priced_days(day_sums, "t.Input", "t.CachedInput", "t.Output")})
         {group}
     ) AS costs USING (Key)"""
     return sql, params
 
 
-def priced_days(rows: str, uncached: str, cached_input: str, output: str) -> str:
+def priced_days(rows: str, input_tokens: str, cached_tokens: str, output_tokens: str) -> str:
     """`rows` (per Model and Date, as ``t``) with DayCost: their tokens at the price in force that day, NULL when
-    the model has none. One price lookup for all the rows: each costed view a query reads looks prices up again
-    (15 ms on its own)."""
+    the model has none; cached tokens (capped at the input tokens) at the cached price, the rest of the input at the
+    input price. One price lookup for all the rows: each costed view a query reads looks prices up again (15 ms on
+    its own)."""
+    cached = f"least({cached_tokens}, {input_tokens})"
     return f"""
         SELECT t.*, if(p.Model = '', NULL,
-               (({uncached}) * p.InputPerMillion + ({cached_input}) * p.CachedInputPerMillion
-                + ({output}) * p.OutputPerMillion) / 1e6) AS DayCost
+               (({input_tokens} - {cached}) * p.InputPerMillion + {cached} * p.CachedInputPerMillion
+                + {output_tokens} * p.OutputPerMillion) / 1e6) AS DayCost
         FROM ({rows}) AS t
         LEFT ASOF JOIN model_prices_effective AS p ON {_PRICE_MODEL.format(model="t.Model")} = p.Model
             AND t.Date >= p.ValidFrom"""

@@ -362,8 +362,7 @@ def _priced(rows: str, costed: bool) -> str:
         return rows
     priced = priced_days(
         f"SELECT *, toDate({_START}) AS Date FROM (\n{rows}\n)",
-        "t.InputTokens - least(t.CachedTokens, t.InputTokens)", "least(t.CachedTokens, t.InputTokens)",
-        "t.OutputTokens",
+        "t.InputTokens", "t.CachedTokens", "t.OutputTokens",
     )  # fmt: skip
     return f"SELECT *, DayCost AS Cost FROM ({priced})"
 

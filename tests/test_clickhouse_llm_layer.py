@@ -10,7 +10,7 @@ import dataclasses
 import io
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
@@ -347,6 +347,42 @@ def test_rollup_time_projections_hold_the_rollups_rows(store, table, projection,
     assert per_key(client.query(sql, settings=settings).result_rows) == direct
 
 
+def test_one_users_calls_are_read_in_user_order(store):
+    """Migration 0012's copy of the calls' numbers sorted by user: a query about one user that needs only its
+    columns reads it, and gets what Python counts from the spans, as the table itself does. The calls are
+    copied 2,000 times, a second earlier each, so that the user's calls lie in every granule of the table but a
+    few of the projection's, as a busy user's do in a large store."""
+    client, calls, spans = store
+    copies = 2000
+    user = Counter(call.user_id for call in calls if call.user_id).most_common(1)[0][0]
+    sql = (
+        "SELECT Model, ServiceName, count(), countIf(IsError = 1), sum(InputTokens), sum(OutputTokens), "
+        "round(sum(Duration) / 1e6, 3), argMax(ErrorType, Timestamp) FROM llm_calls "
+        "WHERE UserId = {user:String} GROUP BY Model, ServiceName ORDER BY Model, ServiceName"
+    )
+    expected = []
+    mine = sorted((call for call in calls if call.user_id == user), key=lambda call: call.start_ns)
+    for model, service in sorted({(call.model, call.service) for call in mine}):
+        group = [call for call in mine if (call.model, call.service) == (model, service)]
+        expected.append((
+            model, service, (copies + 1) * len(group), (copies + 1) * sum(call.is_error for call in group),
+            (copies + 1) * sum(call.input_tokens for call in group),
+            (copies + 1) * sum(call.output_tokens for call in group),
+            round((copies + 1) * sum(call.duration_ns for call in group) / 1e6, 3), group[-1].error_type,
+        ))  # fmt: skip
+    with _another_database(client, "by_user") as copied:
+        migrate(copied)
+        insert_spans(copied, spans)
+        copied.command(
+            "INSERT INTO llm_calls SELECT c.* REPLACE (Timestamp - toIntervalSecond(n.number) AS Timestamp) "
+            f"FROM llm_calls AS c CROSS JOIN numbers(1, {copies}) AS n"
+        )
+        copied.command("OPTIMIZE TABLE llm_calls FINAL")
+        for settings in ({"optimize_use_projections": 0}, {"force_optimize_projection_name": "by_user"}):
+            rows = copied.query(sql, parameters={"user": user}, settings=settings).result_rows
+            assert rows == expected
+
+
 def _settle_mutations(client, database: str) -> None:
     """Wait for the database's mutations (ALTER … MATERIALIZE, MODIFY TTL run as ones) and fail on a failed one."""
     deadline = time.monotonic() + 60
@@ -359,7 +395,7 @@ def _settle_mutations(client, database: str) -> None:
 
 def test_a_store_from_before_the_projections_gets_them_for_its_old_parts(store):
     client, _, spans = store
-    tables = "('llm_calls_1m', 'llm_calls_1h', 'llm_answers_1m')"
+    tables = "('llm_calls_1m', 'llm_calls_1h', 'llm_answers_1m', 'llm_calls')"
     with _another_database(client, "before_projections") as older:
         migrate(older, target=9)
         insert_spans(older, spans)

@@ -27,6 +27,7 @@ ROLLUPS = (
     ("llm_calls_1h", "Hour"),
     ("llm_calls_1d", "Day"),
     ("llm_calls_by_value_1d", "Day"),
+    ("llm_calls_by_value_1h", "Hour"),
     ("llm_answers_1m", "Minute"),
     ("llm_answers_1h", "Hour"),
 )

@@ -50,16 +50,16 @@ CALL_ROLLUPS = Rollups("llm_calls_1m", "llm_calls_1h", "llm_calls_1d")
 ANSWER_ROLLUPS = Rollups("llm_answers_1m", "llm_answers_1h")  # answers and uncertain answers (migration 0007)
 # The variables the rollups' dimensions can answer (status is IsError, one of them).
 ROLLUP_FILTERS = ("project", "service", "model", "status")
-# The variables whose chosen values the by-value rollup (migration 0011) keeps rows for -> the rows of a choice.
+# The variables whose chosen values the by-value rollups (migrations 0011, 0013) keep rows for -> the rows of a
+# choice.
 VALUE_FILTERS = {
     "user": "Dimension = 'user' AND Value IN (${user:singlequote})",
     "tag": "Dimension = 'tag' AND Value IN (${tag:singlequote})",
 }
-BY_VALUE = "llm_calls_by_value_1d"
-# The columns of the by-value rollup's rows that measures and groupings read, in the order both sides of its
+# The columns of the by-value rollups' rows that measures and groupings read, in the order both sides of their
 # union list them.
 _VALUE_ROW_DIMENSIONS = ("Project", "ServiceName", "Model", "Provider", "Operation", "IsError", "ErrorType")
-# The by-value rollup's measure columns -> the same aggregate over the calls.
+# The daily by-value rollup's measure columns -> the same aggregate over the calls.
 _VALUE_ROW_MEASURES = {
     "Calls": "count()",
     "Errors": "sum(IsError)",
@@ -69,6 +69,49 @@ _VALUE_ROW_MEASURES = {
     "DurationMsMin": "min(DurationMs)",
     "DurationMsMax": "max(DurationMs)",
     "DurationMsQuantiles": "quantileTDigestState(DurationMs)",
+}
+
+
+@dataclass(frozen=True)
+class ValueRollup:
+    """A by-value rollup: rows per chosen value of the variables `kept` and per `period` (Day or Hour, also the
+    name of its time column), whose `measures` columns hold the aggregates of the calls given with them.
+    `complete` when they are every column llm_calls_1h has, so every call measure reads them (otherwise only
+    those `per_value`); `answers` when it counts uncertain answers too."""
+
+    table: str
+    period: str
+    kept: tuple[str, ...]
+    measures: dict[str, str]
+    complete: bool = False
+    answers: bool = False
+
+    def serves(self, measures: Sequence[tuple[Measure, str]], rollups: Rollups | None) -> bool:
+        if rollups is not None and not (self.answers and rollups == ANSWER_ROLLUPS):
+            return False
+        return self.complete or all(measure.per_value for measure, _ in measures)
+
+
+# Tried in this order: a day's rows hold more calls than an hour's.
+VALUE_ROLLUPS = (
+    ValueRollup("llm_calls_by_value_1d", "Day", ("user", "tag"), _VALUE_ROW_MEASURES),
+    ValueRollup(
+        "llm_calls_by_value_1h", "Hour", ("tag",),
+        {
+            **_VALUE_ROW_MEASURES,
+            "StreamCalls": "sum(IsStream)",
+            "TimeToFirstChunkMsQuantiles":
+                "quantileTDigestIfState(ifNull(TimeToFirstChunkMs, 0), isNotNull(TimeToFirstChunkMs))",
+        },
+        complete=True,
+        answers=True,
+    ),
+)  # fmt: skip
+# What a query of the answer rollups reads, as the hourly by-value rows' columns (the answers are the calls of the
+# answer operations) -> the same over the calls.
+_ANSWER_MEASURES = {
+    "Answers": ("Calls", "count()"),
+    "Uncertain": ("Uncertain", f"countIf({sql.is_uncertain()})"),
 }
 _START = "Start"  # the rollup rows' hour or minute, under one name in the union of both
 
@@ -287,17 +330,22 @@ def query(
             switch=applies,
         )
     ]  # fmt: skip
-    per_value = "0"
-    if rollups is None and all(measure.per_value for measure, _ in measures):
-        per_value = _by_value_applies(filters)
-    if per_value != "0":
-        per_value += "" if bucket is None else f" AND {_days_fit(bucket)}"
-        switch = f"NOT ({applies}) AND ({per_value})"
-        rows = _priced(_by_value_rows(costed, [*extra, switch], filters), costed)
+    taken = applies  # what the branches so far answer
+    for level in VALUE_ROLLUPS:
+        chosen = _by_value_applies(filters, level.kept) if level.serves(measures, rollups) else "0"
+        if chosen == "0":
+            continue
+        condition = f"{chosen} AND {_periods_fit(bucket, level.period)}"
+        switch = f"NOT ({taken}) AND ({condition})"
+        answers = rollups == ANSWER_ROLLUPS
+        # The answer rollups hold the answer operations alone.
+        level_extra = [*extra, *([sql.ANSWER_OPERATIONS] if answers else []), switch]
+        rows = _priced(_by_value_rows(level, costed, answers, level_extra, filters), costed)
         branches.append(
             _aggregate(measures, _START, bucket, by, keys, f"(\n{rows}\n)", "", having, switch=switch)
         )
-    raw_switch = f"NOT ({applies})" + (f" AND NOT ({per_value})" if per_value != "0" else "")
+        taken = f"({taken}) OR ({condition})"
+    raw_switch = f"NOT ({taken})"
     raw_where = sql.where(*extra, raw_switch, filters=filters)
     branches.append(
         _aggregate(measures, "Timestamp", bucket, by, keys, raw_table, raw_where, having, switch=raw_switch)
@@ -305,18 +353,16 @@ def query(
     return "SELECT * FROM (\n" + "\nUNION ALL\n".join(branches) + f"\n){tail}"
 
 
-def _by_value_applies(filters: Sequence[str]) -> str:
-    """True while exactly one of the value filters has a choice (a tag filter: one tag, since a call with two
-    chosen tags has a row under each) and every other filter set is one the rollups answer; "0" when `filters`
-    has no value filter."""
-    values = [name for name in filters if name in VALUE_FILTERS]
+def _by_value_applies(filters: Sequence[str], kept: Sequence[str]) -> str:
+    """True while exactly one of the value filters has a choice, one that a by-value rollup keeps rows for
+    (`kept`; a tag filter: one tag, since a call with two chosen tags has a row under each), and every other
+    filter set is one the rollups answer; "0" when `filters` has no value filter `kept`."""
+    values = [name for name in filters if name in VALUE_FILTERS and name in kept]
     if not values:
         return "0"
     chosen = " + ".join(f"(NOT ({_every(name)}))" for name in values)
     conditions = [f"({chosen}) = 1"]
-    conditions += [
-        _every(name) for name in filters if name not in ROLLUP_FILTERS and name not in VALUE_FILTERS
-    ]
+    conditions += [_every(name) for name in filters if name not in ROLLUP_FILTERS and name not in values]
     if "tag" in values:
         conditions.append(f"({_every('tag')} OR length([${{tag:singlequote}}]) = 1)")
     return " AND ".join(conditions)
@@ -327,29 +373,40 @@ def _every(variable: str) -> str:
     return f"$__conditionalAll(0, ${variable})"
 
 
-def _by_value_rows(costed: bool, extra: Sequence[str], filters: Sequence[str]) -> str:
-    """Rows of the calls of the chosen user or tag per day (Start), with their cached tokens when `costed` (to be
-    priced): the range's whole days from the by-value rollup, its ragged edges as the same rows grouped from the
-    calls (exactly those in the range). Whole days as `_whole_day` has them: every minute in the range. `extra`
-    holds the branch's switch, so that both parts read nothing while it is off."""
-    first_day = "toStartOfDay($__fromTime) + toIntervalDay(toStartOfDay($__fromTime) < $__fromTime)"
-    days_end = "toStartOfDay($__toTime + INTERVAL 1 MINUTE)"
-    measures = {**_VALUE_ROW_MEASURES, **({"CachedTokens": "sum(CachedTokens)"} if costed else {})}
+def _by_value_rows(
+    level: ValueRollup, costed: bool, answers: bool, extra: Sequence[str], filters: Sequence[str]
+) -> str:
+    """Rows of the calls of the chosen value per period (Start) of `level`, with their cached tokens when
+    `costed` (to be priced) and answers when `answers`: the range's whole periods from the rollup, its ragged
+    edges as the same rows grouped from the calls (exactly those in the range). Whole periods as `_whole` has
+    them: every minute in the range. `extra` holds the branch's switch, so that both parts read nothing while
+    it is off."""
+    start = f"toStartOf{level.period}"
+    first = f"{start}($__fromTime) + toInterval{level.period}({start}($__fromTime) < $__fromTime)"
+    end = f"{start}($__toTime + INTERVAL 1 MINUTE)"
+    # column -> (its source in the rollup's rows, the same aggregate over the calls)
+    measures = {column: (column, raw) for column, raw in level.measures.items()}
+    measures |= {"CachedTokens": ("CachedTokens", "sum(CachedTokens)")} if costed else {}
+    measures |= _ANSWER_MEASURES if answers else {}
     chosen = " OR ".join(
         f"(NOT ({_every(name)}) AND $__conditionalAll({condition}, ${name}))"
         for name, condition in VALUE_FILTERS.items()
-        if name in filters
+        if name in filters and name in level.kept
     )
     answered = [name for name in filters if name in ROLLUP_FILTERS]
-    days = sql.where(
-        *extra, f"Day >= {first_day}", f"Day < {days_end}", f"({chosen})", filters=answered, time_column=None
-    )
-    edges = sql.where(*extra, f"(Timestamp < {first_day} OR Timestamp >= {days_end})", filters=filters)
+    periods = sql.where(
+        *extra, f"{level.period} >= {first}", f"{level.period} < {end}", f"({chosen})",
+        filters=answered, time_column=None,
+    )  # fmt: skip
+    edges = sql.where(*extra, f"(Timestamp < {first} OR Timestamp >= {end})", filters=filters)
     dimensions = ", ".join(_VALUE_ROW_DIMENSIONS)
+    stored = ", ".join(
+        source if source == column else f"{source} AS {column}" for column, (source, _) in measures.items()
+    )
+    grouped = ", ".join(f"{raw} AS {column}" for column, (_, raw) in measures.items())
     return (
-        f"SELECT Day AS {_START}, {dimensions}, {', '.join(measures)}\nFROM {BY_VALUE}\n{days}"
-        f"\nUNION ALL\nSELECT toStartOfDay(Timestamp) AS {_START}, {dimensions}, "
-        f"{', '.join(f'{raw} AS {column}' for column, raw in measures.items())}"
+        f"SELECT {level.period} AS {_START}, {dimensions}, {stored}\nFROM {level.table}\n{periods}"
+        f"\nUNION ALL\nSELECT {start}(Timestamp) AS {_START}, {dimensions}, {grouped}"
         f"\nFROM {sql.CALLS}\n{edges}\nGROUP BY {_START}, {dimensions}"
     )
 
@@ -367,12 +424,14 @@ def _priced(rows: str, costed: bool) -> str:
     return f"SELECT *, DayCost AS Cost FROM ({priced})"
 
 
-def _days_fit(bucket: str | None) -> str:
-    """True when rows of the server's days serve buckets of `bucket` seconds (a total: always): whole days in a
-    UTC server. Only a zone with summer time over a range that holds a whole summer (London, say) passes this one
-    wrongly."""
+def _periods_fit(bucket: str | None, period: str) -> str:
+    """True when rows of the server's days or hours (`period`) serve buckets of `bucket` seconds (a total:
+    always): whole days in a UTC server, whole hours in a zone a whole number of hours from UTC. Only a zone with
+    summer time over a range that holds a whole summer (London, say) passes the days' test wrongly."""
     if bucket is None:
         return "1"
+    if period == "Hour":
+        return f"{bucket} % 3600 = 0 AND timeZoneOffset($__fromTime) % 3600 = 0 AND timeZoneOffset($__toTime) % 3600 = 0"
     return f"{bucket} % 86400 = 0 AND timeZoneOffset($__fromTime) = 0 AND timeZoneOffset($__toTime) = 0"
 
 
@@ -384,9 +443,8 @@ def _rollup_rows(rollups: Rollups, extra: Sequence[str], filters: Sequence[str],
     UTC."""
     answered = [name for name in filters if name in ROLLUP_FILTERS]
     # Constants (a per-row condition would keep ClickHouse from pruning by it), judged at the range's two ends.
-    whole_hour_zone = "timeZoneOffset($__fromTime) % 3600 = 0 AND timeZoneOffset($__toTime) % 3600 = 0"
-    hours_fit = "1" if bucket is None else f"{bucket} % 3600 = 0 AND {whole_hour_zone}"
-    days_fit = "0" if rollups.day is None else _days_fit(bucket)
+    hours_fit = _periods_fit(bucket, "Hour")
+    days_fit = "0" if rollups.day is None else _periods_fit(bucket, "Day")
 
     levels = [
         ("Minute", rollups.minute, f"NOT ({hours_fit} AND {_whole_hour('toStartOfHour(Minute)')})"),

@@ -75,8 +75,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _selection(uid: str, name: str, store: Store) -> list[Variable]:
-    """The variables of dashboard `uid` for selection `name`: "all", "filtered" (every variable), or "one user"
-    (the rest All)."""
+    """The variables of dashboard `uid` for selection `name`: "all", "filtered" (every variable), "one user" or
+    "one tag" (the rest All)."""
     chosen = []
     for variable in DOCUMENTS[uid]["templating"]["list"]:
         var = variable["name"]
@@ -86,7 +86,7 @@ def _selection(uid: str, name: str, store: Store) -> list[Variable]:
             chosen.append(Variable(var, store.redacted_trace))
         elif var == "span_id":
             chosen.append(Variable(var, store.redacted_span if name == "filtered" else ""))
-        elif name == "filtered" or (name == "one user" and var == "user"):
+        elif name == "filtered" or name == f"one {var}":
             chosen.append(Variable(var, FILTERED[var]))
         else:
             chosen.append(Variable(var, ALL if variable.get("includeAll") else ""))
@@ -351,6 +351,58 @@ def test_one_user_over_a_week_charts_daily_percentiles_from_the_by_value_rollup(
         assert [row[0] for row in client.query(without).result_rows] == [last_day]
 
 
+@pytest.mark.parametrize(
+    ("title", "measure", "answers"),
+    [
+        ("Calls per second by model", "count() / 3600", False),
+        ("Cost per hour by model", "sum(Cost)", False),
+        ("Uncertain answers by model", f"avg({sql.is_uncertain()})", True),
+    ],
+)
+def test_one_tag_charts_hours_from_the_hourly_by_value_rollup(
+    two_days: Store, title: str, measure: str, answers: bool
+) -> None:
+    """One tag chosen, hourly buckets over days that start and end mid-hour: the whole hours come from
+    llm_calls_by_value_1h (without its rows only the calls of the ragged first and last hour are left), and per
+    hour and model the calls, the cost and the uncertain answers' share are what llm_calls holds."""
+    client = two_days.client
+    start, end = two_days.now - timedelta(days=2, hours=2, seconds=30), two_days.now - timedelta(minutes=100)
+    variables = [
+        Variable(chosen.name, ["beta"]) if chosen.name == "tag" else chosen
+        for chosen in _selection("llmtap-overview", "all", two_days)
+    ]
+    (target,) = _panel("llmtap-overview", title)["targets"]
+    expanded = expand_dashboard_sql(
+        target["rawSql"], variables, QueryContext(start, end, interval_seconds=3600)
+    )
+    got = {(time, model): value for time, model, value in client.query(expanded).result_rows}
+    window = (
+        f"Timestamp >= toDateTime({int(start.timestamp())}) AND Timestamp <= toDateTime({int(end.timestamp())}) "
+        "AND has(Tags, 'beta')" + (f" AND {sql.ANSWER_OPERATIONS}" if answers else "")
+    )
+    hour = "toStartOfInterval(toDateTime(Timestamp), INTERVAL 3600 second)"
+    expected = client.query(
+        f"SELECT {hour} AS time, Model, {measure} FROM llm_calls_costed WHERE {window} GROUP BY time, Model"
+    ).result_rows
+    assert len(expected) >= 4 and got.keys() == {(time, model) for time, model, _ in expected}
+    for time, model, value in expected:
+        assert got[(time, model)] == pytest.approx(value), (time, model)
+    if answers:
+        assert any(value for _, _, value in expected), "the tag's answers include uncertain ones"
+    if two_days.scalar("SELECT timeZoneOffset(now()) % 3600") == 0:
+        rollup = "FROM llm_calls_by_value_1h\n"
+        without = expanded.replace(rollup, "FROM (SELECT * FROM llm_calls_by_value_1h WHERE 0)\n")
+        edges = (
+            f"toStartOfHour(Timestamp) = toStartOfHour(toDateTime({int(start.timestamp())})) "
+            f"OR toStartOfHour(Timestamp) = toStartOfHour(toDateTime({int(end.timestamp())}))"
+        )
+        left = {(time, model) for time, model, _ in client.query(without).result_rows}
+        at_edges = client.query(
+            f"SELECT DISTINCT {hour}, Model FROM llm_calls WHERE {window} AND ({edges})"
+        ).result_rows
+        assert rollup in expanded and left == set(at_edges) and len(left) < len(expected)
+
+
 def test_totals_over_a_ragged_range_count_exactly_the_minutes_inside_it(store: Store) -> None:
     """A range starting mid-minute among the stored calls and ending days later: minutes at the ragged start, whole
     hours, then whole days are summed, and each model's count is that of the calls whose minute starts in range."""
@@ -374,7 +426,7 @@ def test_totals_over_a_ragged_range_count_exactly_the_minutes_inside_it(store: S
 
 
 @pytest.mark.parametrize("limit", [1, 7, 60, 100_000])
-@pytest.mark.parametrize("selection", ["all", "filtered"])
+@pytest.mark.parametrize("selection", ["all", "filtered", "one user", "one tag"])
 def test_newest_bound_keeps_every_one_of_the_newest_calls(store: Store, limit: int, selection: str) -> None:
     """The rollup-derived lower bound never cuts off one of the newest `limit` matching calls."""
     latest = f"SELECT SpanId FROM llm_calls\n{{}}\nORDER BY Timestamp DESC, SpanId LIMIT {limit}"

@@ -29,7 +29,7 @@ the calls branch then reads nothing. Latency-percentile charts over a week or mo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from llmtap.clickhouse.queries import LATENCY_LEVELS, priced_days
@@ -70,6 +70,9 @@ _VALUE_ROW_MEASURES = {
     "DurationMsMax": "max(DurationMs)",
     "DurationMsQuantiles": "quantileTDigestState(DurationMs)",
 }
+
+# The columns of the rows a costed query prices (every branch's, see `_costed_query`) -> the same over the calls.
+_COSTED_ROWS = {**_VALUE_ROW_MEASURES, "CachedTokens": "sum(CachedTokens)"}
 
 
 @dataclass(frozen=True)
@@ -327,23 +330,17 @@ def query(
     keys += [item.rsplit(" AS ", 1)[-1] for item in by]
     order_by = order_by or ", ".join(keys) or None
     tail = (f"\nORDER BY {order_by}" if order_by else "") + (f"\nLIMIT {limit}" if limit else "")
-    raw_table = sql.COSTED if costed else sql.CALLS
     bucket = None
     if over_time:
         bucket = DIGEST_BUCKET if any(measure.digest for measure, _ in measures) else SERIES_BUCKET
     if any(measure.rollup is None for measure, _ in measures):  # only the calls can answer
-        raw_where = sql.where(*extra, filters=filters)
+        raw_table, raw_where = sql.COSTED if costed else sql.CALLS, sql.where(*extra, filters=filters)
         return (
             _aggregate(measures, "Timestamp", bucket, by, keys, raw_table, raw_where, having, switch=None)
             + tail
         )
     applies = _rollup_applies(filters)
-    branches = [
-        _aggregate(
-            measures, _START, bucket, by, keys, f"(\n{_priced(_rollup_rows(rollups or CALL_ROLLUPS, extra, filters, bucket), costed)}\n)", "", having,
-            switch=applies,
-        )
-    ]  # fmt: skip
+    sources = [(_rollup_rows(rollups or CALL_ROLLUPS, [*extra, applies], filters, bucket), applies)]
     taken = applies  # what the branches so far answer
     always = set()  # the value filters an earlier by-value branch answers whatever the range
     for level in VALUE_ROLLUPS:
@@ -357,17 +354,65 @@ def query(
         answers = rollups == ANSWER_ROLLUPS
         # The answer rollups hold the answer operations alone.
         level_extra = [*extra, *([sql.ANSWER_OPERATIONS] if answers else []), switch]
-        rows = _priced(_by_value_rows(level, costed, answers, level_extra, filters), costed)
-        branches.append(
-            _aggregate(measures, _START, bucket, by, keys, f"(\n{rows}\n)", "", having, switch=switch)
-        )
+        sources.append((_by_value_rows(level, costed, answers, level_extra, filters), switch))
         taken = f"({taken}) OR ({condition})"
     raw_switch = f"NOT ({taken})"
+    if costed:
+        return (
+            _costed_query(measures, bucket, by, keys, having, sources, [*extra, raw_switch], filters) + tail
+        )
+    branches = [
+        _aggregate(measures, _START, bucket, by, keys, f"(\n{rows}\n)", "", having, switch=switch)
+        for rows, switch in sources
+    ]
     raw_where = sql.where(*extra, raw_switch, filters=filters)
     branches.append(
-        _aggregate(measures, "Timestamp", bucket, by, keys, raw_table, raw_where, having, switch=raw_switch)
+        _aggregate(measures, "Timestamp", bucket, by, keys, sql.CALLS, raw_where, having, switch=raw_switch)
     )
     return "SELECT * FROM (\n" + "\nUNION ALL\n".join(branches) + f"\n){tail}"
+
+
+def _costed_query(
+    measures: Sequence[tuple[Measure, str]],
+    bucket: str | None,
+    by: Sequence[str],
+    keys: Sequence[str],
+    having: str | None,
+    sources: Sequence[tuple[str, str]],
+    raw_extra: Sequence[str],
+    filters: Sequence[str],
+) -> str:
+    """A costed query as one aggregate over the rows of every branch, priced at once: each price lookup costs its
+    planning (40-50 ms on 10M calls) even in a branch that reads nothing, and the calls' own lookup joined every
+    call. The calls are grouped like a rollup's rows, per bucket (a total: per day) and day, so their percentiles
+    are t-digest ones, as the rollups'."""
+    if not all(measure.per_value for measure, _ in measures):
+        raise ValueError("a costed query's measures must read only the columns of _COSTED_ROWS")
+    columns = ", ".join([*_VALUE_ROW_DIMENSIONS, *_COSTED_ROWS])
+    rows = [
+        f"SELECT {_START}, toDate({_START}) AS Date, {columns} FROM (\n{source}\n)" for source, _ in sources
+    ]
+    start = _bucket_start("Timestamp", bucket) if bucket else "toStartOfDay(Timestamp)"
+    where = sql.where(*raw_extra, filters=filters)
+    rows.append(
+        _calls_rows(start, _COSTED_ROWS, where, ("toDate(Timestamp) AS Date", *_VALUE_ROW_DIMENSIONS))
+    )
+    priced = priced_days("\nUNION ALL\n".join(rows), "t.InputTokens", "t.CachedTokens", "t.OutputTokens")
+    table = f"(\nSELECT *, DayCost AS Cost FROM ({priced})\n)"
+    return _aggregate(measures, _START, bucket, by, keys, table, "", having, switch=None)
+
+
+def _calls_rows(
+    start: str, measures: Mapping[str, str], where: str, dimensions: Sequence[str] = _VALUE_ROW_DIMENSIONS
+) -> str:
+    """The calls matching `where` as rollup rows: per `start` (an expression of Timestamp) and `dimensions`
+    (columns or `expr AS name`), `measures` (column -> aggregate)."""
+    grouped = ", ".join(f"{raw} AS {column}" for column, raw in measures.items())
+    keys = ", ".join(item.rsplit(" AS ", 1)[-1] for item in dimensions)
+    return (
+        f"SELECT {start} AS {_START}, {', '.join(dimensions)}, {grouped}\nFROM {sql.CALLS}\n{where}"
+        f"\nGROUP BY {_START}, {keys}"
+    )
 
 
 def _by_value_applies(filters: Sequence[str], kept: Sequence[str]) -> str:
@@ -416,29 +461,14 @@ def _by_value_rows(
         filters=answered, time_column=None,
     )  # fmt: skip
     edges = sql.where(*extra, f"(Timestamp < {first} OR Timestamp >= {end})", filters=filters)
-    dimensions = ", ".join(_VALUE_ROW_DIMENSIONS)
     stored = ", ".join(
         source if source == column else f"{source} AS {column}" for column, (source, _) in measures.items()
     )
-    grouped = ", ".join(f"{raw} AS {column}" for column, (_, raw) in measures.items())
     return (
-        f"SELECT {level.period} AS {_START}, {dimensions}, {stored}\nFROM {level.table}\n{periods}"
-        f"\nUNION ALL\nSELECT {start}(Timestamp) AS {_START}, {dimensions}, {grouped}"
-        f"\nFROM {sql.CALLS}\n{edges}\nGROUP BY {_START}, {dimensions}"
+        f"SELECT {level.period} AS {_START}, {', '.join(_VALUE_ROW_DIMENSIONS)}, {stored}\nFROM {level.table}"
+        f"\n{periods}\nUNION ALL\n"
+        + _calls_rows(f"{start}(Timestamp)", {column: raw for column, (_, raw) in measures.items()}, edges)
     )
-
-
-def _priced(rows: str, costed: bool) -> str:
-    """Rollup-shaped `rows` (token sums per Model and Start) with Cost when `costed`, its prices looked up once for
-    all of them: through a costed view per rollup level, each lookup cost even a query whose branch reads
-    nothing (10-15 ms each)."""
-    if not costed:
-        return rows
-    priced = priced_days(
-        f"SELECT *, toDate({_START}) AS Date FROM (\n{rows}\n)",
-        "t.InputTokens", "t.CachedTokens", "t.OutputTokens",
-    )  # fmt: skip
-    return f"SELECT *, DayCost AS Cost FROM ({priced})"
 
 
 def _periods_fit(bucket: str | None, period: str) -> str:

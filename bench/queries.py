@@ -5,7 +5,8 @@ materialized views fire exactly as on ingest): 30 days, skewed services/models/u
 ~2% errors (some with the old exporter's STATUS_CODE_ERROR), streams, cached and reasoning tokens, tags,
 custom attributes, and prompt/response content (1 in 40 answers uncertain). Then it prints, for each stats and dashboard-shaped query, the
 median latency on the LLM layer and on raw otel_traces, the on-disk size per million calls, and the latency of
-every panel of the generated Grafana dashboards.
+every panel of the generated Grafana dashboards, with 'All' selected, with the busiest user chosen and with one
+tag chosen.
 
     python bench/queries.py            # 10 million calls (~25 minutes on a shared 2-core machine, ~6 GB)
     python bench/queries.py --quick    # 200 thousand calls, for CI smoke runs
@@ -376,10 +377,13 @@ def layer_queries(now: datetime) -> list[tuple[str, Callable[[object], object]]]
 PANEL_RANGES = (("24h", 1, 60), ("7d", 7, 600), (f"{DAYS}d", DAYS, 3600))
 
 
-def dashboard_panels(client, now: datetime, repeat: int) -> list[tuple[str, list[Timing]]]:
-    """Median ms of every panel query of the generated dashboards over each of PANEL_RANGES ('all' selected)."""
+def dashboard_panels(
+    client, now: datetime, repeat: int, choice: tuple[str, str] | None = None
+) -> list[tuple[str, list[Timing]]]:
+    """Median ms of every panel query of the generated dashboards over each of PANEL_RANGES, with 'All' selected,
+    or with one value of one variable chosen (`choice`, the rest All) on the dashboards that have it."""
     try:
-        from llmtap.grafana.interpolate import QueryContext, expand_dashboard_sql
+        from llmtap.grafana.interpolate import QueryContext, Variable, expand_dashboard_sql
         from llmtap.grafana.validate import dashboard_queries, selections
     except ImportError as exc:  # the grafana extra needs Python 3.11+
         print(f"(dashboard panels skipped: {exc})", file=sys.stderr)
@@ -389,6 +393,11 @@ def dashboard_panels(client, now: datetime, repeat: int) -> list[tuple[str, list
     for path in sorted(folder.glob("*.json")):
         document = json.loads(path.read_text())
         variables = selections(document)["all"]
+        if choice:
+            name, value = choice
+            if name not in {variable.name for variable in variables}:
+                continue
+            variables = [Variable(name, [value]) if v.name == name else v for v in variables]
         for query in dashboard_queries(document):
             if query.shape in ("variable", "trace"):
                 continue
@@ -400,6 +409,23 @@ def dashboard_panels(client, now: datetime, repeat: int) -> list[tuple[str, list
                 times.append(timed(lambda sql=sql: client.query(sql), repeat))
             results.append((query.source, times))
     return results
+
+
+def print_panels(panels: list[tuple[str, list[Timing]]], selected: str) -> None:
+    slow = [p for p in panels if max(t.wall for t in p[1]) >= 300]
+    slow_cpu = [p for p in panels if max(t.cpu for t in p[1]) >= 300]
+    print(f"\n## Grafana panels ({len(panels)} queries, {selected}), median ms\n")
+    labels = [label for label, _, _ in PANEL_RANGES]
+    print(
+        markdown_table(
+            ["panel", *labels, *(f"{label} CPU" for label in labels)],
+            [
+                [source, *(f"{t.wall:,.0f}" for t in times), *(f"{t.cpu:,.0f}" for t in times)]
+                for source, times in panels
+            ],
+        )
+    )
+    print(f"\npanels at or over 300 ms: {len(slow)} wall clock, {len(slow_cpu)} CPU time")
 
 
 def disk_usage(client, total: int) -> list[list[object]]:
@@ -493,22 +519,15 @@ def main() -> None:
             layer_rows.append([name, f"{timing.wall:,.0f}", f"{timing.cpu:,.0f}"])
         print(markdown_table(["query", "ms", "CPU ms"], layer_rows))
 
-        panels = dashboard_panels(client, now, repeat)
-        if panels:
-            slow = [p for p in panels if max(t.wall for t in p[1]) >= 300]
-            slow_cpu = [p for p in panels if max(t.cpu for t in p[1]) >= 300]
-            print(f"\n## Grafana panels ({len(panels)} queries, 'All' selected), median ms\n")
-            labels = [label for label, _, _ in PANEL_RANGES]
-            print(
-                markdown_table(
-                    ["panel", *labels, *(f"{label} CPU" for label in labels)],
-                    [
-                        [source, *(f"{t.wall:,.0f}" for t in times), *(f"{t.cpu:,.0f}" for t in times)]
-                        for source, times in panels
-                    ],
-                )
-            )
-            print(f"\npanels at or over 300 ms: {len(slow)} wall clock, {len(slow_cpu)} CPU time")
+        # The busiest user (6% of the calls in the full run) and a tag on 10% of them: the heaviest choices.
+        busiest = client.query(
+            "SELECT Value FROM llm_calls_by_value_1d WHERE Dimension = 'user' AND Value != '' "
+            "GROUP BY Value ORDER BY sum(Calls) DESC LIMIT 1"
+        ).result_rows[0][0]
+        for choice in (None, ("user", busiest), ("tag", "beta")):
+            panels = dashboard_panels(client, now, repeat, choice)
+            if panels:
+                print_panels(panels, f"{choice[0]} {choice[1]} chosen" if choice else "'All' selected")
 
         print("\n## On-disk size, MB per million calls\n")
         print(markdown_table(["table", "MB per 1M calls"], disk_usage(client, total)))

@@ -21,7 +21,8 @@ DEFAULT_CONTENT_DAYS = 30
 DEFAULT_CALLS_DAYS = 400
 # TTL expressions as ClickHouse normalises them in SHOW CREATE: "... + toIntervalDay(30)".
 _TTL_DAYS = re.compile(r"toIntervalDay\((\d+)\)|INTERVAL\s+(\d+)\s+DAY", re.IGNORECASE)
-# The rollups of the calls (the numbers horizon) and their time columns.
+# The tables derived from the calls, on the numbers horizon (the rollups, and the answers by user), and their
+# time columns.
 ROLLUPS = (
     ("llm_calls_1m", "Minute"),
     ("llm_calls_1h", "Hour"),
@@ -30,6 +31,7 @@ ROLLUPS = (
     ("llm_calls_by_value_1h", "Hour"),
     ("llm_answers_1m", "Minute"),
     ("llm_answers_1h", "Hour"),
+    ("llm_answers_by_user", "toDateTime(Timestamp)"),
 )
 
 

@@ -110,6 +110,7 @@ VALUE_ROLLUPS = (
         answers=True,
     ),
 )  # fmt: skip
+USER_ANSWERS = "llm_answers_by_user"  # each answer of a user, sorted by user (migration 0014)
 # What a query of the answer rollups reads, as the hourly by-value rows' columns (the answers are the calls of the
 # answer operations) -> the same over the calls.
 _ANSWER_MEASURES = {
@@ -356,6 +357,10 @@ def query(
         level_extra = [*extra, *([sql.ANSWER_OPERATIONS] if answers else []), switch]
         sources.append((_by_value_rows(level, costed, answers, level_extra, filters), switch))
         taken = f"({taken}) OR ({condition})"
+    if rollups == ANSWER_ROLLUPS and (chosen := _by_value_applies(filters, ("user",))) != "0":
+        switch = f"NOT ({taken}) AND ({chosen})"
+        sources.append((_user_answers([*extra, switch], filters), switch))
+        taken = f"({taken}) OR ({chosen})"
     raw_switch = f"NOT ({taken})"
     if costed:
         return (
@@ -412,6 +417,17 @@ def _calls_rows(
     return (
         f"SELECT {start} AS {_START}, {', '.join(dimensions)}, {grouped}\nFROM {sql.CALLS}\n{where}"
         f"\nGROUP BY {_START}, {keys}"
+    )
+
+
+def _user_answers(extra: Sequence[str], filters: Sequence[str]) -> str:
+    """The answers of the chosen user (llm_answers_by_user, migration 0014, a row per answer) as rows of the answer
+    rollups' columns."""
+    answered = [name for name in filters if name in ROLLUP_FILTERS]
+    where = sql.where(*extra, sql.conditional("user"), filters=answered)
+    return (
+        f"SELECT Timestamp AS {_START}, Project, ServiceName, Model, Operation, IsError, 1 AS Answers, Uncertain"
+        f"\nFROM {USER_ANSWERS}\n{where}"
     )
 
 

@@ -297,7 +297,7 @@ def test_hourly_and_daily_rollups_equal_the_minute_rollup_and_backfill(store):
     expected_answers = sum(c.operation in ("chat", "text_completion") for c in calls)
     for rollup in ("llm_answers_1m", "llm_answers_1h"):
         assert client.query(answers.format(rollup)).result_rows[0][0] == expected_answers
-    # A store that had calls before migrations 0006-0011 gets them folded into the new rollups once.
+    # A store that had calls before migrations 0006-0014 gets them folded into the new tables once.
     with _another_database(client, "before_hourly") as older:
         migrate(older, target=5)
         insert_spans(older, spans)
@@ -311,6 +311,12 @@ def test_hourly_and_daily_rollups_equal_the_minute_rollup_and_backfill(store):
             "GROUP BY Dimension, Value ORDER BY Dimension, Value"
         )
         assert older.query(by_value_sums).result_rows == client.query(by_value_sums).result_rows
+        for derived in (
+            "SELECT Dimension, Value, Hour, sum(Calls), sum(InputTokens), sum(Uncertain), "
+            "round(sum(DurationMsSum), 3) FROM llm_calls_by_value_1h GROUP BY ALL ORDER BY ALL",
+            "SELECT UserId, Model, count(), sum(Uncertain) FROM llm_answers_by_user GROUP BY ALL ORDER BY ALL",
+        ):
+            assert older.query(derived).result_rows == client.query(derived).result_rows != []
         for rollup in ("llm_answers_1m", "llm_answers_1h"):
             assert (
                 older.query(answers.format(rollup)).result_rows

@@ -21,7 +21,7 @@ DEFAULT_CONTENT_DAYS = 30
 DEFAULT_CALLS_DAYS = 400
 # TTL expressions as ClickHouse normalises them in SHOW CREATE: "... + toIntervalDay(30)".
 _TTL_DAYS = re.compile(r"toIntervalDay\((\d+)\)|INTERVAL\s+(\d+)\s+DAY", re.IGNORECASE)
-# The tables derived from the calls, on the numbers horizon (the rollups, and the answers by user), and their
+# The tables derived from the calls, on the numbers horizon (the rollups, and the answers by user and tag), and their
 # time columns.
 ROLLUPS = (
     ("llm_calls_1m", "Minute"),
@@ -31,7 +31,7 @@ ROLLUPS = (
     ("llm_calls_by_value_1h", "Hour"),
     ("llm_answers_1m", "Minute"),
     ("llm_answers_1h", "Hour"),
-    ("llm_answers_by_user", "toDateTime(Timestamp)"),
+    ("llm_answers_by_value", "toDateTime(Timestamp)"),
 )
 
 

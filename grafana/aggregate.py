@@ -21,10 +21,19 @@ number of hours and the server's zone is a whole number of hours from UTC, and t
 whole number of days and the zone is UTC; otherwise it reads finer rows and stays right, only slower. The compose
 stack's server runs in UTC; chDB (`llmtap serve`) takes the machine's zone. Totals do not depend on the zone.
 
-A total, or a series of whole-day buckets where the days fit (as above), with one user or one tag chosen has a
-third branch: `llm_calls_by_value_1d` (migration 0011) keeps daily rows per user and per tag, so it reads the
-range's whole days from there and groups the calls of the ragged ends into rows of the same columns, per day;
-the calls branch then reads nothing. Latency-percentile charts over a week or more have such buckets."""
+With one user or one tag chosen (and no other filter the rollups cannot answer), by-value branches come between
+the two (`VALUE_ROLLUPS`, tried in order, each switched on only where the ones before are off):
+`llm_calls_by_value_1d` (migration 0011) keeps daily rows per user and per tag, for totals and for series of
+whole-day buckets where the days fit (as above; latency-percentile charts over a week or more have them);
+`llm_calls_by_value_1h` (0013) keeps hourly rows per tag, with uncertain answers, for series of whole hours. Each
+reads the range's whole periods from its rollup and groups the calls of the ragged ends into rows of the same
+columns. A user's hours are about as many rows as calls, so a series with one user chosen reads the calls, which
+llm_calls keeps in user order too (its projection `by_user`, 0012). The uncertain-answers chart with one user or
+tag chosen reads the value's answers, judged at insert (`llm_answers_by_value`, 0014), where the tag's hours do not
+serve. The calls branch then reads nothing.
+
+A costed query is one aggregate over the rows of all its branches, the calls grouped like a rollup's rows, priced
+at once (`_costed_query`)."""
 
 from __future__ import annotations
 
@@ -110,7 +119,9 @@ VALUE_ROLLUPS = (
         answers=True,
     ),
 )  # fmt: skip
-USER_ANSWERS = "llm_answers_by_user"  # each answer of a user, sorted by user (migration 0014)
+VALUE_ANSWERS = (
+    "llm_answers_by_value"  # each answer under its user and tags, sorted by value (migration 0014)
+)
 # What a query of the answer rollups reads, as the hourly by-value rows' columns (the answers are the calls of the
 # answer operations) -> the same over the calls.
 _ANSWER_MEASURES = {
@@ -354,12 +365,16 @@ def query(
         switch = f"NOT ({taken}) AND ({condition})"
         answers = rollups == ANSWER_ROLLUPS
         # The answer rollups hold the answer operations alone.
-        level_extra = [*extra, *([sql.ANSWER_OPERATIONS] if answers else []), switch]
+        level_extra = [
+            *extra,
+            *([sql.ANSWER_OPERATIONS] if answers and sql.ANSWER_OPERATIONS not in extra else []),
+            switch,
+        ]
         sources.append((_by_value_rows(level, costed, answers, level_extra, filters), switch))
         taken = f"({taken}) OR ({condition})"
-    if rollups == ANSWER_ROLLUPS and (chosen := _by_value_applies(filters, ("user",))) != "0":
+    if rollups == ANSWER_ROLLUPS and (chosen := _by_value_applies(filters, tuple(VALUE_FILTERS))) != "0":
         switch = f"NOT ({taken}) AND ({chosen})"
-        sources.append((_user_answers([*extra, switch], filters), switch))
+        sources.append((_value_answers([*extra, switch], filters), switch))
         taken = f"({taken}) OR ({chosen})"
     raw_switch = f"NOT ({taken})"
     if costed:
@@ -393,15 +408,19 @@ def _costed_query(
     are t-digest ones, as the rollups'."""
     if not all(measure.per_value for measure, _ in measures):
         raise ValueError("a costed query's measures must read only the columns of _COSTED_ROWS")
-    columns = ", ".join([*_VALUE_ROW_DIMENSIONS, *_COSTED_ROWS])
+    # Latency digests only where a measure merges them: ClickHouse computes them for the calls' rows even when
+    # no measure reads them (0.6 s of CPU for a busy user's month).
+    digests = any(measure.digest for measure, _ in measures)
+    costed = {
+        column: raw for column, raw in _COSTED_ROWS.items() if digests or column != "DurationMsQuantiles"
+    }
+    columns = ", ".join([*_VALUE_ROW_DIMENSIONS, *costed])
     rows = [
         f"SELECT {_START}, toDate({_START}) AS Date, {columns} FROM (\n{source}\n)" for source, _ in sources
     ]
     start = _bucket_start("Timestamp", bucket) if bucket else "toStartOfDay(Timestamp)"
     where = sql.where(*raw_extra, filters=filters)
-    rows.append(
-        _calls_rows(start, _COSTED_ROWS, where, ("toDate(Timestamp) AS Date", *_VALUE_ROW_DIMENSIONS))
-    )
+    rows.append(_calls_rows(start, costed, where, ("toDate(Timestamp) AS Date", *_VALUE_ROW_DIMENSIONS)))
     priced = priced_days("\nUNION ALL\n".join(rows), "t.InputTokens", "t.CachedTokens", "t.OutputTokens")
     table = f"(\nSELECT *, DayCost AS Cost FROM ({priced})\n)"
     return _aggregate(measures, _START, bucket, by, keys, table, "", having, switch=None)
@@ -420,14 +439,23 @@ def _calls_rows(
     )
 
 
-def _user_answers(extra: Sequence[str], filters: Sequence[str]) -> str:
-    """The answers of the chosen user (llm_answers_by_user, migration 0014, a row per answer) as rows of the answer
-    rollups' columns."""
+def _value_answers(extra: Sequence[str], filters: Sequence[str]) -> str:
+    """The answers of the chosen user or tag (llm_answers_by_value, migration 0014, a row per answer and value) as
+    rows of the answer rollups' columns."""
     answered = [name for name in filters if name in ROLLUP_FILTERS]
-    where = sql.where(*extra, sql.conditional("user"), filters=answered)
+    where = sql.where(*extra, f"({_chosen_value(filters, tuple(VALUE_FILTERS))})", filters=answered)
     return (
         f"SELECT Timestamp AS {_START}, Project, ServiceName, Model, Operation, IsError, 1 AS Answers, Uncertain"
-        f"\nFROM {USER_ANSWERS}\n{where}"
+        f"\nFROM {VALUE_ANSWERS}\n{where}"
+    )
+
+
+def _chosen_value(filters: Sequence[str], kept: Sequence[str]) -> str:
+    """The rows of a by-value table (Dimension, Value) that hold the chosen value of `filters` `kept`."""
+    return " OR ".join(
+        f"(NOT ({_every(name)}) AND $__conditionalAll({condition}, ${name}))"
+        for name, condition in VALUE_FILTERS.items()
+        if name in filters and name in kept
     )
 
 
@@ -466,14 +494,9 @@ def _by_value_rows(
     measures = {column: (column, raw) for column, raw in level.measures.items()}
     measures |= {"CachedTokens": ("CachedTokens", "sum(CachedTokens)")} if costed else {}
     measures |= _ANSWER_MEASURES if answers else {}
-    chosen = " OR ".join(
-        f"(NOT ({_every(name)}) AND $__conditionalAll({condition}, ${name}))"
-        for name, condition in VALUE_FILTERS.items()
-        if name in filters and name in level.kept
-    )
     answered = [name for name in filters if name in ROLLUP_FILTERS]
     periods = sql.where(
-        *extra, f"{level.period} >= {first}", f"{level.period} < {end}", f"({chosen})",
+        *extra, f"{level.period} >= {first}", f"{level.period} < {end}", f"({_chosen_value(filters, level.kept)})",
         filters=answered, time_column=None,
     )  # fmt: skip
     edges = sql.where(*extra, f"(Timestamp < {first} OR Timestamp >= {end})", filters=filters)

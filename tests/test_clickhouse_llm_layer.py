@@ -314,7 +314,8 @@ def test_hourly_and_daily_rollups_equal_the_minute_rollup_and_backfill(store):
         for derived in (
             "SELECT Dimension, Value, Hour, sum(Calls), sum(InputTokens), sum(Uncertain), "
             "round(sum(DurationMsSum), 3) FROM llm_calls_by_value_1h GROUP BY ALL ORDER BY ALL",
-            "SELECT UserId, Model, count(), sum(Uncertain) FROM llm_answers_by_user GROUP BY ALL ORDER BY ALL",
+            "SELECT Dimension, Value, Model, count(), sum(Uncertain) FROM llm_answers_by_value "
+            "GROUP BY ALL ORDER BY ALL",
         ):
             assert older.query(derived).result_rows == client.query(derived).result_rows != []
         for rollup in ("llm_answers_1m", "llm_answers_1h"):
@@ -356,10 +357,11 @@ def test_rollup_time_projections_hold_the_rollups_rows(store, table, projection,
 def test_one_users_calls_are_read_in_user_order(store):
     """Migration 0012's copy of the calls' numbers sorted by user: a query about one user that needs only its
     columns reads it, and gets what Python counts from the spans, as the table itself does. The calls are
-    copied 2,000 times, a second earlier each, so that the user's calls lie in every granule of the table but a
-    few of the projection's, as a busy user's do in a large store."""
+    copied 2,000 times, a second earlier each and every tenth copy under the same users (the others under
+    new ones), so that the user's calls lie in every granule of the table but a few of the projection's, as a
+    busy user's do in a large store."""
     client, calls, spans = store
-    copies = 2000
+    copies, kept = 2000, 200
     user = Counter(call.user_id for call in calls if call.user_id).most_common(1)[0][0]
     sql = (
         "SELECT Model, ServiceName, count(), countIf(IsError = 1), sum(InputTokens), sum(OutputTokens), "
@@ -371,16 +373,17 @@ def test_one_users_calls_are_read_in_user_order(store):
     for model, service in sorted({(call.model, call.service) for call in mine}):
         group = [call for call in mine if (call.model, call.service) == (model, service)]
         expected.append((
-            model, service, (copies + 1) * len(group), (copies + 1) * sum(call.is_error for call in group),
-            (copies + 1) * sum(call.input_tokens for call in group),
-            (copies + 1) * sum(call.output_tokens for call in group),
-            round((copies + 1) * sum(call.duration_ns for call in group) / 1e6, 3), group[-1].error_type,
+            model, service, (kept + 1) * len(group), (kept + 1) * sum(call.is_error for call in group),
+            (kept + 1) * sum(call.input_tokens for call in group),
+            (kept + 1) * sum(call.output_tokens for call in group),
+            round((kept + 1) * sum(call.duration_ns for call in group) / 1e6, 3), group[-1].error_type,
         ))  # fmt: skip
     with _another_database(client, "by_user") as copied:
         migrate(copied)
         insert_spans(copied, spans)
         copied.command(
-            "INSERT INTO llm_calls SELECT c.* REPLACE (Timestamp - toIntervalSecond(n.number) AS Timestamp) "
+            "INSERT INTO llm_calls SELECT c.* REPLACE (Timestamp - toIntervalSecond(n.number) AS Timestamp, "
+            f"if(n.number % {copies // kept} = 0, UserId, concat(UserId, '-', toString(n.number % 10))) AS UserId) "
             f"FROM llm_calls AS c CROSS JOIN numbers(1, {copies}) AS n"
         )
         copied.command("OPTIMIZE TABLE llm_calls FINAL")

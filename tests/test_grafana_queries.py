@@ -403,37 +403,49 @@ def test_one_tag_charts_hours_from_the_hourly_by_value_rollup(
         assert rollup in expanded and left == set(at_edges) and len(left) < len(expected)
 
 
-def test_one_users_uncertain_answers_come_from_their_answers_table(two_days: Store) -> None:
-    """With one user chosen the uncertain-answers chart reads llm_answers_by_user (each answer judged at insert;
-    without its rows the chart is empty), and per hour and model its share is what the responses say."""
+@pytest.mark.parametrize(
+    ("variable", "value", "condition", "back"),
+    [
+        ("user", "user-3", "UserId = 'user-3'", timedelta(days=3)),  # hourly buckets
+        (
+            "tag",
+            "beta",
+            "has(Tags, 'beta')",
+            timedelta(hours=5),
+        ),  # minute buckets: the tag's hours do not serve
+    ],
+)
+def test_one_values_uncertain_answers_come_from_its_answers_table(
+    two_days: Store, variable: str, value: str, condition: str, back: timedelta
+) -> None:
+    """With one user or tag chosen the uncertain-answers chart reads llm_answers_by_value (each answer judged at
+    insert; without its rows the chart is empty), and per bucket and model its share is what the responses
+    say."""
     client = two_days.client
-    start, end = two_days.now - timedelta(days=3, seconds=30), two_days.now - timedelta(minutes=100)
+    start, end = two_days.now - back - timedelta(seconds=30), two_days.now - timedelta(minutes=100)
+    interval = 3600 if back > timedelta(days=1) else 60
     variables = [
-        Variable(chosen.name, ["user-3"]) if chosen.name == "user" else chosen
+        Variable(chosen.name, [value]) if chosen.name == variable else chosen
         for chosen in _selection("llmtap-overview", "all", two_days)
     ]
     (target,) = _panel("llmtap-overview", "Uncertain answers by model")["targets"]
     expanded = expand_dashboard_sql(
-        target["rawSql"], variables, QueryContext(start, end, interval_seconds=3600)
+        target["rawSql"], variables, QueryContext(start, end, interval_seconds=interval)
     )
-    hour = "toStartOfInterval(toDateTime(Timestamp), INTERVAL 3600 second)"
+    bucket = f"toStartOfInterval(toDateTime(Timestamp), INTERVAL {interval} second)"
     expected = client.query(
-        f"SELECT {hour} AS time, Model, avg({sql.is_uncertain()}) FROM llm_calls "
+        f"SELECT {bucket} AS time, Model, avg({sql.is_uncertain()}) FROM llm_calls "
         f"WHERE Timestamp >= toDateTime({int(start.timestamp())}) AND Timestamp <= toDateTime({int(end.timestamp())}) "
-        f"AND UserId = 'user-3' AND {sql.ANSWER_OPERATIONS} GROUP BY time, Model ORDER BY time, Model"
+        f"AND {condition} AND {sql.ANSWER_OPERATIONS} GROUP BY time, Model ORDER BY time, Model"
     ).result_rows
     got = client.query(expanded).result_rows
     assert len(expected) >= 4 and any(share for _, _, share in expected)
     assert [row[:2] for row in got] == [row[:2] for row in expected]
     assert [row[2] for row in got] == pytest.approx([row[2] for row in expected])
-    table = f"FROM {aggregate.USER_ANSWERS}\n"
+    table = f"FROM {aggregate.VALUE_ANSWERS}\n"
     assert expanded.count(table) == 1
-    assert (
-        client.query(
-            expanded.replace(table, f"FROM (SELECT * FROM {aggregate.USER_ANSWERS} WHERE 0)\n")
-        ).result_rows
-        == []
-    )
+    without = expanded.replace(table, f"FROM (SELECT * FROM {aggregate.VALUE_ANSWERS} WHERE 0)\n")
+    assert client.query(without).result_rows == []
 
 
 def test_totals_over_a_ragged_range_count_exactly_the_minutes_inside_it(store: Store) -> None:
@@ -563,28 +575,28 @@ def test_answer_rollups_count_the_uncertain_answers_the_dashboards_find(store: S
             store.client.query(f"SELECT sum(Answers), sum(Uncertain) FROM {rollup}").result_rows[0]
             == per_call
         )
-    # Per user (llm_answers_by_user, a row per answer) and per tag (llm_calls_by_value_1h) too.
-    uncertain = f"countIf({sql.ANSWER_OPERATIONS} AND {sql.is_uncertain()})"
-    per_user = store.client.query(
-        f"SELECT UserId, countIf({sql.ANSWER_OPERATIONS}), {uncertain} FROM llm_calls GROUP BY UserId ORDER BY UserId"
+    # Per user and tag (llm_answers_by_value, a row per answer and value), and per tag and hour.
+    answers = f"count(), countIf({sql.is_uncertain()}) FROM llm_calls"
+    per_value = store.client.query(
+        f"SELECT * FROM (SELECT 'user', UserId, {answers} WHERE {sql.ANSWER_OPERATIONS} GROUP BY UserId "
+        f"UNION ALL SELECT 'tag', Tag, {answers} ARRAY JOIN arrayDistinct(Tags) AS Tag "
+        f"WHERE {sql.ANSWER_OPERATIONS} GROUP BY Tag) ORDER BY 1, 2"
     ).result_rows
     assert (
-        per_user
+        per_value
         == store.client.query(
-            f"SELECT UserId, count(), sum(Uncertain) FROM {aggregate.USER_ANSWERS} GROUP BY UserId ORDER BY UserId"
+            f"SELECT Dimension, Value, count(), sum(Uncertain) FROM {aggregate.VALUE_ANSWERS} "
+            "GROUP BY Dimension, Value ORDER BY Dimension, Value"
         ).result_rows
     )
-    per_tag = store.client.query(
-        f"SELECT Tag, count(), {uncertain} FROM llm_calls ARRAY JOIN Tags AS Tag GROUP BY Tag ORDER BY Tag"
-    ).result_rows
-    assert (
-        per_tag
-        == store.client.query(
-            "SELECT Value, sum(Calls), sum(Uncertain) FROM llm_calls_by_value_1h WHERE Dimension = 'tag' "
-            "GROUP BY Value ORDER BY Value"
+    assert ("tag", "beta") in {row[:2] for row in per_value if row[3]}
+    assert [row[3] for row in per_value if row[0] == "tag"] == [
+        row[1]
+        for row in store.client.query(
+            "SELECT Value, sum(Uncertain) FROM llm_calls_by_value_1h WHERE Dimension = 'tag' GROUP BY Value "
+            "ORDER BY Value"
         ).result_rows
-    )
-    assert all(row[2] for row in per_tag if row[0] == "beta") and any(row[2] for row in per_user)
+    ]
 
 
 def test_variables_list_the_values_in_range(store: Store) -> None:

@@ -11,6 +11,10 @@
 -- instead of the table whenever a query filters by user and needs no other column (0.6 -> 0.2 s for calls per
 -- second by model over 30 days; the 400 most recent calls of a user find their time bound there too).
 -- Content, ids, tags, attributes and sessions are left out: a query that reads them reads the table.
+-- Granules of 2048 rows rather than the table's 8192: a user's calls are one run per daily part, and the granules
+-- at its two ends are read whole, so a busy user's month read 2.1M rows for 0.6M calls with 8192 (0.15 s), 0.9M
+-- with 2048 (0.07 s). Not smaller: ClickHouse picks a projection when it reads fewer marks (granules) than the
+-- table, so a user with a larger share of the calls would stop being read through it.
 --
 -- Cost: about 28 MB per million calls (llm_calls takes about 215 MB without it) and a sort of each inserted block
 -- (MATERIALIZE builds it for the calls already stored, in the background: until it has, those parts are read
@@ -24,6 +28,6 @@ ALTER TABLE llm_calls_local ON CLUSTER '{cluster}' ADD PROJECTION IF NOT EXISTS 
         Timestamp, Project, UserId, ServiceName, Model, Provider, Operation, IsError, ErrorType, StatusMessage,
         Duration, InputTokens, OutputTokens, CachedTokens, ReasoningTokens, IsStream, TimeToFirstChunkMs
     ORDER BY (Project, UserId, Timestamp)
-);
+) WITH SETTINGS (index_granularity = 2048);
 
 ALTER TABLE llm_calls_local ON CLUSTER '{cluster}' MATERIALIZE PROJECTION by_user;

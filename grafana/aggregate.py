@@ -60,8 +60,8 @@ CALL_ROLLUPS = Rollups("llm_calls_1m", "llm_calls_1h", "llm_calls_1d")
 ANSWER_ROLLUPS = Rollups("llm_answers_1m", "llm_answers_1h")  # answers and uncertain answers (migration 0007)
 # The variables the rollups' dimensions can answer (status is IsError, one of them).
 ROLLUP_FILTERS = ("project", "service", "model", "status")
-# The variables whose chosen values the by-value rollups (migrations 0011, 0013) keep rows for -> the rows of a
-# choice.
+# The variables whose chosen values the by-value tables (migrations 0011, 0013, 0014) keep rows for -> the rows of
+# a choice.
 VALUE_FILTERS = {
     "user": "Dimension = 'user' AND Value IN (${user:singlequote})",
     "tag": "Dimension = 'tag' AND Value IN (${tag:singlequote})",
@@ -120,9 +120,8 @@ VALUE_ROLLUPS = (
         answers=True,
     ),
 )  # fmt: skip
-VALUE_ANSWERS = (
-    "llm_answers_by_value"  # each answer under its user and tags, sorted by value (migration 0014)
-)
+# Each answer under its user and each of its tags, sorted by value (migration 0014).
+VALUE_ANSWERS = "llm_answers_by_value"
 # What a query of the answer rollups reads, as the hourly by-value rows' columns (the answers are the calls of the
 # answer operations) -> the same over the calls.
 _ANSWER_MEASURES = {
@@ -336,9 +335,10 @@ def query(
     filters: Sequence[str] = sql.CALL_FILTERS,
 ) -> str:
     """Calls aggregated per time bucket (`over_time`: `SERIES_BUCKET`, or `DIGEST_BUCKET` for digest measures)
-    and per `by` expressions (`expr AS name` or a column), narrowed by the dashboard variables `filters`. The
-    rollup branch reads `rollups` (by default the calls' rollups, priced when `costed`). `extra` conditions must
-    only use columns both tables have (the rollup's dimensions)."""
+    and per `by` expressions (`expr AS name` or a column), narrowed by the dashboard variables `filters`: from
+    `rollups` (by default the calls' rollups), the by-value tables or the calls, whichever the chosen values let
+    answer (see the module docstring); with Cost when `costed`. `extra` conditions must only use columns both
+    tables have (the rollup's dimensions)."""
     keys = ["time"] if over_time else []
     keys += [item.rsplit(" AS ", 1)[-1] for item in by]
     order_by = order_by or ", ".join(keys) or None

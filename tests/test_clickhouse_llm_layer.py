@@ -354,14 +354,39 @@ def test_rollup_time_projections_hold_the_rollups_rows(store, table, projection,
     assert per_key(client.query(sql, settings=settings).result_rows) == direct
 
 
-def test_one_users_calls_are_read_in_user_order(store):
-    """Migration 0012's copy of the calls' numbers sorted by user: a query about one user that needs only its
-    columns reads it, and gets what Python counts from the spans, as the table itself does. The calls are
-    copied 2,000 times, a second earlier each and every tenth copy under the same users (the others under
-    new ones), so that the user's calls lie in every granule of the table but a few of the projection's, as a
-    busy user's do in a large store."""
-    client, calls, spans = store
+@pytest.fixture(scope="module")
+def copied(store) -> Iterator:
+    """The calls copied 2,000 times, a second earlier each and every tenth copy under the same users (the others
+    under new ones), in a database of their own: (client, copies of each call per user). Then a busy user's calls,
+    or the failures, lie in every granule of llm_calls but a few of its projections', as in a large store (on a
+    store as small as `store` either read is one granule, and ClickHouse keeps to the table)."""
+    client, _, spans = store
     copies, kept = 2000, 200
+    with _another_database(client, "copied") as other:
+        migrate(other)
+        insert_spans(other, spans)
+        other.command(
+            "INSERT INTO llm_calls SELECT c.* REPLACE (Timestamp - toIntervalSecond(n.number) AS Timestamp, "
+            f"if(n.number % {copies // kept} = 0, UserId, concat(UserId, '-', toString(n.number % 10))) AS UserId) "
+            f"FROM llm_calls AS c CROSS JOIN numbers(1, {copies}) AS n"
+        )
+        other.command("OPTIMIZE TABLE llm_calls FINAL")
+        yield other, copies, kept
+
+
+def _through(client, projection: str, sql: str, parameters: dict) -> list:
+    """`sql`'s rows read through `projection`, after checking that the table itself gives the same."""
+    rows = client.query(sql, parameters=parameters, settings={"force_optimize_projection_name": projection})
+    direct = client.query(sql, parameters=parameters, settings={"optimize_use_projections": 0})
+    assert rows.result_rows == direct.result_rows
+    return rows.result_rows
+
+
+def test_one_users_calls_are_read_in_user_order(store, copied):
+    """Migration 0012's copy of the calls' numbers sorted by user: a query about one user that needs only its
+    columns reads it, and gets what Python counts from the spans."""
+    _, calls, _ = store
+    client, _, kept = copied
     user = Counter(call.user_id for call in calls if call.user_id).most_common(1)[0][0]
     sql = (
         "SELECT Model, ServiceName, count(), countIf(IsError = 1), sum(InputTokens), sum(OutputTokens), "
@@ -378,18 +403,27 @@ def test_one_users_calls_are_read_in_user_order(store):
             (kept + 1) * sum(call.output_tokens for call in group),
             round((kept + 1) * sum(call.duration_ns for call in group) / 1e6, 3), group[-1].error_type,
         ))  # fmt: skip
-    with _another_database(client, "by_user") as copied:
-        migrate(copied)
-        insert_spans(copied, spans)
-        copied.command(
-            "INSERT INTO llm_calls SELECT c.* REPLACE (Timestamp - toIntervalSecond(n.number) AS Timestamp, "
-            f"if(n.number % {copies // kept} = 0, UserId, concat(UserId, '-', toString(n.number % 10))) AS UserId) "
-            f"FROM llm_calls AS c CROSS JOIN numbers(1, {copies}) AS n"
-        )
-        copied.command("OPTIMIZE TABLE llm_calls FINAL")
-        for settings in ({"optimize_use_projections": 0}, {"force_optimize_projection_name": "by_user"}):
-            rows = copied.query(sql, parameters={"user": user}, settings=settings).result_rows
-            assert rows == expected
+    assert _through(client, "by_user", sql, {"user": user}) == expected
+
+
+def test_failures_are_read_apart_from_the_other_calls(store, copied):
+    """Migration 0015's copy of the failures' columns sorted by status: the failures dashboard's error-type
+    breakdown with a tag chosen reads it, and counts what Python counts from the spans."""
+    _, calls, _ = store
+    client, copies, _ = copied
+    failed = [call for call in calls if call.is_error]
+    tag = Counter(tag for call in failed for tag in set(call.tags)).most_common(1)[0][0]
+    sql = (
+        "SELECT ErrorType, count(), arraySort(groupUniqArray(ServiceName)), argMax(StatusMessage, Timestamp) "
+        "FROM llm_calls WHERE IsError = 1 AND hasAny(Tags, [{tag:String}]) GROUP BY ErrorType ORDER BY ErrorType"
+    )
+    rows = _through(client, "by_failure", sql, {"tag": tag})
+    tagged = [call for call in failed if tag in call.tags]
+    assert [row[:3] for row in rows] == [
+        (kind, (copies + 1) * len(group), sorted({call.service for call in group}))
+        for kind in sorted({call.error_type for call in tagged})
+        for group in [[call for call in tagged if call.error_type == kind]]
+    ]
 
 
 def _settle_mutations(client, database: str) -> None:

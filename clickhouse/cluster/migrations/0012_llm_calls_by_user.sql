@@ -13,10 +13,10 @@
 -- Content, ids, tags, attributes and sessions are left out: a query that reads them reads the table.
 -- Granules of 2048 rows rather than the table's 8192: a user's calls are one run per daily part, and the granules
 -- at its two ends are read whole, so a busy user's month read 2.1M rows for 0.6M calls with 8192 (0.15 s), 0.9M
--- with 2048 (0.07 s). Not smaller: ClickHouse picks a projection when it reads fewer marks (granules) than the
--- table, so a user with a larger share of the calls would stop being read through it.
+-- with 2048 (0.07 s). Not smaller: ClickHouse reads a projection when it takes fewer granules than the table, so
+-- a user with more than a quarter of the calls is read from the table (an eighth with 1024-row granules).
 --
--- Cost: about 28 MB per million calls (llm_calls takes about 215 MB without it) and a sort of each inserted block
+-- Cost: about 28 MB per million calls (llm_calls takes about 235 MB without it) and a sort of each inserted block
 -- (MATERIALIZE builds it for the calls already stored, in the background: until it has, those parts are read
 -- from the table).
 -- 'rebuild': a lightweight DELETE (erasing one user's calls, say) rebuilds the projection of the parts it

@@ -6,7 +6,7 @@
 -- llm_calls_by_value_1d (0011) serves totals and whole-day buckets. A chart's buckets over a month are hours, and
 -- a tag is in no sort order of llm_calls (it is one of an array), so each such chart read the whole month's tags:
 -- 0.5-1.0 s over 30 days on 10 million calls. Tags are few (a release, an experiment, a feature), so their
--- hours are few rows: 10M calls under three tags make about 240k. Users are not kept here: a user's hours are
+-- hours are few rows: 10M calls under two tags make about 240k. Users are not kept here: a user's hours are
 -- about as many rows as calls (8.4M for 10M calls), and migration 0012's projection reads one user's calls
 -- directly.
 --

@@ -93,6 +93,14 @@ def _selection(uid: str, name: str, store: Store) -> list[Variable]:
     return chosen
 
 
+def _one_chosen(uid: str, store: Store, variable: str, value: str) -> list[Variable]:
+    """The variables of dashboard `uid` with `value` chosen for `variable` and the rest All."""
+    return [
+        Variable(chosen.name, [value]) if chosen.name == variable else chosen
+        for chosen in _selection(uid, "all", store)
+    ]
+
+
 def _run(store: Store, uid: str, sql: str, selection: str) -> tuple[list[tuple[str, str]], list[tuple]]:
     expanded = expand_dashboard_sql(sql, _selection(uid, selection, store), store.context())
     return validate.describe(store.client, expanded), store.client.query(expanded).result_rows
@@ -276,10 +284,7 @@ def test_one_user_or_tag_over_days_takes_whole_days_from_the_by_value_rollup(
     llm_calls_by_value_1d, the ragged ends from the calls, and per model they add up to what llm_calls holds."""
     client = two_days.client
     start, end = two_days.now - timedelta(days=10, seconds=30), two_days.now - timedelta(minutes=100)
-    variables = [
-        Variable(chosen.name, [value]) if chosen.name == variable else chosen
-        for chosen in _selection("llmtap-models", "all", two_days)
-    ]
+    variables = _one_chosen("llmtap-models", two_days, variable, value)
     (models,) = _panel("llmtap-models", "Models")["targets"]
     expanded = expand_dashboard_sql(
         models["rawSql"], variables, QueryContext(start, end, interval_seconds=3600)
@@ -322,10 +327,7 @@ def test_one_user_over_a_week_charts_daily_percentiles_from_the_by_value_rollup(
     within its day's calls."""
     client = two_days.client
     start, end = two_days.now - timedelta(days=10, seconds=30), two_days.now - timedelta(minutes=100)
-    variables = [
-        Variable(chosen.name, ["user-3"]) if chosen.name == "user" else chosen
-        for chosen in _selection("llmtap-overview", "all", two_days)
-    ]
+    variables = _one_chosen("llmtap-overview", two_days, "user", "user-3")
     (percentiles,) = _panel("llmtap-overview", "Latency percentiles")["targets"]
     expanded = expand_dashboard_sql(
         percentiles["rawSql"], variables, QueryContext(start, end, interval_seconds=3600)
@@ -367,10 +369,7 @@ def test_one_tag_charts_hours_from_the_hourly_by_value_rollup(
     hour and model the calls, the cost and the uncertain answers' share are what llm_calls holds."""
     client = two_days.client
     start, end = two_days.now - timedelta(days=2, hours=2, seconds=30), two_days.now - timedelta(minutes=100)
-    variables = [
-        Variable(chosen.name, ["beta"]) if chosen.name == "tag" else chosen
-        for chosen in _selection("llmtap-overview", "all", two_days)
-    ]
+    variables = _one_chosen("llmtap-overview", two_days, "tag", "beta")
     (target,) = _panel("llmtap-overview", title)["targets"]
     expanded = expand_dashboard_sql(
         target["rawSql"], variables, QueryContext(start, end, interval_seconds=3600)
@@ -424,10 +423,7 @@ def test_one_values_uncertain_answers_come_from_its_answers_table(
     client = two_days.client
     start, end = two_days.now - back - timedelta(seconds=30), two_days.now - timedelta(minutes=100)
     interval = 3600 if back > timedelta(days=1) else 60
-    variables = [
-        Variable(chosen.name, [value]) if chosen.name == variable else chosen
-        for chosen in _selection("llmtap-overview", "all", two_days)
-    ]
+    variables = _one_chosen("llmtap-overview", two_days, variable, value)
     (target,) = _panel("llmtap-overview", "Uncertain answers by model")["targets"]
     expanded = expand_dashboard_sql(
         target["rawSql"], variables, QueryContext(start, end, interval_seconds=interval)

@@ -9,7 +9,7 @@ every panel of the generated Grafana dashboards, with 'All' selected, with the b
 tag chosen.
 
     python bench/queries.py            # 10 million calls (~25 minutes on a shared 2-core machine, ~6 GB)
-    python bench/queries.py --quick    # 200 thousand calls, for CI smoke runs
+    python bench/queries.py --quick    # 50 thousand calls, one timed run per query: a CI smoke run
 """
 
 from __future__ import annotations
@@ -458,14 +458,14 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--calls", type=int, default=10_000_000, help="how many calls to generate")
-    parser.add_argument("--quick", action="store_true", help="200,000 calls and fewer repetitions (CI smoke)")
+    parser.add_argument("--quick", action="store_true", help="50,000 calls, one timed run per query (CI smoke)")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per query (median reported)")
     parser.add_argument(
         "--store", help="chDB directory to use (default: a temporary one, deleted afterwards)"
     )
     args = parser.parse_args()
-    total = 200_000 if args.quick else args.calls
-    repeat = 3 if args.quick else args.repeat
+    total = 50_000 if args.quick else args.calls
+    repeat = 1 if args.quick else args.repeat
     with tempfile.TemporaryDirectory(prefix="llmtap-bench-") as scratch:
         dsn = f"chdb://{args.store or scratch + '/store'}"
         client = connect(dsn, create_database=True)

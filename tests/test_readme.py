@@ -100,7 +100,7 @@ def _free_port() -> int:
 
 
 class Shell:
-    """Runs README commands like a user would, in a scratch home, and remembers what they printed."""
+    """Runs README commands like a user would, in a scratch home, with the block's background commands alive."""
 
     def __init__(self, home: Path, openai_url: str) -> None:
         self.home = home
@@ -121,7 +121,6 @@ class Shell:
             "OPENAI_API_KEY": "sk-readme-test",
         }
         self.background: list[tuple[Command, subprocess.Popen[str]]] = []
-        self.ran: list[str] = []
 
     def argv(self, cmd: Command) -> list[str]:
         words = [
@@ -136,7 +135,6 @@ class Shell:
         if cmd.env.get("OPENAI_BASE_URL", "").startswith("http://127.0.0.1:8000"):
             # The README's fake server port may be busy here: use the test's fake server instead.
             env["OPENAI_BASE_URL"] = self.env["OPENAI_BASE_URL"]
-        self.ran.append(cmd.text)
         if cmd.background or (LONG_RUNNING.search(cmd.text) and "--help" not in cmd.words):
             return self._start(cmd, env)
         result = subprocess.run(
@@ -234,18 +232,32 @@ def test_the_readme_shows_the_two_setup_commands_first() -> None:
     )
 
 
-def test_every_readme_command_runs(shell: Shell) -> None:
-    for block in bash_blocks():
+@pytest.mark.parametrize(
+    "block", [block for block in bash_blocks() if block], ids=lambda block: block[0].text
+)
+def test_every_readme_bash_block_runs(shell: Shell, block: list[Command]) -> None:
+    """One test per block, so each has the suite's timeout; they share the scratch home, in the README's order."""
+    try:
         outputs = [shell.run(cmd) for cmd in block]
-        if any(cmd.words[0] == "opentelemetry-instrument" for cmd in block):
-            logs = outputs[[cmd.text for cmd in block].index("llmtap logs")]
-            assert "gpt-4o-mini" in logs, f"the instrumented app's call is not in `llmtap logs`:\n{logs}"
+    finally:
         shell.end_block()
-    for cmd in inline_commands():
+    if any(cmd.words[0] == "opentelemetry-instrument" for cmd in block):
+        logs = outputs[[cmd.text for cmd in block].index("llmtap logs")]
+        assert "gpt-4o-mini" in logs, f"the instrumented app's call is not in `llmtap logs`:\n{logs}"
+
+
+@pytest.mark.parametrize("cmd", inline_commands(), ids=lambda cmd: cmd.text)
+def test_every_readme_inline_command_runs(shell: Shell, cmd: Command) -> None:
+    try:
         shell.run(cmd)
+    finally:
         shell.end_block()
-    assert any(text.startswith("llmtap demo") for text in shell.ran)
-    assert any(text.startswith("opentelemetry-instrument python") for text in shell.ran)
+
+
+def test_the_commands_run_above_include_the_demo_and_an_instrumented_app() -> None:
+    texts = [cmd.text for block in bash_blocks() for cmd in block] + [cmd.text for cmd in inline_commands()]
+    assert any(text.startswith("llmtap demo") for text in texts)
+    assert any(text.startswith("opentelemetry-instrument python") for text in texts)
 
 
 @pytest.mark.parametrize("index", range(len(python_blocks())))

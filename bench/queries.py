@@ -458,7 +458,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--calls", type=int, default=10_000_000, help="how many calls to generate")
-    parser.add_argument("--quick", action="store_true", help="50,000 calls, one timed run per query (CI smoke)")
+    parser.add_argument(
+        "--quick", action="store_true", help="50,000 calls, one timed run per query (CI smoke)"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per query (median reported)")
     parser.add_argument(
         "--store", help="chDB directory to use (default: a temporary one, deleted afterwards)"

@@ -325,6 +325,42 @@ def test_hourly_and_daily_rollups_equal_the_minute_rollup_and_backfill(store):
             )
 
 
+def test_each_answer_is_judged_once_and_counted_once_across_the_upgrade_to_judged_rows(store):
+    """Migration 0016: one view searches the response text (the three that count uncertain answers read its
+    rows), and a store upgraded to it counts each answer once in each of the three, before and after."""
+    client, calls, spans = store
+    searching = (
+        "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine = 'MaterializedView' "
+        "AND create_table_query LIKE '%multiSearchAny%' ORDER BY name"
+    )
+    assert client.query(searching).result_rows == [("llm_calls_judged_mv",)]
+    answers = [c for c in calls if c.operation in ("chat", "text_completion", "generate_content")]
+    unsure = [c for c in answers if "island" in c.output_messages.lower()]
+    assert 0 < len(unsure) < len(answers)
+
+    def tags(group: list) -> int:
+        return sum(len(set(c.tags)) for c in group)
+
+    expected = {  # each call inserted twice: once before the upgrade, once after
+        "SELECT sum(Answers), sum(Uncertain) FROM llm_answers_1m": [(2 * len(answers), 2 * len(unsure))],
+        "SELECT sum(Calls), sum(Uncertain) FROM llm_calls_by_value_1h": [(2 * tags(calls), 2 * tags(unsure))],
+        "SELECT Dimension, count(), sum(Uncertain) FROM llm_answers_by_value GROUP BY Dimension ORDER BY Dimension": [
+            ("tag", 2 * tags(answers), 2 * tags(unsure)),
+            ("user", 2 * len(answers), 2 * len(unsure)),
+        ],
+    }
+    with _another_database(client, "before_judged") as older:
+        migrate(older, target=15)
+        older.command("INSERT INTO llm_uncertain_phrases VALUES ('island')")
+        insert_spans(older, spans)  # counted by the three views as they were
+        migrate(older)
+        assert older.query(searching).result_rows == [("llm_calls_judged_mv",)]
+        insert_spans(older, spans)  # counted from the judged rows
+        assert older.query("SELECT count() FROM llm_calls_judged").result_rows == [(0,)]
+        for sql, rows in expected.items():
+            assert older.query(sql).result_rows == rows, sql
+
+
 @pytest.mark.parametrize(
     ("table", "projection", "column"),
     [

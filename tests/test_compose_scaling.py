@@ -122,10 +122,10 @@ def test_every_cluster_statement_runs_on_the_whole_cluster_and_replicates():
             head = statement.split("(")[0].split(" AS ")[0]
             assert "ON CLUSTER '{cluster}'" in head, f"{name}: {statement.splitlines()[0]}"
             engine = re.search(r"ENGINE\s*=\s*(\w+)", statement)
-            if engine:
-                assert engine.group(1) == "Distributed" or engine.group(1).startswith("Replicated"), (
-                    f"{name}: {engine.group(1)} keeps data on one node"
-                )
+            if engine:  # (Null stores nothing: its rows go to the views on the node they reach)
+                assert engine.group(1) in ("Distributed", "Null") or engine.group(1).startswith(
+                    "Replicated"
+                ), f"{name}: {engine.group(1)} keeps data on one node"
 
 
 def test_cluster_objects_cover_the_single_node_schema():
@@ -147,6 +147,10 @@ def test_cluster_objects_cover_the_single_node_schema():
             target = re.search(r" TO (\w+)", statement).group(1)
             source = re.search(r"\bFROM (\w+)", statement).group(1)
             assert target.endswith("_local") and source.endswith("_local"), f"{name} must work shard-locally"
+    for source in re.findall(
+        r"ALTER TABLE \w+_mv ON CLUSTER '\{cluster\}' MODIFY QUERY.*?\bFROM (\w+)", text, re.S
+    ):
+        assert source.endswith("_local"), f"a view's new query reads {source}, not a shard's own rows"
     assert "_local" not in "".join(k for k in single), "local tables exist only on the cluster"
     assert "/clickhouse/tables/all/{database}/model_prices" in text, "prices are replicated to every node"
     assert "otel_traces_local, cityHash64(TraceId)" in text and "llm_calls_local, cityHash64(TraceId)" in text
@@ -225,3 +229,29 @@ def test_the_generator_alters_a_sharded_tables_storage_on_its_local_table_only(g
         (tmp_path / "0001_t.sql").write_text(create + alter + "\n")
         with pytest.raises(generate.GenerateError, match="cannot derive a cluster statement"):
             generate.generate(tmp_path)
+
+
+def test_the_generator_keeps_a_null_table_and_a_views_new_query_on_each_shard(generate, tmp_path):
+    (tmp_path / "0001_t.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS t (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
+        "CREATE TABLE IF NOT EXISTS passing (x UInt8) ENGINE = Null;\n"
+        "CREATE TABLE IF NOT EXISTS total (x UInt64) ENGINE = MergeTree ORDER BY x;\n"
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS pass_mv TO passing AS SELECT x FROM t;\n"
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS total_mv TO total AS SELECT sum(x) AS x FROM t;\n"
+        "ALTER TABLE total_mv MODIFY QUERY SELECT sum(x) AS x FROM passing;\n"
+    )
+    text = generate.generate(tmp_path)["0001_t.sql"]
+    assert "CREATE TABLE IF NOT EXISTS passing_local ON CLUSTER '{cluster}' (x UInt8) ENGINE = Null;" in text
+    assert "ENGINE = Distributed('{cluster}', currentDatabase(), passing_local, rand());" in text
+    assert "pass_mv ON CLUSTER '{cluster}' TO passing_local AS SELECT x FROM t_local;" in text
+    assert (
+        "ALTER TABLE total_mv ON CLUSTER '{cluster}' MODIFY QUERY SELECT sum(x) AS x FROM passing_local;"
+        in text
+    )
+    # Only a view's query can be swapped: a table has none.
+    (tmp_path / "0001_t.sql").write_text(
+        "CREATE TABLE IF NOT EXISTS t (x UInt8) ENGINE = MergeTree ORDER BY x;\n"
+        "ALTER TABLE t MODIFY QUERY SELECT 1;\n"
+    )
+    with pytest.raises(generate.GenerateError, match="cannot derive a cluster statement"):
+        generate.generate(tmp_path)

@@ -8,10 +8,12 @@ of them the statements a sharded, replicated cluster needs, so the two can never
   inserts keep using the single-node names, so the collector, the query layer and the dashboards need no change.
   Trace-keyed tables shard by ``cityHash64(TraceId)``: a trace, its lookup row and its LLM calls live on one
   shard. The rest shard randomly.
+* a ``Null`` table (rows passed on to views, never stored) becomes ``X_local``, still ``Null``, plus the
+  Distributed ``X``: an insert into ``X`` reaches one shard's views, as on a single node;
 * small reference tables (``model_prices``) are replicated whole to every node (a single-shard path), so the
   views' price joins run locally;
 * a materialized view reads the local table its source's inserts land in and writes the local target, so each
-  shard derives its own rows; plain views read the Distributed tables;
+  shard derives its own rows (``MODIFY QUERY`` keeps it so); plain views read the Distributed tables;
 * ``ALTER TABLE`` of a table replicated whole keeps its name. Of a sharded table, only changes to how a shard
   stores its rows (projections, settings) are derived, on the local table; any other (columns, say) is refused,
   since its local and Distributed tables need statements written for them;
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -47,6 +50,8 @@ _ALTER_TABLE = re.compile(r"^ALTER TABLE (\w+)\s+", re.IGNORECASE)
 # ALTER actions that concern only a shard's storage, so they apply to the local table alone.
 _STORAGE_ALTER = re.compile(r"^(ADD|MATERIALIZE|DROP) PROJECTION\b|^MODIFY SETTING\b", re.IGNORECASE)
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w*MergeTree)(?:[ \t]*\(([^)]*)\))?", re.IGNORECASE)
+_NULL_ENGINE = re.compile(r"ENGINE\s*=\s*Null\s*$", re.IGNORECASE)
+_MODIFY_QUERY = re.compile(r"^MODIFY QUERY\b", re.IGNORECASE)
 
 
 class GenerateError(RuntimeError):
@@ -92,36 +97,51 @@ def replicated_engine(table: str, statement: str) -> str:
     )
 
 
-def convert(statement: str, sharded: set[str]) -> list[str]:
-    """The cluster statements for one single-node statement; ``sharded`` collects the tables split in shards."""
+@dataclass
+class Schema:
+    """What the migrations so far created: the tables split in shards and the materialized views."""
+
+    sharded: set[str] = field(default_factory=set)
+    views: set[str] = field(default_factory=set)
+
+    def local_query(self, sql: str) -> str:
+        """`sql` reading the sharded tables' local parts (so a view derives each shard's rows on that shard)."""
+        for table in sorted(self.sharded, key=len, reverse=True):
+            sql = re.sub(rf"\b{table}\b", local_name(table), sql)
+        return sql
+
+
+def convert(statement: str, schema: Schema) -> list[str]:
+    """The cluster statements for one single-node statement; ``schema`` collects what they create."""
     if match := _CREATE_TABLE.match(statement):
         table = match.group(1)
         if table in REPLICATED_WHOLE:
             head = f"CREATE TABLE IF NOT EXISTS {table} ON CLUSTER {CLUSTER}{match.group(2)}"
             return [replicated_engine(table, head + statement[match.end() :])]
-        sharded.add(table)
+        schema.sharded.add(table)
         local = f"CREATE TABLE IF NOT EXISTS {local_name(table)} ON CLUSTER {CLUSTER}{match.group(2)}"
+        local += statement[match.end() :]
         distributed = (
             f"CREATE TABLE IF NOT EXISTS {table} ON CLUSTER {CLUSTER} AS {local_name(table)}\n"
             f"ENGINE = Distributed({CLUSTER}, currentDatabase(), {local_name(table)}, {sharding_key(table)})"
         )
-        return [replicated_engine(table, local + statement[match.end() :]), distributed]
+        return [local if _NULL_ENGINE.search(local) else replicated_engine(table, local), distributed]
     if match := _CREATE_MV.match(statement):
         view, target = match.group(1), match.group(2)
-        if target not in sharded:
+        if target not in schema.sharded:
             raise GenerateError(f"{view}: target {target} is not a sharded table")
-        body = statement[match.end() :]
-        for table in sorted(sharded, key=len, reverse=True):
-            body = re.sub(rf"\b{table}\b", local_name(table), body)
+        schema.views.add(view)
         head = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view} ON CLUSTER {CLUSTER} TO {local_name(target)}"
-        return [head + match.group(3) + body]
+        return [head + match.group(3) + schema.local_query(statement[match.end() :])]
     if match := _CREATE_VIEW.match(statement):
         return [f"CREATE VIEW IF NOT EXISTS {match.group(1)} ON CLUSTER {CLUSTER}{statement[match.end(1) :]}"]
     if match := _ALTER_TABLE.match(statement):
         table, action = match.group(1), statement[match.end() :]
         if table in REPLICATED_WHOLE:  # one table on every node
             return [f"ALTER TABLE {table} ON CLUSTER {CLUSTER} {action}"]
-        if table in sharded and all(_STORAGE_ALTER.match(part.strip()) for part in _actions(action)):
+        if table in schema.views and _MODIFY_QUERY.match(action):
+            return [f"ALTER TABLE {table} ON CLUSTER {CLUSTER} {schema.local_query(action)}"]
+        if table in schema.sharded and all(_STORAGE_ALTER.match(part.strip()) for part in _actions(action)):
             return [f"ALTER TABLE {local_name(table)} ON CLUSTER {CLUSTER} {action}"]
     if statement.lstrip().upper().startswith("INSERT INTO "):
         # Backfills run once, from one node: the original names are Distributed tables on the cluster, so the
@@ -161,7 +181,7 @@ def _actions(action: str) -> list[str]:
 def generate(source_dir: Path = SOURCE_DIR) -> dict[str, str]:
     """File name -> content of the cluster migrations, in the order of the single-node ones."""
     files: dict[str, str] = {}
-    sharded: set[str] = set()
+    schema = Schema()
     for path in sorted(source_dir.glob("*.sql")):
         out = [
             f"-- GENERATED by clickhouse/cluster/generate.py from clickhouse/migrations/{path.name}; do not edit.",
@@ -170,7 +190,7 @@ def generate(source_dir: Path = SOURCE_DIR) -> dict[str, str]:
         ]
         for comments, statement in split(path.read_text(encoding="utf-8")):
             try:
-                converted = convert(statement, sharded)
+                converted = convert(statement, schema)
             except GenerateError as exc:
                 raise GenerateError(f"{path.name}: {exc}") from None
             out.extend(comments)

@@ -60,8 +60,9 @@ def error_ratio() -> str:
 
 
 # Phrases that mark an answer as uncertain (a case-insensitive substring of the response text) are rows of the
-# table llm_uncertain_phrases (migration 0007, which also counts uncertain answers into the llm_answers rollups at
-# insert time), so the dashboards, the alert rule and the rollups share one list that needs no rebuild to change.
+# table llm_uncertain_phrases (migration 0007; at insert, llm_calls_judged_mv of 0016 judges each answer once for
+# every table that counts uncertain answers), so the dashboards, the alert rule and the rollups share one list that
+# needs no rebuild to change.
 UNCERTAIN_PHRASES = "(SELECT groupArray(Phrase) FROM llm_uncertain_phrases)"
 
 ANSWER_OPERATIONS = "Operation IN ('chat', 'text_completion', 'generate_content')"

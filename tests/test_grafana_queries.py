@@ -22,7 +22,7 @@ pytest.importorskip("openai")
 
 import grafana_calls as calls
 from llmtap.clickhouse.connection import connect
-from llmtap.clickhouse.migrations import migrate
+from llmtap.clickhouse.migrations import discover, migrate
 from llmtap.clickhouse.prices import load_bundled_prices
 from llmtap.grafana import aggregate, alerts, build, links, sql, validate
 from llmtap.grafana.interpolate import ALL, QueryContext, Variable, expand_alert_sql, expand_dashboard_sql
@@ -559,6 +559,53 @@ def test_uncertain_answers_are_found_in_the_response_text(store: Store, content:
     messages = json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": content}]}])
     literal = "'" + messages.replace("\\", "\\\\").replace("'", "\\'") + "'"
     assert store.scalar(f"SELECT {sql.is_uncertain(literal)}") == uncertain
+
+
+def _parts(content: str, **extra: str) -> str:
+    return json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": content, **extra}]}])
+
+
+# (raw OutputMessages, uncertain): JSON as other writers spell it, and a phrase outside the response text.
+SPELLINGS = [
+    (_parts("I’m not sure which plan you have."), 1),  # json.dumps: \u2019 for the curly apostrophe
+    (_parts("I'm not sure.").replace("'", "\\u0027"), 1),  # Gson: \u0027 for the straight one
+    (_parts("Honestly, I DON'T KNOW."), 1),
+    (_parts("¿¿ Quizá mañana."), 1),  # a phrase with no ASCII letters (added below), written as \u00bf
+    (json.dumps([{"role": "assistant", "content": "It is unclear."}]), 1),  # a bare content, no parts
+    ("I do not know, it is plain text.", 1),  # not JSON: searched as it is
+    (_parts("The refund takes three days.", note="i'm not sure"), 0),  # the phrase outside the text
+    (_parts("The refund takes three days."), 0),
+]
+
+
+def test_each_answer_is_judged_at_insert_as_the_dashboards_judge_it(store: Store) -> None:
+    """Migration 0016 judges each answer once at insert with the dashboards' expression (`sql.is_uncertain`), so
+    the rollups and the charts read from llm_calls agree, however the response's writer escaped its JSON."""
+    judging = next(m.path for m in discover() if m.name == "llm_calls_judged").read_text()
+    assert sql.is_uncertain() in judging, "the view judges with the dashboards' expression"
+    other = connect(f"{store.client.uri}?database=spellings", create_database=True)
+    try:
+        migrate(other)
+        other.command("INSERT INTO llm_uncertain_phrases VALUES ('¿¿')")
+        other.insert(
+            "llm_calls",
+            [[store.now, f"user-{i}", "chat", raw] for i, (raw, _) in enumerate(SPELLINGS)],
+            column_names=["Timestamp", "UserId", "Operation", "OutputMessages"],
+        )
+        judged = other.query(
+            "SELECT Value, Uncertain FROM llm_answers_by_value WHERE Dimension = 'user' ORDER BY Value"
+        ).result_rows
+        at_query_time = other.query(
+            f"SELECT UserId, {sql.is_uncertain()} FROM llm_calls ORDER BY UserId"
+        ).result_rows
+        expected = [(f"user-{i}", uncertain) for i, (_, uncertain) in enumerate(SPELLINGS)]
+        assert judged == at_query_time == expected
+        assert other.query("SELECT sum(Answers), sum(Uncertain) FROM llm_answers_1m").result_rows == [
+            (len(SPELLINGS), sum(u for _, u in SPELLINGS))
+        ]
+    finally:
+        other.command("DROP DATABASE spellings SYNC")
+        other.close()
 
 
 def test_answer_rollups_count_the_uncertain_answers_the_dashboards_find(store: Store) -> None:

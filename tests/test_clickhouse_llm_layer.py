@@ -327,7 +327,8 @@ def test_hourly_and_daily_rollups_equal_the_minute_rollup_and_backfill(store):
 
 def test_each_answer_is_judged_once_and_counted_once_across_the_upgrade_to_judged_rows(store):
     """Migration 0016: one view searches the response text (the three that count uncertain answers read its
-    rows), and a store upgraded to it counts each answer once in each of the three, before and after."""
+    rows). A store upgraded to it between two inserts holds, row for row, what a store made after it holds, and
+    counts each answer once in each of the three tables."""
     client, calls, spans = store
     searching = (
         "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine = 'MaterializedView' "
@@ -341,7 +342,7 @@ def test_each_answer_is_judged_once_and_counted_once_across_the_upgrade_to_judge
     def tags(group: list) -> int:
         return sum(len(set(c.tags)) for c in group)
 
-    expected = {  # each call inserted twice: once before the upgrade, once after
+    expected = {  # each call inserted twice
         "SELECT sum(Answers), sum(Uncertain) FROM llm_answers_1m": [(2 * len(answers), 2 * len(unsure))],
         "SELECT sum(Calls), sum(Uncertain) FROM llm_calls_by_value_1h": [(2 * tags(calls), 2 * tags(unsure))],
         "SELECT Dimension, count(), sum(Uncertain) FROM llm_answers_by_value GROUP BY Dimension ORDER BY Dimension": [
@@ -349,16 +350,34 @@ def test_each_answer_is_judged_once_and_counted_once_across_the_upgrade_to_judge
             ("user", 2 * len(answers), 2 * len(unsure)),
         ],
     }
-    with _another_database(client, "before_judged") as older:
+    every_row = [  # each table's rows per key, states merged (the parts differ between the two stores)
+        "SELECT Minute, Project, ServiceName, Model, Operation, IsError, sum(Answers), sum(Uncertain) "
+        "FROM llm_answers_1m GROUP BY ALL ORDER BY ALL",
+        "SELECT Hour, Project, ServiceName, Model, Operation, IsError, sum(Answers), sum(Uncertain) "
+        "FROM llm_answers_1h GROUP BY ALL ORDER BY ALL",
+        "SELECT Hour, Project, Dimension, Value, ServiceName, Model, Provider, Operation, IsError, ErrorType, "
+        "sum(Calls), sum(Errors), sum(StreamCalls), sum(InputTokens), sum(OutputTokens), sum(CachedTokens), "
+        "sum(ReasoningTokens), round(sum(DurationMsSum), 3), min(DurationMsMin), max(DurationMsMax), "
+        "arrayMap(x -> round(x, 3), quantilesTDigestMerge(0.5, 0.9)(DurationMsQuantiles)), "
+        "arrayMap(x -> round(ifNotFinite(x, -1), 3), quantilesTDigestIfMerge(0.5)(TimeToFirstChunkMsQuantiles)), "
+        "sum(Uncertain) "
+        "FROM llm_calls_by_value_1h GROUP BY ALL ORDER BY ALL",
+        "SELECT * FROM llm_answers_by_value ORDER BY ALL",
+    ]
+    with _another_database(client, "before_judged") as older, _another_database(client, "judged") as newer:
         migrate(older, target=15)
-        older.command("INSERT INTO llm_uncertain_phrases VALUES ('island')")
-        insert_spans(older, spans)  # counted by the three views as they were
+        migrate(newer)
+        for each in (older, newer):
+            each.command("INSERT INTO llm_uncertain_phrases VALUES ('island')")
+            insert_spans(each, spans)  # in `older`, counted by the three views as they were
         migrate(older)
         assert older.query(searching).result_rows == [("llm_calls_judged_mv",)]
-        insert_spans(older, spans)  # counted from the judged rows
-        assert older.query("SELECT count() FROM llm_calls_judged").result_rows == [(0,)]
+        for each in (older, newer):
+            insert_spans(each, spans)
         for sql, rows in expected.items():
             assert older.query(sql).result_rows == rows, sql
+        for sql in every_row:
+            assert older.query(sql).result_rows == newer.query(sql).result_rows != [], sql
 
 
 @pytest.mark.parametrize(

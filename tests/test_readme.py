@@ -254,7 +254,8 @@ def test_every_readme_inline_command_runs(shell: Shell, cmd: Command) -> None:
         shell.end_block()
 
 
-def test_the_commands_run_above_include_the_demo_and_an_instrumented_app() -> None:
+def test_the_readme_commands_include_the_demo_and_an_instrumented_app() -> None:
+    """The commands the tests above run (one test each) include the main job and the zero-code capture."""
     texts = [cmd.text for block in bash_blocks() for cmd in block] + [cmd.text for cmd in inline_commands()]
     assert any(text.startswith("llmtap demo") for text in texts)
     assert any(text.startswith("opentelemetry-instrument python") for text in texts)

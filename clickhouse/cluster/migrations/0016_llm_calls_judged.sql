@@ -52,8 +52,8 @@ ALTER TABLE llm_answers_1m_mv ON CLUSTER '{cluster}' MODIFY QUERY
 SELECT
     toStartOfMinute(Timestamp) AS Minute, Project, ServiceName, Model, Operation, IsError,
     count() AS Answers,
-    countIf(Uncertain = 1) AS Uncertain
-FROM llm_calls_judged_local
+    countIf(judged.Uncertain = 1) AS Uncertain
+FROM llm_calls_judged_local AS judged
 WHERE Operation IN ('chat', 'text_completion', 'generate_content')
 GROUP BY Minute, Project, ServiceName, Model, Operation, IsError;
 
@@ -81,8 +81,8 @@ SELECT
     max(Duration / 1e6) AS DurationMsMax,
     quantileTDigestState(Duration / 1e6) AS DurationMsQuantiles,
     quantileTDigestIfState(ifNull(TimeToFirstChunkMs, 0), isNotNull(TimeToFirstChunkMs)) AS TimeToFirstChunkMsQuantiles,
-    countIf(Uncertain = 1) AS Uncertain
-FROM llm_calls_judged_local
+    countIf(judged.Uncertain = 1) AS Uncertain
+FROM llm_calls_judged_local AS judged
 ARRAY JOIN arrayDistinct(Tags) AS Tag
 GROUP BY Hour, Project, Dimension, Value, ServiceName, Model, Provider, Operation, IsError, ErrorType;
 

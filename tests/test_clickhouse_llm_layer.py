@@ -149,10 +149,11 @@ def test_a_price_fix_recosts_history_and_user_prices_win(store):
             0
         ]
         assert total == pytest.approx(sum(cost_of(c, [fixed]) for c in gpt4o))
-        rollup = client.query("SELECT sum(Cost) FROM llm_calls_1m_costed WHERE Model = 'gpt-4o'").result_rows[
-            0
-        ][0]
-        assert rollup == pytest.approx(total)
+        for rollup in ("llm_calls_1m_costed", "llm_calls_1h_costed", "llm_calls_1d_costed"):
+            recosted = client.query(f"SELECT sum(Cost) FROM {rollup} WHERE Model = 'gpt-4o'").result_rows[0][
+                0
+            ]
+            assert recosted == pytest.approx(total), rollup
         assert [p.source for p in list_prices(client, "gpt-4o")].count("user") == 1
     finally:
         load_prices(client, [], source="user")

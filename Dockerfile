@@ -10,7 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 # The package's folders, as pyproject.toml's package-dir maps them.
 COPY pyproject.toml README.md ./
-COPY llmtap ./llmtap
+COPY src ./src
 COPY instrumentation ./instrumentation
 COPY collector ./collector
 COPY clickhouse ./clickhouse

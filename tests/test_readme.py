@@ -225,7 +225,7 @@ def test_the_readme_shows_the_two_setup_commands_first() -> None:
     blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
     assert [block.strip() for block in blocks[:2]] == [
         'pip install ".[all]" && llmtap demo',
-        'pip install -e ".[dev]" && pytest',
+        'pip install ".[dev]" && pytest',
     ]
     assert README.index("```bash") < README.index("\n## "), (
         "the set-up commands come before the first section"

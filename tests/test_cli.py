@@ -40,6 +40,16 @@ def test_unknown_subcommand_is_a_usage_error() -> None:
     assert "No such command" in result.output
 
 
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [(["srve"], "serve"), (["demoo"], "demo"), (["db", "stauts"], "status"), (["logs", "shwo"], "show")],
+)
+def test_a_mistyped_subcommand_gets_did_you_mean(typed: list[str], meant: str) -> None:
+    result = CliRunner().invoke(main, typed)
+    assert result.exit_code == 2
+    assert f"Did you mean '{meant}'?" in result.output
+
+
 def test_console_script_runs_without_importing_heavy_extras() -> None:
     """`llmtap --help` must not import chdb, grpc or openai (base install, fast start)."""
     code = (

@@ -44,6 +44,17 @@ class LazyGroup(click.Group):
         command.short_help = command.short_help or short_help
         return command
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as exc:
+            # Click suggests from the commands it holds; a lazy group holds none until asked, so name them here.
+            raise click.exceptions.NoSuchCommand(
+                exc.command_name, possibilities=self.list_commands(ctx), ctx=ctx
+            ) from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Use the static help text so `llmtap --help` imports nothing heavy.
         with formatter.section("Commands"):

@@ -28,6 +28,18 @@ import click
 SERVICES = ("checkout-api", "support-bot")
 PROJECT = "demo-shop"
 STORE_WAIT_SECONDS = 30.0
+# The empty passwords of .env.example that `docker compose up` refuses to start without.
+COMPOSE_PASSWORDS = (
+    "CLICKHOUSE_ADMIN_PASSWORD",
+    "CLICKHOUSE_WRITER_PASSWORD",
+    "CLICKHOUSE_READER_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)
+COMPOSE_STEPS = (
+    "cp .env.example .env",
+    f'for v in {" ".join(COMPOSE_PASSWORDS)}; do sed -i "s/^$v=\\$/$v=$(openssl rand -hex 16)/" .env; done',
+    "docker compose up -d",
+)
 
 
 @dataclass
@@ -74,6 +86,7 @@ def demo(calls: int, data_dir: Path | None, keep_running: bool, seed: int) -> No
     dsn = f"chdb://{(data_dir / 'chdb').resolve()}"
     console.print(f"[bold]llmtap demo[/] — store {dsn}")
     with (
+        _stopped_like_ctrl_c(signal.SIGTERM, signal.SIGHUP),
         _serve(dsn, data_dir, console) as serve_url,
         FakeOpenAIServer(latency_ms=15, ttfc_ms=20, chunk_delay_ms=3) as fake,
     ):
@@ -90,6 +103,25 @@ def demo(calls: int, data_dir: Path | None, keep_running: bool, seed: int) -> No
         console.print(f"[red]not every call was stored:[/] made {made}, stored {stored}")
         raise SystemExit(1)
     console.print(f"[green]all {sum(made.values())} calls made were stored.[/]")
+
+
+@contextlib.contextmanager
+def _stopped_like_ctrl_c(*signals: signal.Signals) -> Iterator[None]:
+    """Let ``timeout``, systemd, a container runtime or a closed terminal stop the demo as Ctrl-C does.
+
+    By default these signals end Python without unwinding, and serve (in its own session, so a terminal's Ctrl-C
+    reaches only the demo) would keep running and hold the store and its ports.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -149,13 +181,18 @@ def _run_apps(
             env=env, stdout=subprocess.PIPE, stderr=(data_dir / f"{service}.log").open("w"), text=True,
         )  # fmt: skip
         runs.append(AppRun(service, share, process, report))
-    with Progress(
-        TextColumn("  {task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
-    ) as progress:  # fmt: skip
-        tasks = {run.service: progress.add_task(run.service, total=run.calls) for run in runs}
+    try:
+        with Progress(
+            TextColumn("  {task.description:<14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=False,
+        ) as progress:  # fmt: skip
+            tasks = {run.service: progress.add_task(run.service, total=run.calls) for run in runs}
+            for run in runs:
+                _follow_progress(run, progress, tasks[run.service])
+    except BaseException:  # Ctrl-C or a stop signal: the apps stop with the demo
         for run in runs:
-            _follow_progress(run, progress, tasks[run.service])
+            run.process.terminate()
+        raise
     for run in runs:
         if run.process.wait() != 0 or not run.report_path.exists():
             log = data_dir / f"{run.service}.log"
@@ -223,17 +260,22 @@ def _hints(dsn: str, console: Any, keep_running: bool) -> None:
         (f"llmtap logs {store} show <id>", "one call in full: prompt, response, attributes"),
         (f"llmtap stats {store} --by user", "aggregates by model, service, user or day"),
         (f"llmtap export {store} --format parquet -o calls.parquet", "every call, streamed to a file"),
-        ("docker compose up", "ClickHouse + OpenTelemetry Collector + Grafana dashboards"),
     ):
         console.print(f"  {command}", soft_wrap=True)
         console.print(f"      [dim]{what}[/]")
+    for step in COMPOSE_STEPS:
+        console.print(f"  {step}", soft_wrap=True, markup=False)
+    console.print(
+        "      [dim]in a clone of the repository: ClickHouse + OpenTelemetry Collector + Grafana dashboards,"
+        " with fresh passwords in .env[/]"
+    )
     if not keep_running:
         console.print("  [dim](`llmtap demo --keep-running` keeps serve and the fake LLM up meanwhile)[/]")
 
 
 def _wait_for_interrupt(console: Any) -> None:
-    console.print("\nserve and the fake LLM keep running; press Ctrl-C to stop.")
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt):  # entered first: a stop right after the line is caught too
+        console.print("\nserve and the fake LLM keep running; press Ctrl-C to stop.")
         while True:
             time.sleep(3600)
 

@@ -1,8 +1,12 @@
-"""The wheel carries every subpackage and asset, and both wheel and editable installs import from anywhere."""
+"""The wheel carries every subpackage and asset, and both wheel and editable installs import from anywhere.
+
+The wheel is built from a copy of what git tracks (:mod:`checkout_support`), as from a fresh clone.
+"""
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -13,23 +17,23 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from checkout_support import ROOT, copy_checkout, tracked_files
 
-ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PACKAGE_DIRS: dict[str, str] = PYPROJECT["tool"]["setuptools"]["package-dir"]
 ASSET_SUFFIXES = {".sql", ".json", ".yaml", ".yml", ".csv"}
 
 
 def _source_files() -> dict[str, Path]:
-    """Map wheel paths (llmtap/...) to the repo files that must ship, read from the package-dir mapping."""
+    """Map wheel paths (llmtap/...) to the tracked repo files that must ship, read from the package-dir mapping."""
     shipped: dict[str, Path] = {}
-    for package, folder in PACKAGE_DIRS.items():
-        prefix = package.replace(".", "/")
-        for path in (ROOT / folder).rglob("*"):
-            if "__pycache__" in path.parts or not path.is_file():
-                continue
-            if path.suffix == ".py" or path.suffix in ASSET_SUFFIXES:
-                shipped[f"{prefix}/{path.relative_to(ROOT / folder).as_posix()}"] = path
+    for name in tracked_files():
+        path = ROOT / name
+        if path.suffix != ".py" and path.suffix not in ASSET_SUFFIXES:
+            continue
+        for package, folder in PACKAGE_DIRS.items():
+            if path.is_relative_to(ROOT / folder):
+                shipped[f"{package.replace('.', '/')}/{path.relative_to(ROOT / folder).as_posix()}"] = path
     return shipped
 
 
@@ -44,6 +48,7 @@ def test_every_python_folder_is_a_listed_package() -> None:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    checkout = copy_checkout(tmp_path_factory.mktemp("checkout"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [
@@ -56,7 +61,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "-q",
             "-w",
             str(out),
-            str(ROOT),
+            str(checkout),
         ],
         check=True,
         cwd=out,
@@ -104,7 +109,7 @@ def test_wheel_installs_into_a_fresh_venv_and_imports_from_elsewhere(wheel: Path
     result = subprocess.run(
         [str(python), "-c", _import_check_script()], cwd=elsewhere, check=True, capture_output=True, text=True
     )
-    report = __import__("json").loads(result.stdout)
+    report = json.loads(result.stdout)
     for module, path in report["files"].items():
         assert path.startswith(site), f"{module} imported from {path}, not from the installed wheel"
     shipped_assets = [p for p in _source_files().values() if p.suffix in ASSET_SUFFIXES]
@@ -116,17 +121,24 @@ def test_wheel_installs_into_a_fresh_venv_and_imports_from_elsewhere(wheel: Path
 
 
 def test_editable_install_maps_every_subpackage_to_its_folder(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _import_check_script()],
-        cwd=tmp_path,
+    """``pip install -e .`` (the test suite may run on a regular install, so it makes its own)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "-e", str(ROOT)],
         check=True,
-        capture_output=True,
-        text=True,
     )
-    report = __import__("json").loads(result.stdout)
-    for module, path in report["files"].items():
-        folder = PACKAGE_DIRS[module]
-        assert Path(path) == ROOT / folder / "__init__.py", f"{module} -> {path}"
+    # Where each package's __init__ would load from; finding a spec runs only llmtap's own light __init__.
+    code = (
+        "import importlib.util, json\n"
+        f"print(json.dumps({{m: importlib.util.find_spec(m).origin for m in {sorted(PACKAGE_DIRS)!r}}}))"
+    )
+    result = subprocess.run(
+        [str(python), "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True
+    )
+    for module, path in json.loads(result.stdout).items():
+        assert Path(path) == ROOT / PACKAGE_DIRS[module] / "__init__.py", f"{module} -> {path}"
 
 
 def _oldest_python() -> str | None:
@@ -166,3 +178,16 @@ def test_base_install_works_on_python_3_10(wheel: Path, tmp_path: Path) -> None:
     )
     assert serve.returncode == 2 and "pip install 'llmtap[all]'" in serve.stderr
     assert "Traceback" not in serve.stderr
+
+
+def test_what_npm_leaves_in_the_tree_is_ignored() -> None:
+    """`npm install` in examples/node (as its script says) must not add files to a commit, a copy or a wheel."""
+    left = [
+        "examples/node/node_modules/@opentelemetry/api/package.json",
+        "examples/node/package-lock.json",
+        "tests/js/node_modules/@opentelemetry/api/package.json",
+    ]
+    result = subprocess.run(
+        ["git", "check-ignore", "--no-index", *left], cwd=ROOT, capture_output=True, text=True
+    )
+    assert sorted(result.stdout.split()) == sorted(left)

@@ -88,8 +88,10 @@ def _import_check_script() -> str:
     )
 
 
-def test_wheel_installs_into_a_fresh_venv_and_imports_from_elsewhere(wheel: Path, tmp_path: Path) -> None:
-    venv = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def wheel_python(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The python of a fresh venv with the wheel installed (a regular install, as users have)."""
+    venv = tmp_path_factory.mktemp("wheel-venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     subprocess.run(
@@ -97,13 +99,23 @@ def test_wheel_installs_into_a_fresh_venv_and_imports_from_elsewhere(wheel: Path
         check=True,
     )
     # Dependencies come from this environment as a plain path (a .pth line, so the editable hook is not loaded).
-    site = subprocess.run(
+    Path(_site_packages(python), "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def _site_packages(python: Path) -> str:
+    return subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+
+def test_wheel_installs_into_a_fresh_venv_and_imports_from_elsewhere(
+    wheel_python: Path, tmp_path: Path
+) -> None:
+    python, site = wheel_python, _site_packages(wheel_python)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     result = subprocess.run(
@@ -115,9 +127,22 @@ def test_wheel_installs_into_a_fresh_venv_and_imports_from_elsewhere(wheel: Path
     shipped_assets = [p for p in _source_files().values() if p.suffix in ASSET_SUFFIXES]
     assert report["assets"] == len(shipped_assets)
     help_text = subprocess.run(
-        [str(venv / "bin" / "llmtap"), "--help"], cwd=elsewhere, check=True, capture_output=True, text=True
+        [str(python.with_name("llmtap")), "--help"], cwd=elsewhere, check=True, capture_output=True, text=True
     ).stdout
     assert "serve" in help_text
+
+
+def test_a_folder_that_hides_the_installed_package_is_named_not_blamed_on_a_missing_extra(
+    wheel_python: Path, tmp_path: Path
+) -> None:
+    """`python -m` puts the working directory first on the import path; a partial llmtap there is not an extra."""
+    shutil.copytree(ROOT / PACKAGE_DIRS["llmtap"], tmp_path / "llmtap")
+    result = subprocess.run(
+        [str(wheel_python), "-m", "llmtap", "serve"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert "pip install" not in result.stderr
+    assert f"imported from {tmp_path / 'llmtap'} is not a whole install" in result.stderr
 
 
 def test_editable_install_maps_every_subpackage_to_its_folder(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ imported only when invoked, so ``llmtap --help`` works on the light base install
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import click
 
@@ -63,22 +64,30 @@ class LazyGroup(click.Group):
 
 def _missing_extra(name: str, short_help: str, exc: ImportError) -> click.Command:
     """A stand-in command that explains which extra to install instead of failing with a traceback."""
+    advice = _unavailable_because(exc)
 
     @click.command(
         name,
         short_help=short_help,
-        help=f"{short_help}\n\nUnavailable: {exc}. Install it with: pip install 'llmtap[all]'",
+        help=f"{short_help}\n\nUnavailable: {advice}",
         context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     )
     def unavailable() -> None:
-        click.echo(
-            f"llmtap {name}: needs a dependency that is not installed ({exc}); "
-            "install it with: pip install 'llmtap[all]'",
-            err=True,
-        )
+        click.echo(f"llmtap {name}: {advice}", err=True)
         raise SystemExit(2)
 
     return unavailable
+
+
+def _unavailable_because(exc: ImportError) -> str:
+    """Why a subcommand cannot load: a missing extra, or a partial llmtap (one of our own modules is missing)."""
+    if (exc.name or "").partition(".")[0] != "llmtap":
+        return f"needs a dependency that is not installed ({exc}); install it with: pip install 'llmtap[all]'"
+    here = Path(__file__).parent
+    return (
+        f"{exc}: the llmtap imported from {here} is not a whole install; a folder named llmtap in the working "
+        "directory may hide the installed package: run from another directory"
+    )
 
 
 def not_built_yet(name: str, short_help: str) -> click.Command:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -41,9 +42,11 @@ STATS_DEFAULT_SINCE = "24h"
 
 
 def _console(err: bool = False) -> Console:
-    # Piped output is not squeezed into 80 columns: tables stay one line per row for grep and less.
+    # Piped output is not squeezed into 80 columns: tables stay one line per row for grep and less. COLUMNS, when
+    # set, is the width either way (rich reads it).
     stream = sys.stderr if err else sys.stdout
-    return Console(stderr=err, highlight=False, width=None if stream.isatty() else 200)
+    piped = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=err, highlight=False, width=200 if piped else None)
 
 
 # ---------------------------------------------------------------- shared options
@@ -213,8 +216,8 @@ def logs(
 ) -> None:
     """Show recent LLM calls, filter them, follow new ones.
 
-    Newest first, with time, service, model, latency, tokens, status and the start of the prompt.
-    `llmtap logs show ID` prints one call in full.
+    Newest first, with time, model, latency, tokens, cost, status and id; the service and the start of the
+    prompt too when the terminal is wide enough. `llmtap logs show ID` prints one call in full.
     """
     if ctx.invoked_subcommand:
         return
@@ -231,13 +234,13 @@ def logs(
         out.print(render.calls_table(calls) if calls else "no calls match")
     else:
         for call in reversed(calls):
-            out.print(render.call_line(call))
+            out.print(render.call_line(call, out.width))
     if not follow:
         return
     try:
         for fresh in follow_calls(client, flt, already_seen=calls):
             for call in fresh:
-                _print_json(call) if as_json else out.print(render.call_line(call))
+                _print_json(call) if as_json else out.print(render.call_line(call, out.width))
             sys.stdout.flush()
     except KeyboardInterrupt:
         return
@@ -247,11 +250,21 @@ def logs(
 @click.argument("call_id", metavar="ID")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="The call as one JSON object.")
+@click.pass_context
 @store_errors
-def logs_show(call_id: str, dsn: str | None, as_json: bool) -> None:
-    """One call in full: prompt, response, attributes. ID is its span id (or a trace id: all its calls)."""
+def logs_show(ctx: click.Context, call_id: str, dsn: str | None, as_json: bool) -> None:
+    """One call in full: prompt, response, attributes.
+
+    ID is its span id, or a trace id for all the calls of the trace. The first 6 or more hex digits of either
+    do when no other id starts with them.
+    """
+    # The group's options apply here too (`llmtap logs --dsn X show ID`); the subcommand's own win.
+    group = ctx.parent.params if ctx.parent else {}
+    dsn, as_json = dsn or group.get("dsn"), as_json or group.get("as_json", False)
     try:
-        calls = queries.get_calls(_open(dsn), call_id.strip())
+        calls = queries.get_calls(_open(dsn), call_id)
+    except queries.AmbiguousIdError as exc:
+        raise click.BadParameter(render.ambiguous_id(exc), param_hint="'ID'") from None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'ID'") from None
     if not calls:

@@ -38,8 +38,11 @@ GROUPINGS: dict[str, str] = {
 }
 ROLLUP_GROUPINGS = ("model", "service", "project", "provider", "operation")
 LATENCY_LEVELS = (0.5, 0.9, 0.95, 0.99)
-_SPAN_ID = re.compile(r"^[0-9a-fA-F]{16}$")
-_TRACE_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+#: ``logs show`` takes this many hex digits of a span or trace id at least.
+MIN_ID_PREFIX = 6
+#: The ids an ambiguous prefix starts that ``AmbiguousIdError`` names at most.
+AMBIGUOUS_IDS_SHOWN = 10
+_ID_OR_PREFIX = re.compile(rf"^[0-9a-f]{{{MIN_ID_PREFIX},32}}$")
 
 # The preview of a call's prompt: its last message's text on one line, as the dashboards show it.
 _PROMPT_PREVIEW = preview("InputMessages", "{preview_chars:UInt32}")
@@ -65,6 +68,7 @@ class CallSummary:
     is_stream: bool
     user_id: str
     prompt_preview: str
+    cost: float | None  # USD at the price in force that day; None when the model has no price
 
     @property
     def status(self) -> str:
@@ -115,6 +119,25 @@ class CallDetail:
     tool_definitions: str
     price_model: str
     cost: float | None
+
+
+@dataclass(frozen=True)
+class IdMatch:
+    """A call (span) or trace whose id starts with a prefix given to ``llmtap logs show``."""
+
+    kind: str  # "span" or "trace"
+    id: str
+    timestamp: datetime  # of its first call
+    models: list[str]
+    calls: int
+
+
+class AmbiguousIdError(LookupError):
+    """``prefix`` starts several span or trace ids: ``matches`` are the newest, ``more`` says there are others."""
+
+    def __init__(self, prefix: str, matches: list[IdMatch], more: bool) -> None:
+        super().__init__(f"{prefix} starts {len(matches)}{'+' if more else ''} ids")
+        self.prefix, self.matches, self.more = prefix, matches, more
 
 
 @dataclass(frozen=True)
@@ -195,33 +218,78 @@ _NEWEST_WINDOWS = (timedelta(hours=1), timedelta(days=1), timedelta(days=7), Non
 
 
 def _search(client: Client, flt: CallFilter, limit: int, order: str, preview_chars: int) -> list[CallSummary]:
+    """The calls, then their cost: only the ``limit`` calls found are priced (llm_calls_costed would price
+    every call in the range before the limit applies)."""
     where, params = where_clause(flt)
+    found = f"""
+        SELECT Timestamp, TraceId, SpanId, Project, ServiceName, Operation, Model, Duration / 1e6 AS Ms,
+               InputTokens, OutputTokens, CachedTokens, IsError, ErrorType, StatusMessage, IsStream, UserId,
+               {_PROMPT_PREVIEW} AS Preview, toDate(Timestamp) AS Date
+        FROM llm_calls
+        {where}
+        ORDER BY Timestamp {order}, SpanId {order}
+        LIMIT {{limit:UInt32}}"""
     sql = f"""
-    SELECT toDateTime64(Timestamp, 9, 'UTC'), TraceId, SpanId, Project, ServiceName, Operation, Model,
-           Duration / 1e6, InputTokens, OutputTokens, IsError, ErrorType, StatusMessage, IsStream, UserId,
-           {_PROMPT_PREVIEW}
-    FROM llm_calls
-    {where}
-    ORDER BY Timestamp {order}, SpanId {order}
-    LIMIT {{limit:UInt32}}"""
+    SELECT toDateTime64(Timestamp, 9, 'UTC'), TraceId, SpanId, Project, ServiceName, Operation, Model, Ms,
+           InputTokens, OutputTokens, IsError, ErrorType, StatusMessage, IsStream, UserId, Preview, DayCost
+    FROM ({priced_days(found, "t.InputTokens", "t.CachedTokens", "t.OutputTokens")})
+    ORDER BY Timestamp {order}, SpanId {order}"""
     rows = client.query(
         sql, parameters={**params, "limit": limit, "preview_chars": preview_chars}
     ).result_rows
     return [
         CallSummary(_utc(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], bool(r[10]), r[11], r[12],
-                    bool(r[13]), r[14], _one_line(r[15]))
+                    bool(r[13]), r[14], _one_line(r[15]), r[16])
         for r in rows
     ]  # fmt: skip
 
 
 def get_calls(client: Client, call_id: str) -> list[CallDetail]:
-    """The call with span id ``call_id`` (16 hex digits), or every call of trace ``call_id`` (32 hex digits)."""
-    if _SPAN_ID.match(call_id):
-        condition, params = "SpanId = {id:String}", {"id": call_id.lower()}
-    elif _TRACE_ID.match(call_id):
-        condition, params = "TraceId = {id:String}", {"id": call_id.lower()}
-    else:
-        raise ValueError(f"{call_id!r} is neither a span id (16 hex digits) nor a trace id (32 hex digits)")
+    """The call with span id ``call_id`` (16 hex digits), or every call of trace ``call_id`` (32 hex digits).
+
+    ``call_id`` may also be the first MIN_ID_PREFIX or more digits of one span or trace id (AmbiguousIdError
+    when they start several). Whole ids are found through the bloom filter indexes; a prefix is looked up first.
+    """
+    wanted = call_id.strip().lower()
+    if not _ID_OR_PREFIX.match(wanted):
+        raise ValueError(
+            f"{call_id!r} is not a span id (16 hex digits), a trace id (32) "
+            f"or the first {MIN_ID_PREFIX} or more hex digits of one"
+        )
+    if len(wanted) == 32:
+        return _calls_with(client, "TraceId", wanted)
+    if len(wanted) == 16 and (calls := _calls_with(client, "SpanId", wanted)):
+        return calls
+    matches = match_ids(client, wanted, limit=AMBIGUOUS_IDS_SHOWN + 1)
+    if len(matches) > 1:
+        raise AmbiguousIdError(wanted, matches[:AMBIGUOUS_IDS_SHOWN], more=len(matches) > AMBIGUOUS_IDS_SHOWN)
+    if not matches:
+        return []
+    return _calls_with(client, "SpanId" if matches[0].kind == "span" else "TraceId", matches[0].id)
+
+
+def match_ids(client: Client, prefix: str, *, limit: int) -> list[IdMatch]:
+    """The spans and traces of calls whose id starts with ``prefix`` (lower-case hex), newest first.
+
+    No index serves ``startsWith``: this reads the SpanId and TraceId columns of llm_calls whole (the time and the
+    model only where an id matches, as ClickHouse moves the conditions to PREWHERE).
+    """
+    sql = """
+    SELECT Kind, Id, toDateTime64(min(Timestamp), 9, 'UTC') AS First, arraySort(groupUniqArray(Model)), count()
+    FROM (
+        SELECT 'span' AS Kind, SpanId AS Id, Timestamp, Model FROM llm_calls WHERE startsWith(SpanId, {prefix:String})
+        UNION ALL
+        SELECT 'trace', TraceId, Timestamp, Model FROM llm_calls WHERE startsWith(TraceId, {prefix:String})
+    )
+    GROUP BY Kind, Id
+    ORDER BY First DESC, Id
+    LIMIT {limit:UInt32}"""
+    rows = client.query(sql, parameters={"prefix": prefix, "limit": limit}).result_rows
+    return [IdMatch(kind, id_, _utc(first), list(models), calls) for kind, id_, first, models, calls in rows]
+
+
+def _calls_with(client: Client, column: str, value: str) -> list[CallDetail]:
+    """Every call whose ``column`` (SpanId or TraceId) is ``value``, oldest first."""
     names = [f.name for f in dataclasses.fields(CallDetail)]
     sql = f"""
     SELECT toDateTime64(Timestamp, 9, 'UTC'), TraceId, SpanId, ParentSpanId, Project, ServiceName, SpanName,
@@ -231,10 +299,10 @@ def get_calls(client: Client, call_id: str) -> list[CallDetail]:
            RedactionCount, ContentTruncated, Attributes, Metadata, InputMessages, OutputMessages,
            SystemInstructions, ToolDefinitions, PriceModel, Cost
     FROM llm_calls_costed
-    WHERE {condition}
+    WHERE {column} = {{id:String}}
     ORDER BY Timestamp"""
     details = []
-    for row in client.query(sql, parameters=params).result_rows:
+    for row in client.query(sql, parameters={"id": value}).result_rows:
         values = dict(zip(names, row, strict=True))
         values["timestamp"] = _utc(values["timestamp"])
         for flag in ("is_error", "is_stream", "content_truncated"):

@@ -24,6 +24,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import StatusCode
 
 SERVICES = (("chat-api", "team-a"), ("batch-worker", "team-b"))
@@ -126,12 +127,16 @@ def _fail(client: openai.OpenAI, model: str, status: int) -> None:
         raise AssertionError(f"the fake server did not fail with {status}")
 
 
-def record_spans() -> list[ReadableSpan]:
-    """Run the workload of every service under real instrumentation; the finished spans, oldest first."""
+def record_spans(id_generator: IdGenerator | None = None) -> list[ReadableSpan]:
+    """Run the workload of every service under real instrumentation; the finished spans, oldest first (their
+    ids from ``id_generator`` when given, else random)."""
     spans: list[ReadableSpan] = []
     for service, project in SERVICES:
         exporter = InMemorySpanExporter()
-        provider = TracerProvider(resource=Resource({"service.name": service, "service.namespace": project}))
+        provider = TracerProvider(
+            resource=Resource({"service.name": service, "service.namespace": project}),
+            id_generator=id_generator,
+        )
         provider.add_span_processor(SimpleSpanProcessor(exporter))
         instrumentor = OpenAIInstrumentor()
         instrumentor.instrument(tracer_provider=provider, capture_content=True)

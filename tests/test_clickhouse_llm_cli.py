@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,9 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from clickhouse_llm_calls import cost_of, expected_calls, insert_spans, record_spans
+from llmtap.clickhouse import queries, render
 from llmtap.clickhouse.connection import connect
+from llmtap.clickhouse.filters import CallFilter
 from llmtap.clickhouse.migrations import discover, migrate
 from llmtap.clickhouse.prices import load_bundled_prices
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from rich.console import Console
 
 from llmtap.cli import main
 
@@ -37,8 +43,35 @@ def store(tmp_path_factory):
     client.close()
 
 
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+class SharedPrefixIds(IdGenerator):
+    """Span and trace ids that all start with abcdef00, so that shorter prefixes start many of them."""
+
+    def __init__(self) -> None:
+        self.serial = itertools.count(1)
+
+    def generate_span_id(self) -> int:
+        return 0xABCDEF00 << 32 | next(self.serial)
+
+    def generate_trace_id(self) -> int:
+        return 0xABCDEF00 << 96 | next(self.serial)
+
+
+@pytest.fixture(scope="module")
+def shared_prefix_store(store):
+    """The same workload in another database of the store, its ids all starting with abcdef00."""
+    dsn = store[0] + "?database=prefixes"
+    client = connect(dsn, create_database=True)
+    migrate(client)
+    spans = record_spans(SharedPrefixIds())
+    insert_spans(client, spans)
+    yield dsn, expected_calls(spans)
+    client.close()
+
+
+def run(*args: str, columns: int | None = None) -> tuple[int, str]:
+    """Exit code and output of `llmtap ARGS`, printed as to a terminal ``columns`` wide (default: a pipe)."""
+    env = {"COLUMNS": str(columns) if columns else None}
+    result = CliRunner(env=env).invoke(main, list(args), catch_exceptions=False)
     return result.exit_code, result.output
 
 
@@ -74,6 +107,16 @@ def test_logs_json_with_filters(store):
     assert [r["prompt_preview"] for r in json_lines(output)] == ["What is ClickHouse?"]
 
 
+def test_logs_prices_each_call(store):
+    """The cost column of `llmtap logs` (`cost` in --json): at the price in force that day, None unpriced."""
+    dsn, calls = store
+    code, output = run("logs", "--dsn", dsn, "--json")
+    assert code == 0, output
+    costs = {row["span_id"]: row["cost"] for row in json_lines(output)}
+    assert costs == pytest.approx({c.span_id: cost_of(c) for c in calls})
+    assert sum(cost is None for cost in costs.values()) == 1
+
+
 def test_logs_show_prints_the_whole_call(store):
     dsn, calls = store
     call = next(c for c in calls if c.service == "chat-api" and c.is_stream)
@@ -97,7 +140,8 @@ def test_logs_show_prints_the_whole_call(store):
         (["logs", "--slower-than", "fast"], "invalid duration"),
         (["logs", "--status", "maybe"], "'maybe' is not one of"),
         (["logs", "--follow", "--until", "1h"], "cannot be combined with --follow"),
-        (["logs", "show", "nope"], "neither a span id"),
+        (["logs", "show", "nope"], "the first 6 or more hex digits"),
+        (["logs", "show", "abc12"], "the first 6 or more hex digits"),
         (["stats", "--by", "planet"], "'planet' is not one of"),
         (["export", "--format", "parquet"], "Parquet needs a file"),
         (["export", "--format", "xml"], "'xml' is not one of"),
@@ -124,8 +168,126 @@ def test_store_problems_are_one_line_errors(tmp_path):
 
 def test_logs_show_unknown_id(store):
     dsn, _ = store
-    code, output = run("logs", "show", "0" * 16, "--dsn", dsn)
-    assert code == 1 and "no call with id" in output
+    for unknown in ("0" * 16, "0" * 32, "000000"):
+        code, output = run("logs", "show", unknown, "--dsn", dsn)
+        assert code == 1 and f"no call with id {unknown}" in output
+
+
+def test_logs_group_options_apply_to_show(store, tmp_path):
+    """`llmtap logs --dsn X show ID`, as the demo prints it; the subcommand's own --dsn wins."""
+    dsn, calls = store
+    call = calls[0]
+    code, output = run("logs", "--dsn", dsn, "show", call.span_id)
+    assert code == 0, output
+    assert call.trace_id in output
+    code, output = run("logs", "--dsn", dsn, "--json", "show", call.span_id)
+    assert [detail["span_id"] for detail in json_lines(output)] == [call.span_id]
+    code, output = run("logs", "--dsn", f"chdb://{tmp_path}/missing", "show", call.span_id, "--dsn", dsn)
+    assert code == 0, output
+
+
+def test_logs_show_takes_a_prefix_of_a_span_or_trace_id(store):
+    """An id as 80 columns used to cut it (12 characters) names its call; a trace id's prefix its calls."""
+    dsn, calls = store
+    call = next(c for c in calls if c.is_stream)
+    code, output = run("logs", "show", call.span_id[:12], "--dsn", dsn, "--json")
+    assert code == 0, output
+    assert [detail["span_id"] for detail in json_lines(output)] == [call.span_id]
+    code, output = run("logs", "show", call.trace_id[:20].upper(), "--dsn", dsn, "--json")
+    expected = sorted(c.span_id for c in calls if c.trace_id == call.trace_id)
+    assert sorted(detail["span_id"] for detail in json_lines(output)) == expected
+
+
+def test_logs_show_lists_the_ids_an_ambiguous_prefix_starts(shared_prefix_store):
+    dsn, calls = shared_prefix_store
+    code, output = run("logs", "show", "abcdef", "--dsn", dsn)
+    assert code == 2, output
+    assert "more characters" in output and "Traceback" not in output
+    listed = re.findall(r"\babcdef[0-9a-f]{10,26}\b", output)
+    ids = {c.span_id for c in calls} | {c.trace_id for c in calls}
+    assert len(listed) == 10 and set(listed) <= ids
+    assert "more than 10 ids" in output and "gpt-4" in output
+
+
+# ---------------------------------------------------------------- 80 columns
+
+
+def whole(text: str, line: str) -> bool:
+    """``text`` is in ``line`` as whole words (not cut, not part of a longer word)."""
+    return re.search(rf"(?<!\S){re.escape(text)}(?!\S)", line) is not None
+
+
+def assert_fits_80_columns(output: str) -> list[str]:
+    lines = output.splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in output, output
+    return lines
+
+
+def test_logs_at_80_columns_keeps_ids_models_latency_and_cost_whole(store):
+    """The table a user sees in an 80-column terminal: rich used to cut ids, models, latencies and costs."""
+    dsn, calls = store
+    code, output = run("logs", "--dsn", dsn, columns=80)
+    assert code == 0, output
+    lines = assert_fits_80_columns(output)
+    for call in calls:
+        (line,) = [line for line in lines if whole(call.span_id, line)]
+        for text in (call.model, render.ms(call.duration_ms), render.usd(cost_of(call))):
+            assert whole(text, line), (text, line)
+
+
+def ask(dsn: str, question):
+    """The query layer's answer to ``question(client)`` on the store (the client closed after: chDB allows one
+    store per process)."""
+    client = connect(dsn)
+    try:
+        return question(client)
+    finally:
+        client.close()
+
+
+def print_at_80_columns(*renderables) -> str:
+    console = Console(width=80, record=True, file=io.StringIO())
+    for renderable in renderables:
+        console.print(renderable)
+    return console.export_text()
+
+
+def test_demo_tables_at_80_columns_cut_no_id_model_or_number(store):
+    """What `llmtap demo` prints to an 80-column console: the latest calls, then calls and latency by model and by
+    service (rich used to cut models to `gpt-4…`, costs to `$0.0…`)."""
+    dsn, _ = store
+    everything = CallFilter()
+    summaries, total, groups = ask(dsn, lambda client: (
+        queries.search_calls(client, everything),
+        queries.total_stats(client, everything),
+        {by: queries.call_stats(client, everything, by=by) for by in ("model", "service")},
+    ))  # fmt: skip
+    lines = assert_fits_80_columns(print_at_80_columns(
+        render.calls_table(summaries),
+        *(render.stats_tables(rows, total, by, "in this demo") for by, rows in groups.items()),
+    ))  # fmt: skip
+    for call in summaries:
+        (line,) = [line for line in lines if whole(call.span_id, line)]
+        assert all(
+            whole(text, line) for text in (call.model, render.ms(call.duration_ms), render.usd(call.cost))
+        )
+    for row in [row for rows in groups.values() for row in rows]:
+        traffic, latency = [line for line in lines if line.startswith(row.key + " ")]
+        numbers = (row.calls, row.errors, row.input_tokens, row.cached_tokens, row.output_tokens)
+        for text in [*map(render.count, numbers), f"{row.error_rate:.1%}", render.usd(row.cost)]:
+            assert re.search(rf"(?<!\S){re.escape(text)}\*?(?!\S)", traffic), (text, traffic)
+        assert all(whole(render.ms(value), latency) for value in vars(row.latency).values()), latency
+
+
+def test_follow_lines_at_80_columns_keep_the_whole_id(store):
+    """`logs --follow` lines: what the table shows whole comes first and wraps rather than being cut."""
+    dsn, _ = store
+    summaries = ask(dsn, lambda client: queries.search_calls(client, CallFilter()))
+    output = print_at_80_columns(*(render.call_line(call, width=80) for call in summaries))
+    assert max(map(len, output.splitlines())) <= 80
+    for call in summaries:
+        facts = (call.model, render.ms(call.duration_ms), render.usd(call.cost), call.status, call.span_id)
+        assert all(whole(text, output) for text in facts), call
 
 
 # ---------------------------------------------------------------- stats

@@ -805,7 +805,7 @@ def test_get_calls_by_span_or_trace_id(store):
     assert abs(detail.timestamp - call.timestamp) < timedelta(microseconds=2)
     assert [d.span_id for d in queries.get_calls(client, call.trace_id)] == [call.span_id]
     assert queries.get_calls(client, "0" * 16) == []
-    with pytest.raises(ValueError, match="neither a span id"):
+    with pytest.raises(ValueError, match="is not a span id"):
         queries.get_calls(client, "not-an-id")
 
 

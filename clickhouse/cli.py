@@ -440,17 +440,24 @@ def db_status(dsn: str | None, as_json: bool) -> None:
 @db.command("retention")
 @store_option
 @click.option(
-    "--content", "content", metavar="DAYS", help="Keep prompts/responses this long, e.g. 30d (default 30d)."
+    "--content",
+    "content",
+    metavar="DAYS",
+    help="Keep prompts/responses, raw spans and logs this long, e.g. 30d (default 30d).",
 )
 @click.option(
-    "--calls", "calls", metavar="DAYS", help="Keep calls and rollups this long, e.g. 400d (default 400d)."
+    "--calls",
+    "calls",
+    metavar="DAYS",
+    help="Keep calls, rollups and metrics this long, e.g. 400d (default 400d).",
 )
 @store_errors
 def db_retention(dsn: str | None, content: str | None, calls: str | None) -> None:
     """Show or change how long calls and their content are kept (ALTER … MODIFY TTL).
 
-    Content expires first, so dashboards keep their history after the prompts are gone. The raw spans in
-    otel_traces carry the prompts too, so they follow the content retention.
+    Content expires first, so dashboards keep their history after the prompts are gone. The raw spans
+    (otel_traces and its trace-id lookup) and the logs carry the prompts too, so they follow the content
+    retention; the metrics follow the calls.
     """
     content_days, calls_days = _days(content, "--content"), _days(calls, "--calls")
     client = _open(dsn, writable=content_days is not None or calls_days is not None)

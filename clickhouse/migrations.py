@@ -11,6 +11,10 @@ what is applied. Rules for migration files:
 
 Applied migrations are recorded in ``llmtap_migrations`` (version, name, checksum, time). The same files run
 unchanged on chDB and on a ClickHouse server.
+
+After the files, each table of a retention horizon (retention.py) that has no TTL gets the store's: a TTL written
+in a file would be one number for every store, overriding the retention an owner chose with `llmtap db retention`
+(deleting raw spans they meant to keep, or keeping them longer than they allowed).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmtap.clickhouse.resort import declared_order, resort, table_exists
+from llmtap.clickhouse.retention import TableRetention, limit_tables_kept_forever
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
@@ -75,20 +80,25 @@ class Migration:
 
 @dataclass
 class MigrationReport:
-    """What a run did: which versions it applied, which were already there, which changed since applied."""
+    """What a run did: which versions it applied, which were already there, which changed since applied, and
+    which tables kept forever until then got a TTL."""
 
     database: str
     applied: list[Migration] = field(default_factory=list)
     already_applied: list[Migration] = field(default_factory=list)
     changed_since_applied: list[Migration] = field(default_factory=list)
     resorted: list[str] = field(default_factory=list)
+    limited: list[TableRetention] = field(default_factory=list)
 
     def summary(self) -> str:
-        resorted = "".join(f"; re-sorted {table} into its new order" for table in self.resorted)
+        after = "".join(f"; re-sorted {table} into its new order" for table in self.resorted)
+        if self.limited:
+            kept = ", ".join(f"{t.table} {t.days} days" for t in self.limited)
+            after += f"; retention set where there was none: {kept}"
         if not self.applied:
-            return f"schema up to date in {self.database} ({len(self.already_applied)} migrations){resorted}"
+            return f"schema up to date in {self.database} ({len(self.already_applied)} migrations){after}"
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in self.applied)
-        return f"applied {len(self.applied)} migration(s) in {self.database}: {names}{resorted}"
+        return f"applied {len(self.applied)} migration(s) in {self.database}: {names}{after}"
 
 
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -127,7 +137,7 @@ def migrate(
     """Apply every migration not yet recorded (up to ``target``), in order, in the client's current database.
 
     Idempotent: a second run applies nothing. The caller creates the database first
-    (``connect(dsn, create_database=True)``).
+    (``connect(dsn, create_database=True)``). Ends by giving the tables without a TTL their retention.
     """
     database = client.database or "default"
     report = MigrationReport(database=database)
@@ -153,6 +163,7 @@ def migrate(
                 ) from exc
         _record(client, migration)
         report.applied.append(migration)
+    report.limited = limit_tables_kept_forever(client)
     return report
 
 

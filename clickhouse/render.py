@@ -18,7 +18,7 @@ from typing import Any
 
 from llmtap.clickhouse.prices import ModelPrice
 from llmtap.clickhouse.queries import AmbiguousIdError, CallDetail, CallSummary, Latency, StatsRow
-from llmtap.clickhouse.retention import Retention
+from llmtap.clickhouse.retention import CALLS, CONTENT, Retention
 from rich import box
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderResult
@@ -395,17 +395,20 @@ def prices_table(prices: Sequence[ModelPrice]) -> Table:
     return table
 
 
+_RETAINED = {CONTENT: "content (prompts, responses)", CALLS: "calls (numbers)"}
+_TABLE_LABELS = {"llm_calls": "llm_calls rows", "otel_traces": "otel_traces (raw spans)"}
+
+
 def retention_table(retention: Retention) -> Table:
+    """One row per horizon and length, naming its tables: a table whose TTL strays from its horizon's (or that
+    has none, "forever") gets a row of its own."""
     table = Table(title="Retention", title_justify="left", header_style="bold")
     table.add_column("data")
     table.add_column("kept", justify="right")
     table.add_column("where")
-
-    def days(value: int | None) -> str:
-        return "forever" if value is None else f"{value} days"
-
-    table.add_row("calls (numbers)", days(retention.calls_days), "llm_calls rows")
-    table.add_row("content (prompts, responses)", days(retention.content_days), "llm_calls content columns")
-    table.add_row("per-minute rollup", days(retention.rollup_days), "llm_calls_1m")
-    table.add_row("raw spans (hold the content too)", days(retention.raw_spans_days), "otel_traces")
+    where = {(CONTENT, retention.content_days): ["llm_calls content columns"]}
+    for kept in retention.tables:
+        where.setdefault((kept.horizon, kept.days), []).append(_TABLE_LABELS.get(kept.table, kept.table))
+    for (horizon, days), tables in where.items():
+        table.add_row(_RETAINED[horizon], "forever" if days is None else f"{days} days", ", ".join(tables))
     return table

@@ -1,10 +1,15 @@
 """How long the store keeps calls and their content, read from and written to the tables' TTLs.
 
-Two horizons: the numbers (llm_calls rows and their rollups, `ROLLUPS`) and the content (prompt, response, system
-instructions, tool definitions). The content columns carry their own, shorter column TTL, so prompts expire
-while charts keep their history. The raw spans in ``otel_traces`` hold the same prompts in their attributes, so
-their row TTL follows the content horizon. ClickHouse applies a changed TTL to existing parts in the background
-(``materialize_ttl_after_modify``), and drops expired days whole (``ttl_only_drop_parts``).
+Two horizons. The content horizon covers everything that holds prompts and responses: llm_calls' content columns
+(a column TTL, so charts keep their history after the prompts are gone), the raw spans in ``otel_traces`` (the
+same prompts sit in their attributes and events), the log records in ``otel_logs`` (GenAI log events carry the
+messages) and the spans' trace-id lookup, which points at them. The calls horizon covers the numbers: llm_calls'
+rows, their rollups (`ROLLUPS`) and the metrics tables. Each horizon's length is the one llm_calls carries (its
+content-column TTL and its row TTL, 30 and 400 days from migration 0003), and every other table follows it.
+
+ClickHouse applies a changed TTL to existing parts (``materialize_ttl_after_modify``: a background mutation on a
+server, awaited by chDB) and drops expired days whole (``ttl_only_drop_parts``), also a day inserted already
+expired.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
 CONTENT_COLUMNS = ("InputMessages", "OutputMessages", "SystemInstructions", "ToolDefinitions")
-DEFAULT_CONTENT_DAYS = 30
-DEFAULT_CALLS_DAYS = 400
+CONTENT = "content"
+CALLS = "calls"
 # TTL expressions as ClickHouse normalises them in SHOW CREATE: "... + toIntervalDay(30)".
 _TTL_DAYS = re.compile(r"toIntervalDay\((\d+)\)|INTERVAL\s+(\d+)\s+DAY", re.IGNORECASE)
 # The tables derived from the calls, on the numbers horizon (the rollups, and the answers by user and tag), and their
@@ -33,40 +38,70 @@ ROLLUPS = (
     ("llm_answers_1h", "Hour"),
     ("llm_answers_by_value", "toDateTime(Timestamp)"),
 )
+_METRICS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
+# Every table on each horizon and the time its rows expire from (for the exporter's tables, the exporter's own).
+# llm_calls is on both: its rows on the calls horizon, its content columns on the content one.
+TABLES = {
+    CONTENT: (
+        ("otel_traces", "toDateTime(Timestamp)"),
+        ("otel_traces_trace_id_ts", "toDateTime(Start)"),
+        ("otel_logs", "toDateTime(Timestamp)"),
+    ),
+    CALLS: (
+        ("llm_calls", "toDateTime(Timestamp)"),
+        *ROLLUPS,
+        *((f"otel_metrics_{kind}", "toDateTime(TimeUnix)") for kind in _METRICS),
+    ),
+}
+_EXPIRES_FROM = {table: time for tables in TABLES.values() for table, time in tables}
+
+
+@dataclass(frozen=True)
+class TableRetention:
+    """How long one table keeps its rows; days None means it has no TTL (kept forever)."""
+
+    table: str
+    horizon: str
+    days: int | None
 
 
 @dataclass(frozen=True)
 class Retention:
-    """Days kept; None means the table or column has no TTL (kept forever)."""
+    """The two horizons (llm_calls' row and content-column TTLs; None: kept forever) and every table on them."""
 
     calls_days: int | None
     content_days: int | None
-    rollup_days: int | None
-    raw_spans_days: int | None
+    tables: tuple[TableRetention, ...]
 
 
 def current_retention(client: Client) -> Retention:
-    """The TTLs now in force, parsed from the tables' definitions."""
-    tables = {
+    """The TTLs now in force, parsed from the tables' definitions (tables the store lacks are left out)."""
+    found = {
         name: (engine, create)
         for name, engine, create in client.query(
             "SELECT name, engine_full, create_table_query FROM system.tables "
-            "WHERE database = currentDatabase() AND name IN ('llm_calls', 'llm_calls_1m', 'otel_traces')"
+            "WHERE database = currentDatabase() AND name IN {names:Array(String)}",
+            parameters={"names": list(_EXPIRES_FROM)},
         ).result_rows
     }
-    calls_engine, calls_create = tables.get("llm_calls", ("", ""))
+    calls_engine, calls_create = found.get("llm_calls", ("", ""))
     return Retention(
         calls_days=_table_ttl_days(calls_engine),
         content_days=_column_ttl_days(calls_create, CONTENT_COLUMNS[0]),
-        rollup_days=_table_ttl_days(tables.get("llm_calls_1m", ("", ""))[0]),
-        raw_spans_days=_table_ttl_days(tables.get("otel_traces", ("", ""))[0]),
+        tables=tuple(
+            TableRetention(table, horizon, _table_ttl_days(found[table][0]))
+            for horizon, tables in TABLES.items()
+            for table, _ in tables
+            if table in found
+        ),
     )
 
 
 def set_retention(
     client: Client, *, calls_days: int | None = None, content_days: int | None = None
 ) -> Retention:
-    """Change the horizons given (whole days, at least 1); content never outlives the calls. Returns the new TTLs."""
+    """Change the horizons given (whole days, at least 1) on every table of each; content never outlives the
+    calls. Returns the new TTLs."""
     before = current_retention(client)
     calls = calls_days if calls_days is not None else before.calls_days
     content = content_days if content_days is not None else before.content_days
@@ -90,14 +125,31 @@ def set_retention(
         calls_actions.append(f"MODIFY TTL toDateTime(Timestamp) + INTERVAL {int(calls_days)} DAY")
     if calls_actions:
         client.command(f"ALTER TABLE llm_calls {', '.join(calls_actions)}")
-    if calls_days is not None:
-        for rollup, time_column in ROLLUPS:
-            client.command(f"ALTER TABLE {rollup} MODIFY TTL {time_column} + INTERVAL {int(calls_days)} DAY")
-    if content_days is not None:
-        client.command(
-            f"ALTER TABLE otel_traces MODIFY TTL toDateTime(Timestamp) + INTERVAL {int(content_days)} DAY"
-        )
+    changed = {CONTENT: content_days, CALLS: calls_days}
+    for kept in before.tables:
+        days = changed[kept.horizon]
+        if days is not None and kept.table != "llm_calls":
+            _modify_ttl(client, kept.table, days)
     return current_retention(client)
+
+
+def limit_tables_kept_forever(client: Client) -> list[TableRetention]:
+    """Give each table of a horizon that has no TTL the horizon's days, so a new store keeps nothing forever and
+    an older one's raw spans, logs and metrics follow the retention it already has; a TTL already set is left
+    alone. Returns the tables given one."""
+    now = current_retention(client)
+    horizon = {CONTENT: now.content_days, CALLS: now.calls_days}
+    limited = []
+    for kept in now.tables:
+        days = horizon[kept.horizon]
+        if kept.days is None and days is not None:
+            _modify_ttl(client, kept.table, days)
+            limited.append(TableRetention(kept.table, kept.horizon, days))
+    return limited
+
+
+def _modify_ttl(client: Client, table: str, days: int) -> None:
+    client.command(f"ALTER TABLE {table} MODIFY TTL {_EXPIRES_FROM[table]} + INTERVAL {int(days)} DAY")
 
 
 def _table_ttl_days(engine_full: str) -> int | None:

@@ -362,6 +362,22 @@ def test_export_to_stdout(store):
 
 # ---------------------------------------------------------------- db
 
+# The tables besides llm_calls that hold prompts and responses, or point at the spans that do.
+CONTENT_TABLES = ("otel_traces", "otel_traces_trace_id_ts", "otel_logs")
+CONTENT, CALLS = "content (prompts, responses)", "calls (numbers)"
+
+
+def _kept(status: dict, horizon: str) -> dict[str, int | None]:
+    """Days kept per table on one horizon, from `db status --json`."""
+    return {t["table"]: t["days"] for t in status["retention"]["tables"] if t["horizon"] == horizon}
+
+
+def _retention_rows(output: str) -> dict[str, str]:
+    """`data -> kept` of the retention table the db commands print (a row wrapped over lines goes on blank)."""
+    lines = output.split("Retention", 1)[1].splitlines()
+    rows = [line.split("│")[1:3] for line in lines if line.startswith("│")]
+    return {data.strip(): kept.strip() for data, kept in rows if data.strip()}
+
 
 def test_db_migrate_status_retention_prices(store, tmp_path):
     dsn, _ = store
@@ -375,11 +391,17 @@ def test_db_migrate_status_retention_prices(store, tmp_path):
     (status,) = json_lines(output)
     assert all(m["applied"] for m in status["migrations"])
     assert status["retention"]["content_days"] == 30 and status["retention"]["calls_days"] == 400
-    code, output = run("db", "retention", "--dsn", fresh, "--content", "2w", "--calls", "90")
-    assert code == 0, output
-    assert "14 days" in output and "90 days" in output
+    assert _kept(status, "content") == dict.fromkeys(CONTENT_TABLES, 30), "raw spans, logs hold prompts too"
     code, output = run("db", "status", "--dsn", fresh)
     assert "applied  0003_llm_calls" in output and "llm_calls: 0 rows" in output
+    assert _retention_rows(output) == {CONTENT: "30 days", CALLS: "400 days"}
+    assert "otel_traces (raw spans)" in output.split("Retention", 1)[1]
+    code, output = run("db", "retention", "--dsn", fresh, "--content", "2w", "--calls", "90")
+    assert code == 0, output
+    assert _retention_rows(output) == {CONTENT: "14 days", CALLS: "90 days"}
+    (status,) = json_lines(run("db", "status", "--dsn", fresh, "--json")[1])
+    assert _kept(status, "content") == dict.fromkeys(CONTENT_TABLES, 14)
+    assert set(_kept(status, "calls").values()) == {90} and "otel_metrics_sum" in _kept(status, "calls")
 
     code, output = run("db", "prices", "--dsn", fresh, "--model", "gpt-4o")
     assert code == 0 and "gpt-4o" in output and "2024-10-02" in output

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -34,7 +35,7 @@ from llmtap.clickhouse.prices import (
     load_prices,
     read_prices,
 )
-from llmtap.clickhouse.retention import CONTENT_COLUMNS, ROLLUPS, current_retention, set_retention
+from llmtap.clickhouse.retention import CONTENT_COLUMNS, current_retention, set_retention
 from llmtap.clickhouse.timeparse import parse_duration, parse_time
 
 LEVELS = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
@@ -1027,6 +1028,71 @@ def test_follow_yields_only_new_calls_including_late_arrivals(store):
 
 # ---------------------------------------------------------------- retention
 
+# Where prompts and responses are stored besides llm_calls' content columns: the raw spans (attributes, events),
+# the log records (GenAI log events carry the messages), and the spans' trace-id lookup, which points at them.
+CONTENT_TABLES = ("otel_traces", "otel_traces_trace_id_ts", "otel_logs")
+# Settings, not data: kept whole.
+SETTINGS_TABLES = ("model_prices", "llm_uncertain_phrases", MIGRATIONS_TABLE)
+
+
+def _kept_days(client) -> dict[str, int | None]:
+    """Days each stored table keeps its rows, and llm_calls.<column> its content columns, as ClickHouse shows
+    their TTLs (None: no TTL, kept forever)."""
+    days: dict[str, int | None] = {}
+    for name, engine, create in client.query(
+        "SELECT name, engine_full, create_table_query FROM system.tables "
+        "WHERE database = currentDatabase() AND engine LIKE '%MergeTree'"
+    ).result_rows:
+        ttl = re.search(r"\bTTL\b.*?toIntervalDay\((\d+)\)", engine)
+        days[name] = int(ttl.group(1)) if ttl else None
+        if name == "llm_calls":
+            for column in CONTENT_COLUMNS:
+                declaration = create.split(f"`{column}` ", 1)[1].split("`", 1)[0]
+                ttl = re.search(r"\bTTL\b.*?toIntervalDay\((\d+)\)", declaration)
+                days[f"llm_calls.{column}"] = int(ttl.group(1)) if ttl else None
+    return days
+
+
+def _by_horizon(days: dict[str, int | None]) -> tuple[dict[str, int | None], dict[str, int | None]]:
+    """(content, numbers): the tables and columns holding prompts and responses, and those holding numbers."""
+    content = {name: d for name, d in days.items() if name in CONTENT_TABLES or name.startswith("llm_calls.")}
+    numbers = {name: d for name, d in days.items() if name not in content and name not in SETTINGS_TABLES}
+    return content, numbers
+
+
+def test_a_fresh_store_keeps_content_for_the_content_retention_only(store):
+    client, _, _ = store
+    content, numbers = _by_horizon(_kept_days(client))
+    assert len(content) == len(CONTENT_TABLES) + len(CONTENT_COLUMNS), content
+    assert content == dict.fromkeys(content, 30), "every table holding prompts expires after 30 days (README)"
+    assert {"llm_calls", "llm_calls_1m", "otel_metrics_sum", "otel_metrics_histogram"} <= set(numbers)
+    assert numbers == dict.fromkeys(numbers, 400), "numbers are kept for the calls retention"
+
+
+def test_an_older_store_gets_its_own_content_retention_on_every_content_table(store):
+    """A store made before every table had a TTL, whose owner ran `db retention --content 60d` then (it set
+    llm_calls' content columns and otel_traces): the tables without a TTL get the store's 60 days, not 30."""
+    client, _, _ = store
+    with _another_database(client, "unbounded_before") as older:
+        migrate(older)
+        for table, days in _kept_days(older).items():
+            if table.startswith("otel_") and days is not None:
+                older.command(f"ALTER TABLE {table} REMOVE TTL")
+        older.command(
+            "ALTER TABLE llm_calls "
+            + ", ".join(
+                f"MODIFY COLUMN {column} String TTL toDateTime(Timestamp) + INTERVAL 60 DAY CODEC(ZSTD(3))"
+                for column in CONTENT_COLUMNS
+            )
+        )
+        older.command("ALTER TABLE otel_traces MODIFY TTL toDateTime(Timestamp) + INTERVAL 60 DAY")
+        report = migrate(older)
+        content, numbers = _by_horizon(_kept_days(older))
+        assert content == dict.fromkeys(content, 60)
+        assert numbers == dict.fromkeys(numbers, 400)
+        assert "otel_logs 60 days" in report.summary() and "otel_traces " not in report.summary()
+        assert "otel_logs" not in migrate(older).summary(), "set once"
+
 
 def test_retention_reads_and_changes_ttls(tmp_path_factory, store):
     client, _, _ = store
@@ -1035,20 +1101,10 @@ def test_retention_reads_and_changes_ttls(tmp_path_factory, store):
     try:
         migrate(other)
         assert current_retention(other).calls_days == 400 and current_retention(other).content_days == 30
-        assert current_retention(other).raw_spans_days is None
         changed = set_retention(other, content_days=7, calls_days=90)
-        assert (changed.content_days, changed.calls_days, changed.rollup_days, changed.raw_spans_days) == (
-            7,
-            90,
-            90,
-            7,
-        )
-        create = other.query(
-            "SELECT create_table_query FROM system.tables WHERE database = 'retention_test' AND name = 'llm_calls'"
-        ).result_rows[0][0]
-        for column in CONTENT_COLUMNS:  # all four changed, in the one ALTER
-            declaration = create.split(f"`{column}` ", 1)[1].split("`", 1)[0]
-            assert "toIntervalDay(7)" in declaration, column
+        content, numbers = _by_horizon(_kept_days(other))
+        assert content == dict.fromkeys(content, 7) and numbers == dict.fromkeys(numbers, 90)
+        assert (changed.content_days, changed.calls_days) == (7, 90)
         with pytest.raises(ValueError, match="cannot be longer"):
             set_retention(other, content_days=120)
         with pytest.raises(ValueError, match="at least 1 day"):
@@ -1067,16 +1123,11 @@ def test_retention_reads_and_changes_ttls(tmp_path_factory, store):
             "SELECT SpanId, InputMessages, InputTokens FROM llm_calls ORDER BY SpanId"
         ).result_rows
         assert rows == [(f"{1:016x}", "", 7), (f"{2:016x}", "secret", 7)]
+        assert other.query("SELECT SpanId FROM otel_traces").result_rows == [(f"{2:016x}",)]  # raw span gone
         # Now the rollups hold rows and their time-ordered projections (migration 0010): a TTL change
         # re-materializes the TTL in both, and must not fail.
-        assert set_retention(other, calls_days=60).rollup_days == 60
-        engines = dict(
-            other.query(
-                "SELECT name, engine_full FROM system.tables WHERE database = 'retention_test'"
-            ).result_rows
-        )
-        for rollup, _ in ROLLUPS:
-            assert "toIntervalDay(60)" in engines[rollup], rollup
+        set_retention(other, calls_days=60)
+        assert _by_horizon(_kept_days(other)) == (dict.fromkeys(content, 7), dict.fromkeys(numbers, 60))
         _settle_mutations(other, "retention_test")
         assert other.query("SELECT sum(Calls) FROM llm_calls_1h").result_rows == [(2,)]
     finally:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 from llmtap.clickhouse.connection import StoreError, connect, default_dsn, parse_dsn
 from llmtap.clickhouse.migrations import MigrationError, discover, migrate, split_statements, status
 
 # The contrib exporter's INSERT (internal/sqltemplates/traces_insert.sql), 22 columns, unchanged but for the
-# Go placeholders turned into literal values.
+# Go placeholders turned into literal values, dated today: rows older than the retention are dropped on insert.
+TODAY = date.today().isoformat()
 EXPORTER_TRACES_INSERT = """
 INSERT INTO otel_traces (
     Timestamp, TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName,
@@ -15,12 +18,12 @@ INSERT INTO otel_traces (
     Events.Timestamp, Events.Name, Events.Attributes,
     Links.TraceId, Links.SpanId, Links.TraceState, Links.Attributes
 ) VALUES (
-    '2025-01-02 03:04:05.123456789', '0102030405060708090a0b0c0d0e0f10', '0102030405060708', '', 'k=v',
+    '{day} 03:04:05.123456789', '0102030405060708090a0b0c0d0e0f10', '0102030405060708', '', 'k=v',
     'chat gpt-4o', 'Client', 'svc', {'service.name': 'svc'}, 'scope', '1.0', {'gen_ai.request.model': 'gpt-4o'},
-    1500000000, 'Ok', '', ['2025-01-02 03:04:05.2'], ['ev'], [{'a': 'b'}],
+    1500000000, 'Ok', '', ['{day} 03:04:05.2'], ['ev'], [{'a': 'b'}],
     ['1112131415161718191a1b1c1d1e1f20'], ['1112131415161718'], [''], [{}]
 )
-"""
+""".replace("{day}", TODAY)
 
 EXPORTER_LOGS_INSERT = """
 INSERT INTO otel_logs (
@@ -28,10 +31,10 @@ INSERT INTO otel_logs (
     ResourceSchemaUrl, ResourceAttributes, ScopeSchemaUrl, ScopeName, ScopeVersion, ScopeAttributes,
     LogAttributes, EventName
 ) VALUES (
-    '2025-01-02 03:04:05.5', '', '', 1, 'INFO', 9, 'svc', 'hello', '', {'k8s.pod.name': 'p'}, '', 's', '1',
+    '{day} 03:04:05.5', '', '', 1, 'INFO', 9, 'svc', 'hello', '', {'k8s.pod.name': 'p'}, '', 's', '1',
     {}, {'a': '1'}, ''
 )
-"""
+""".replace("{day}", TODAY)
 
 
 @pytest.fixture(scope="module")

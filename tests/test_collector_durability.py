@@ -24,7 +24,7 @@ from llmtap.collector.spool import Spool
 from llmtap.collector.stats import Stats
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
-from test_collector_receivers import good_span, span_request
+from test_collector_receivers import START_NS, good_span, span_request
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ class Serve:
         spans = [
             trace_pb2.Span(
                 trace_id=bytes([trace_byte]) * 16, span_id=index.to_bytes(8, "big"), name=name,
-                start_time_unix_nano=1_700_000_000_000_000_000 + index, end_time_unix_nano=1_700_000_000_000_001_000,
+                start_time_unix_nano=START_NS + index, end_time_unix_nano=START_NS + 1_000,
             )
             for index, name in enumerate(names, 1)
         ]  # fmt: skip

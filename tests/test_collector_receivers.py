@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import grpc
 import pytest
@@ -31,6 +32,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 TOKEN = "s3cret-token"
+# Span times a minute ago: rows older than the store's retention are dropped on insert.
+START_NS = (int(time.time()) - 60) * 10**9
 
 
 def span_request(*spans: trace_pb2.Span, service: str = "raw") -> bytes:
@@ -46,8 +49,8 @@ def span_request(*spans: trace_pb2.Span, service: str = "raw") -> bytes:
 
 def good_span(name: str, trace_id: bytes = b"\x01" * 16) -> trace_pb2.Span:
     return trace_pb2.Span(
-        trace_id=trace_id, span_id=b"\x02" * 8, name=name, start_time_unix_nano=1_700_000_000_000_000_000,
-        end_time_unix_nano=1_700_000_000_500_000_000,
+        trace_id=trace_id, span_id=b"\x02" * 8, name=name, start_time_unix_nano=START_NS,
+        end_time_unix_nano=START_NS + 500_000_000,
     )  # fmt: skip
 
 
@@ -136,7 +139,7 @@ def test_otlp_json_with_hex_ids_camel_case_and_enum_numbers(collector):
                 "spans": [{
                     "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
                     "parentSpanId": "", "name": "json span", "kind": 3,
-                    "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": 1700000000000000100,
+                    "startTimeUnixNano": str(START_NS), "endTimeUnixNano": START_NS + 100,
                     "attributes": [{"key": "n", "value": {"intValue": "7"}},
                                    {"key": "raw", "value": {"bytesValue": "AQI="}}],
                     "status": {"code": 2}, "unknownField": {"ignored": True},

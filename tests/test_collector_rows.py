@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import math
+import time
 
 import pytest
 from collector_support import post, query, running_collector, wait_written
@@ -18,7 +19,9 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-START = 1_700_000_000_123_456_789
+# An hour ago to the second, plus nanoseconds (rows older than the store's retention are dropped on insert).
+SECOND = int(time.time()) - 3600
+START = SECOND * 10**9 + 123_456_789
 TRACE_ID = bytes(range(1, 17))
 SPAN_ID = bytes(range(1, 9))
 PARENT_ID = bytes(range(9, 17))
@@ -136,7 +139,7 @@ def golden_traces() -> ExportTraceServiceRequest:
 
 
 def golden_metrics() -> ExportMetricsServiceRequest:
-    t, t0 = 1_700_000_000_999_999_999, 1_699_999_000_000_000_001
+    t, t0 = SECOND * 10**9 + 999_999_999, (SECOND - 1000) * 10**9 + 1
     attrs = [kv("route", S("/chat")), kv("code", INT(200))]
     exemplar = metrics_pb2.Exemplar(time_unix_nano=t, as_int=3, trace_id=TRACE_ID, span_id=SPAN_ID)
     bare_exemplar = metrics_pb2.Exemplar(time_unix_nano=t, as_double=0.25)
@@ -299,7 +302,7 @@ def test_metrics_rows_are_the_exporters(collector):
         "https://scope/1",
         "golden-svc",
     )
-    t, t0 = 1_700_000_000, 1_699_999_000  # DateTime: whole seconds of the nanosecond times
+    t, t0 = SECOND, SECOND - 1000  # DateTime: whole seconds of the nanosecond times
     gauge = query(collector, f"SELECT {head}, Value, Flags, Exemplars.FilteredAttributes, "
                   "arrayMap(x -> toUnixTimestamp(x), Exemplars.TimeUnix), Exemplars.Value, Exemplars.SpanId, "
                   "Exemplars.TraceId FROM otel_metrics_gauge")  # fmt: skip

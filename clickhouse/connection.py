@@ -7,7 +7,10 @@ clients with the same query/insert API.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,16 @@ if TYPE_CHECKING:
 DEFAULT_DATABASE = "otel"
 DSN_ENV = "LLMTAP_DSN"
 _SCHEMES = ("chdb", "http", "https")
+_DEFAULT_PORTS = {"http": 8123, "https": 8443}
+#: clickhouse-connect logs this bare warning right before raising the error that says what failed.
+_DRIVER_WARNING = "Unexpected Http Driver Exception"
+_DRIVER_LOGGERS = ("clickhouse_connect.driver._backend.http_sync", "clickhouse_connect.driver.httpclient")
+
+# Windows has no flock: who holds a chDB store cannot be told beforehand, chDB's own error says it then.
+try:
+    import fcntl
+except ImportError:
+    fcntl = None  # type: ignore[assignment]
 
 
 class StoreError(RuntimeError):
@@ -118,12 +131,14 @@ def _open(dsn: str, target: ParsedDSN, settings: dict[str, Any]) -> Client:
         raise StoreError(f"{exc}; install the store dependencies with: pip install 'llmtap[server]'") from exc
     try:
         if target.is_chdb:
+            _refuse_held_store(dsn, target.path)
             Path(target.path).mkdir(parents=True, exist_ok=True)
             return clickhouse_connect.get_client(dsn=f"chdb://{target.path}", **settings)
         # Connect without a database: the DSN's may not exist yet (connect() switches to it afterwards).
         parsed = urlparse(dsn.strip())
         server_dsn = parsed._replace(path="/default").geturl()
         settings.setdefault("connect_timeout", 5)
+        _drop_driver_warning()
         return clickhouse_connect.get_client(dsn=server_dsn, **settings)
     except StoreError:
         raise
@@ -141,9 +156,108 @@ def _open(dsn: str, target: ParsedDSN, settings: dict[str, Any]) -> Client:
                 "directory: if `llmtap serve` is running on it, query through serve (llmtap uses its local "
                 "query API automatically) or stop it first."
             ) from exc
+        unreachable = _socket_error(exc)
+        if unreachable is not None:
+            raise StoreError(
+                f"cannot reach ClickHouse at {_server_address(dsn)}: {_unreachable_reason(unreachable)}"
+            ) from exc
         raise StoreError(
             f"ClickHouse at {target.display} is not reachable or refused the login: {exc}"
         ) from exc
+
+
+def _refuse_held_store(dsn: str, path: str) -> None:
+    """Say who holds a chDB store before chDB tries to open it: chDB prints its lock failure to stderr itself
+    and raises an error that does not say it. An open chDB keeps an flock on ``<store>/status``, its pid inside."""
+    status = Path(path) / "status"
+    pid = _status_pid(status)
+    if pid == os.getpid() or not _is_locked(status):  # this process's own chDB is shared, not in the way
+        return
+    raise StoreError(_store_in_use(dsn, path, pid))
+
+
+def _status_pid(status: Path) -> int | None:
+    try:
+        found = re.search(r"^PID: (\d+)", status.read_text(errors="replace"), re.MULTILINE)
+    except OSError:
+        return None
+    return int(found.group(1)) if found else None
+
+
+def _is_locked(status: Path) -> bool:
+    if fcntl is None:
+        return False
+    try:
+        with open(status, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when the file closes
+    except BlockingIOError:
+        return True
+    except OSError:  # no status file: no chDB has opened the store yet
+        return False
+    return False
+
+
+def _store_in_use(dsn: str, path: str, pid: int | None) -> str:
+    """Who holds the store, in one line: the serve it announced (discovery file), else the pid chDB wrote."""
+    from llmtap.clickhouse.store import running_serve
+
+    serve = running_serve(dsn)
+    if serve is not None:
+        return (
+            f"the store at {path} is in use by the llmtap serve at pid {serve.pid} on port "
+            f"{urlparse(serve.url).port}: one store can have only one serve; send to that one ({serve.url}), "
+            "stop it, or pass --dsn for another store"
+        )
+    holder = f"another process (pid {pid})" if pid else "another process"
+    return (
+        f"the store at {path} is in use by {holder}: chDB lets one process open a store at a time; "
+        "stop that process, or pass --dsn for another store"
+    )
+
+
+class _DropDriverWarning(logging.Filter):
+    """Passes every record of clickhouse-connect's loggers but the bare warning before a failed request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != _DRIVER_WARNING
+
+
+_DROP_DRIVER_WARNING = _DropDriverWarning()
+
+
+def _drop_driver_warning() -> None:
+    """Keep clickhouse-connect's bare warning off the console; the error it raises next becomes one line."""
+    for name in _DRIVER_LOGGERS:
+        logging.getLogger(name).addFilter(_DROP_DRIVER_WARNING)  # added once, however often this runs
+
+
+def _socket_error(exc: BaseException) -> OSError | None:
+    """The socket error under clickhouse-connect's and urllib3's wrappers (refused, unresolvable, timed out)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _unreachable_reason(error: OSError) -> str:
+    if isinstance(error, socket.gaierror):
+        return f"the name does not resolve ({error.strerror})"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return error.strerror or str(error)
+
+
+def _server_address(dsn: str) -> str:
+    """host:port of a server DSN, with the scheme's default port when it names none."""
+    parsed = urlparse(dsn.strip())
+    host = f"[{parsed.hostname}]" if ":" in (parsed.hostname or "") else parsed.hostname
+    return f"{host}:{parsed.port or _DEFAULT_PORTS[parsed.scheme.lower()]}"
 
 
 def quote_identifier(name: str) -> str:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import http.client
 import ipaddress
+import json
 import logging
 import os
 import socket
 import threading
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +27,12 @@ from llmtap.collector.pipeline import Limits, Pipeline
 from llmtap.collector.query_api import QueryAPI
 from llmtap.collector.receiver import Receiver
 from llmtap.collector.rows import TABLE_COLUMNS
-from llmtap.collector.spool import Spool
+from llmtap.collector.spool import Spool, SpoolError
 from llmtap.collector.stats import Stats
 
 log = logging.getLogger("llmtap.serve")
+# Asks a port on this machine who holds it; a proxy from the environment must not answer instead.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class ConfigError(ValueError):
@@ -93,22 +99,14 @@ class Collector:
 
     def start(self) -> None:
         config = self.config
-        spool = Spool(config.resolved_spool_dir())
-        client = None
+        self._check_ports_free()
+        # The store before the spool: a store another process holds is reported as such, not as a busy spool.
+        client = self._open_store()
         try:
-            client = connect(config.dsn, create_database=True)
-            report, _ = bring_up_to_date(client)
-            self.migration_summary = report.summary()
-            self._migrated = True
-        except StoreError as exc:
-            if parse_dsn(config.dsn).is_chdb:
-                spool.close()
-                raise
-            # A server that is down must not stop serve: requests are spooled and written once it is back.
-            self.migration_summary = f"store unreachable, will retry ({exc})"
-            self.stats.write_failed(str(exc), store_down=True)
-        except Exception:
-            spool.close()
+            spool = Spool(config.resolved_spool_dir())
+        except SpoolError:
+            if client is not None:
+                client.close()
             raise
         # Without a store to ask the column types of (a server that is down), batches convert in the writer.
         encoders = None
@@ -126,26 +124,66 @@ class Collector:
             self._query_api = QueryAPI(self._connect, client)
         elif client is not None:
             client.close()
-        receiver = Receiver(self._pipeline, self.stats, config.token)
         try:
-            self._http = OTLPHTTPServer(
-                (config.host, config.port), receiver, self._query_api, self.health, self.metrics_text,
-                config.max_body_bytes, config.inflight_body_bytes,
-            )  # fmt: skip
-            self.http_port = self._http.server_address[1]
-            if config.grpc_port >= 0:
-                self._grpc, self.grpc_port = start_grpc_server(
-                    receiver, config.host, config.grpc_port, config.max_body_bytes
-                )
-        except (OSError, RuntimeError) as exc:
+            self._listen(Receiver(self._pipeline, self.stats, config.token))
+        except ConfigError:
             self.stop()
-            raise ConfigError(f"cannot listen on {config.host}: {exc}") from exc
+            raise
         self._http_thread = threading.Thread(target=self._http.serve_forever, name="llmtap-http", daemon=True)
         self._http_thread.start()
         discovery.write_discovery(
             config.dsn,
             discovery.ServeInfo(os.getpid(), self.http_url, config.token, parse_dsn(config.dsn).display),
         )
+
+    def _check_ports_free(self) -> None:
+        """Refuse a taken port before opening the store: the receivers bind last, after migrations and replay."""
+        for listener, port in self._ports():
+            if port > 0:
+                try:
+                    _probe_port(self.config.host, port)
+                except OSError as exc:
+                    raise _cannot_listen(listener, self.config.host, port, exc) from exc
+
+    def _ports(self) -> list[tuple[_Listener, int]]:
+        grpc = [(_GRPC, self.config.grpc_port)] if self.config.grpc_port >= 0 else []
+        return [(_HTTP, self.config.port), *grpc]
+
+    def _open_store(self) -> Any:
+        """A client on the store with the schema applied, or None for a server that is down: that must not stop
+        serve, requests are spooled and written once it is back."""
+        try:
+            client = connect(self.config.dsn, create_database=True)
+        except StoreError as exc:
+            if parse_dsn(self.config.dsn).is_chdb:
+                raise
+            self.migration_summary = f"store unreachable, will retry ({exc})"
+            self.stats.write_failed(str(exc), store_down=True)
+            return None
+        report, _ = bring_up_to_date(client)
+        self.migration_summary = report.summary()
+        self._migrated = True
+        return client
+
+    def _listen(self, receiver: Receiver) -> None:
+        config = self.config
+        try:
+            self._http = OTLPHTTPServer(
+                (config.host, config.port), receiver, self._query_api, self.health, self.metrics_text,
+                config.max_body_bytes, config.inflight_body_bytes,
+            )  # fmt: skip
+        except OSError as exc:
+            raise _cannot_listen(_HTTP, config.host, config.port, exc) from exc
+        self.http_port = self._http.server_address[1]
+        if config.grpc_port < 0:
+            return
+        # gRPC raises RuntimeError("Failed to bind…") without an errno: _check_ports_free has said why, if it can.
+        try:
+            self._grpc, self.grpc_port = start_grpc_server(
+                receiver, config.host, config.grpc_port, config.max_body_bytes
+            )
+        except (OSError, RuntimeError) as exc:
+            raise _cannot_listen(_GRPC, config.host, config.grpc_port, exc) from exc
 
     def _connect(self) -> Any:
         """A client on the store with the schema applied (the writer reconnects through this too)."""
@@ -163,10 +201,7 @@ class Collector:
 
     @property
     def http_url(self) -> str:
-        host = self.config.host
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        return f"http://[{host}]:{self.http_port}" if ":" in host else f"http://{host}:{self.http_port}"
+        return _http_url(self.config.host, self.http_port)
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop receiving, write everything accepted (up to ``timeout``), release the store. True if drained."""
@@ -174,8 +209,9 @@ class Collector:
             discovery.remove_discovery(self.config.dsn)
         if self._grpc is not None:
             self._grpc.stop(grace=2).wait(3)
-        if self._http is not None:
+        if self._http_thread is not None:  # shutdown() waits for serve_forever(), so only once it runs
             self._http.shutdown()
+        if self._http is not None:
             self._http.server_close()
         drained = self._pipeline.close(timeout) if self._pipeline is not None else True
         if self._query_api is not None:
@@ -187,6 +223,9 @@ class Collector:
         snapshot = self.stats.snapshot()
         pipeline = self._pipeline
         snapshot["status"] = "ok"
+        # Lets another serve that finds this port taken say which serve holds it.
+        snapshot["pid"] = os.getpid()
+        snapshot["store"] = parse_dsn(self.config.dsn).display
         snapshot["spool"] = {
             "pending_bytes": pipeline.spool.pending_bytes if pipeline else 0,
             "queued_requests": pipeline.queued_requests() if pipeline else 0,
@@ -201,6 +240,55 @@ class Collector:
             "llmtap_serve_queued_requests": pipeline.queued_requests() if pipeline else 0,
         }
         return self.stats.prometheus(extra)
+
+
+@dataclass(frozen=True)
+class _Listener:
+    """One of serve's ports, named as the user knows it."""
+
+    protocol: str
+    option: str
+    choices: str  # what else the option accepts
+
+
+_HTTP = _Listener("OTLP/HTTP", "--port", "0 picks a free one")
+_GRPC = _Listener("OTLP/gRPC", "--grpc-port", "0 picks a free one, -1 turns gRPC off")
+
+
+def _probe_port(host: str, port: int) -> None:
+    """Bind the port and let it go, as the receivers bind it: gRPC itself would only log why it cannot."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+
+
+def _cannot_listen(listener: _Listener, host: str, port: int, exc: Exception) -> ConfigError:
+    """One line: the address, who holds the port when another serve answers on it, and the option to change."""
+    code = getattr(exc, "errno", None)
+    reason = f"port {port} is {_port_holder(host, port)}" if code == errno.EADDRINUSE else None
+    reason = reason or getattr(exc, "strerror", None) or str(exc)
+    if code in (errno.EADDRINUSE, errno.EACCES):
+        reason += f"; pass {listener.option} to choose another ({listener.choices})"
+    return ConfigError(f"cannot listen for {listener.protocol} on {_host_port(host, port)}: {reason}")
+
+
+def _port_holder(host: str, port: int) -> str:
+    """Another serve answers /health with its pid and store; of any other program nothing can be told."""
+    try:
+        with _LOCAL.open(_http_url(host, port) + "/health", timeout=1) as response:
+            health = json.load(response)
+        return f"in use by another llmtap serve (pid {health['pid']}, store {health['store']})"
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
+        return "already in use"
+
+
+def _http_url(host: str, port: int) -> str:
+    """The URL clients use for a listening address (a wildcard address is reached on loopback)."""
+    return "http://" + _host_port("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _unwritable(types: dict[str, dict[str, str]]) -> list[str]:

@@ -160,7 +160,7 @@ def serve(
     Every request answered 2xx/OK is on disk first (write-ahead spool), so it survives ClickHouse errors,
     restarts and kill -9. SIGINT/SIGTERM write what is queued and exit.
     """
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(log_level)
     config = ServeConfig(
         dsn=dsn or default_dsn(),
         host=host,
@@ -203,6 +203,15 @@ def serve(
         + ("" if drained else " (unwritten data stays in the spool for the next start)"),
         err=True,
     )
+
+
+def _configure_logging(level: str) -> None:
+    """Log to the console at ``level``, without urllib3's retry warnings below debug: a store that cannot be
+    reached is reported by serve itself, in one line, naming the host and port. (The level goes on the logger
+    that warns: clickhouse-connect sets the level of ``urllib3`` itself when it is imported.)"""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "debug":
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 def _show_status(collector: Collector, stop: threading.Event, enabled: bool) -> None:

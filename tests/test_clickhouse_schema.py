@@ -190,5 +190,7 @@ def test_server_that_is_down_gets_a_clear_error():
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(StoreError, match="not reachable"):
+    with pytest.raises(
+        StoreError, match=f"^cannot reach ClickHouse at 127.0.0.1:{port}: connection refused$"
+    ):
         connect(f"http://default:@127.0.0.1:{port}/otel", connect_timeout=1)

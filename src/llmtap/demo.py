@@ -265,10 +265,7 @@ def _hints(dsn: str, console: Any, keep_running: bool) -> None:
         console.print(f"      [dim]{what}[/]")
     for step in COMPOSE_STEPS:
         console.print(f"  {step}", soft_wrap=True, markup=False)
-    console.print(
-        "      [dim]in a clone of the repository: ClickHouse + OpenTelemetry Collector + Grafana dashboards,"
-        " with fresh passwords in .env[/]"
-    )
+    console.print("      [dim]ClickHouse + Collector + Grafana, in a clone of the repository[/]")
     if not keep_running:
         console.print("  [dim](`llmtap demo --keep-running` keeps serve and the fake LLM up meanwhile)[/]")
 

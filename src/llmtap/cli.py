@@ -6,6 +6,7 @@ imported only when invoked, so ``llmtap --help`` works on the light base install
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from pathlib import Path
 
@@ -48,13 +49,12 @@ class LazyGroup(click.Group):
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
-        try:
+        name = args[0] if args else ""
+        if name in SUBCOMMANDS or name.startswith("-") or ctx.resilient_parsing:
             return super().resolve_command(ctx, args)
-        except click.exceptions.NoSuchCommand as exc:
-            # Click suggests from the commands it holds; a lazy group holds none until asked, so name them here.
-            raise click.exceptions.NoSuchCommand(
-                exc.command_name, possibilities=self.list_commands(ctx), ctx=ctx
-            ) from None
+        # Click (8.4 and later) suggests from the commands a group holds, and a lazy group holds none.
+        close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+        ctx.fail(f"No such command {name!r}." + (f" Did you mean {close[0]!r}?" if close else ""))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Use the static help text so `llmtap --help` imports nothing heavy.

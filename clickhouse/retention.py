@@ -14,12 +14,15 @@ expired.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
+
+log = logging.getLogger("llmtap.store")
 
 CONTENT_COLUMNS = ("InputMessages", "OutputMessages", "SystemInstructions", "ToolDefinitions")
 CONTENT = "content"
@@ -143,6 +146,8 @@ def limit_tables_kept_forever(client: Client) -> list[TableRetention]:
     for kept in now.tables:
         days = horizon[kept.horizon]
         if kept.days is None and days is not None:
+            # Said first: chDB removes the expired rows before the ALTER returns, which may take a while.
+            log.info("%s was kept forever: keeping %d days, removing older rows", kept.table, days)
             _modify_ttl(client, kept.table, days)
             limited.append(TableRetention(kept.table, kept.horizon, days))
     return limited

@@ -138,3 +138,6 @@ def test_the_demos_compose_steps_fill_every_password_compose_requires(tmp_path: 
     assert {name for name in required if not env.get(name)} == set()
     assert all(len(env[name]) == 32 for name in COMPOSE_PASSWORDS)
     assert len({env[name] for name in COMPOSE_PASSWORDS}) == len(COMPOSE_PASSWORDS), "one password each"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".env", ".env.example"], (
+        "nothing else is left"
+    )

@@ -37,7 +37,9 @@ COMPOSE_PASSWORDS = (
 )
 COMPOSE_STEPS = (
     "cp .env.example .env",
-    f'for v in {" ".join(COMPOSE_PASSWORDS)}; do sed -i "s/^$v=\\$/$v=$(openssl rand -hex 16)/" .env; done',
+    # -i.bak: GNU and BSD (macOS) sed alike.
+    f'for v in {" ".join(COMPOSE_PASSWORDS)}; do sed -i.bak "s/^$v=\\$/$v=$(openssl rand -hex 16)/" .env; done',
+    "rm .env.bak",
     "docker compose up -d",
 )
 

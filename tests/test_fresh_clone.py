@@ -73,7 +73,7 @@ def fake_openai(clone: Path, venv_bin: Path, first_command: object) -> Iterator[
         server.wait(timeout=30)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(900)  # the install and the demo
 def test_the_first_command_runs_as_written_from_the_clones_root(
     clone: Path, venv_bin: Path, first_command: subprocess.CompletedProcess[str]
 ) -> None:
@@ -89,6 +89,7 @@ def test_the_first_command_runs_as_written_from_the_clones_root(
     assert Path(where.stdout.strip()).is_relative_to(venv_bin.parent / "lib"), where.stdout
 
 
+@pytest.mark.timeout(900)  # alone, it installs first (the module's fixtures)
 def test_the_quick_start_runs_as_written_from_the_clones_root(
     tmp_path: Path, clone: Path, venv_bin: Path, fake_openai: str
 ) -> None:

@@ -166,6 +166,15 @@ def _open(dsn: str, target: ParsedDSN, settings: dict[str, Any]) -> Client:
         ) from exc
 
 
+def refuse_held_store(dsn: str) -> None:
+    """Raise StoreError naming who holds this chDB store when another process does (nothing for a server DSN).
+    serve asks before it checks its ports: a second serve on one store, on the same ports, is told about the
+    store, since other ports would only lead it there."""
+    target = parse_dsn(dsn)
+    if target.is_chdb:
+        _refuse_held_store(dsn, target.path)
+
+
 def _refuse_held_store(dsn: str, path: str) -> None:
     """Say who holds a chDB store before chDB tries to open it: chDB prints its lock failure to stderr itself
     and raises an error that does not say it. An open chDB keeps an flock on ``<store>/status``, its pid inside."""

@@ -12,12 +12,13 @@ import logging
 import os
 import socket
 import threading
+import unicodedata
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmtap.clickhouse.connection import StoreError, connect, parse_dsn, user_data_dir
+from llmtap.clickhouse.connection import StoreError, connect, parse_dsn, refuse_held_store, user_data_dir
 from llmtap.clickhouse.schema import bring_up_to_date
 from llmtap.collector import discovery, native
 from llmtap.collector.encode import EncoderPool
@@ -33,6 +34,11 @@ from llmtap.collector.stats import Stats
 log = logging.getLogger("llmtap.serve")
 # Asks a port on this machine who holds it; a proxy from the environment must not answer instead.
 _LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_HEALTH_BYTES = 64 << 10  # more than any serve's /health answer: a longer one is not a serve's
+_STORE_SHOWN = 200  # characters of another serve's store in an error line
+# Unicode categories that are not shown text: control, format (bidi overrides), private use, unassigned, line
+# and paragraph separators.
+_UNPRINTABLE = ("C", "Zl", "Zp")
 
 
 class ConfigError(ValueError):
@@ -99,6 +105,8 @@ class Collector:
 
     def start(self) -> None:
         config = self.config
+        # A store another serve holds, before its ports: the advice for a taken port would only lead there.
+        refuse_held_store(config.dsn)
         self._check_ports_free()
         # The store before the spool: a store another process holds is reported as such, not as a busy spool.
         client = self._open_store()
@@ -219,13 +227,16 @@ class Collector:
                 self._query_api.close()
         return drained
 
-    def health(self) -> dict[str, Any]:
+    def health(self, identify: bool = False) -> dict[str, Any]:
+        """What serve is doing; with ``identify`` which serve it is too (pid, store), so that another serve that
+        finds this port taken can say which serve holds it. Not by default: the store may name a server's host
+        and user, or a path in a home directory."""
         snapshot = self.stats.snapshot()
         pipeline = self._pipeline
         snapshot["status"] = "ok"
-        # Lets another serve that finds this port taken say which serve holds it.
-        snapshot["pid"] = os.getpid()
-        snapshot["store"] = parse_dsn(self.config.dsn).display
+        if identify:
+            snapshot["pid"] = os.getpid()
+            snapshot["store"] = parse_dsn(self.config.dsn).display
         snapshot["spool"] = {
             "pending_bytes": pipeline.spool.pending_bytes if pipeline else 0,
             "queued_requests": pipeline.queued_requests() if pipeline else 0,
@@ -273,13 +284,34 @@ def _cannot_listen(listener: _Listener, host: str, port: int, exc: Exception) ->
 
 
 def _port_holder(host: str, port: int) -> str:
-    """Another serve answers /health with its pid and store; of any other program nothing can be told."""
+    """Another serve answers /health with its pid and store; of any other program nothing can be told. Any
+    program may answer there, so its answer gets into the one-line error only as a pid and as printable text."""
     try:
         with _LOCAL.open(_http_url(host, port) + "/health", timeout=1) as response:
-            health = json.load(response)
-        return f"in use by another llmtap serve (pid {health['pid']}, store {health['store']})"
+            health = json.loads(response.read(_HEALTH_BYTES))  # a longer answer is cut, so it is not JSON
+        pid, store = _reported_pid(health["pid"]), _printable(health["store"], _STORE_SHOWN)
     except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
         return "already in use"
+    return f"in use by another llmtap serve (pid {pid}, store {store})"
+
+
+def _reported_pid(value: Any) -> int:
+    """A pid another program reported: a JSON integer a pid can be (not true, 1e300 or text), else ValueError."""
+    if type(value) is not int or not 0 < value < 1 << 31:
+        raise ValueError(f"not a pid: {value!r}")
+    return value
+
+
+def _printable(value: Any, limit: int) -> str:
+    """Text another program reported, fit for a one-line message: without control and format characters
+    (newlines, terminal escapes, bidi overrides) or line separators, cut to ``limit`` characters. TypeError or
+    ValueError when it is not text or nothing printable is left."""
+    if not isinstance(value, str):
+        raise TypeError(f"not text: {value!r}")
+    text = "".join(char for char in value if not unicodedata.category(char).startswith(_UNPRINTABLE))
+    if not text:
+        raise ValueError("nothing printable")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _http_url(host: str, port: int) -> str:

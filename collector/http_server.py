@@ -51,7 +51,7 @@ class OTLPHTTPServer(ThreadingHTTPServer):
         address: tuple[str, int],
         receiver: Receiver,
         query_api: QueryAPI | None,
-        health: Callable[[], dict[str, Any]],
+        health: Callable[[bool], dict[str, Any]],
         metrics_text: Callable[[], str],
         max_body_bytes: int,
         inflight_body_bytes: int,
@@ -63,6 +63,13 @@ class OTLPHTTPServer(ThreadingHTTPServer):
         self.metrics_text = metrics_text
         self.max_body_bytes = max_body_bytes
         super().__init__(address, _Handler)
+
+    def health_for(self, client_host: str, authorization: str | None) -> dict[str, Any]:
+        """/health answers anyone (probes, load balancers); which serve this is (pid, store) only this machine,
+        where the port check of another serve asks from, and holders of the token."""
+        # authorized() lets every request through when serve has no token: then only loopback is told.
+        holds_token = self.receiver.token is not None and self.receiver.authorized(authorization)
+        return self.health(_is_loopback(client_host) or holds_token)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client dropping its keep-alive connection is normal: no traceback for it on the console.
@@ -102,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
         if path in ("/health", "/healthz", "/"):
-            health = self.server.health()
+            health = self.server.health_for(self.client_address[0], self.headers.get("Authorization"))
             status = 200 if health.get("status") == "ok" else 503
             self._send(status, json.dumps(health).encode(), "application/json")
         elif path == "/metrics":

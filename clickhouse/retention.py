@@ -139,18 +139,33 @@ def set_retention(
 def limit_tables_kept_forever(client: Client) -> list[TableRetention]:
     """Give each table of a horizon that has no TTL the horizon's days, so a new store keeps nothing forever and
     an older one's raw spans, logs and metrics follow the retention it already has; a TTL already set is left
-    alone. Returns the tables given one."""
+    alone. Returns the tables that held rows (a new store's empty tables are not news)."""
     now = current_retention(client)
     horizon = {CONTENT: now.content_days, CALLS: now.calls_days}
+    unlimited = [kept for kept in now.tables if kept.days is None and horizon[kept.horizon] is not None]
+    rows = _rows(client, [kept.table for kept in unlimited])
     limited = []
-    for kept in now.tables:
+    for kept in unlimited:
         days = horizon[kept.horizon]
-        if kept.days is None and days is not None:
+        assert days is not None
+        if rows.get(kept.table):
             # Said first: chDB removes the expired rows before the ALTER returns, which may take a while.
             log.info("%s was kept forever: keeping %d days, removing older rows", kept.table, days)
-            _modify_ttl(client, kept.table, days)
             limited.append(TableRetention(kept.table, kept.horizon, days))
+        _modify_ttl(client, kept.table, days)
     return limited
+
+
+def _rows(client: Client, tables: list[str]) -> dict[str, int]:
+    if not tables:
+        return {}
+    return dict(
+        client.query(
+            "SELECT name, total_rows FROM system.tables WHERE database = currentDatabase() "
+            "AND name IN {names:Array(String)}",
+            parameters={"names": tables},
+        ).result_rows
+    )
 
 
 def _modify_ttl(client: Client, table: str, days: int) -> None:

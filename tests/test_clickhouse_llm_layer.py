@@ -1086,11 +1086,14 @@ def test_an_older_store_gets_its_own_content_retention_on_every_content_table(st
             )
         )
         older.command("ALTER TABLE otel_traces MODIFY TTL toDateTime(Timestamp) + INTERVAL 60 DAY")
+        older.command("INSERT INTO otel_logs (Timestamp, Body) VALUES (now(), 'a GenAI event')")
         report = migrate(older)
         content, numbers = _by_horizon(_kept_days(older))
         assert content == dict.fromkeys(content, 60)
         assert numbers == dict.fromkeys(numbers, 400)
+        # The summary names what held rows: the logs; the empty tables got their TTL without a word.
         assert "otel_logs 60 days" in report.summary() and "otel_traces " not in report.summary()
+        assert "otel_metrics" not in report.summary()
         assert "otel_logs" not in migrate(older).summary(), "set once"
 
 

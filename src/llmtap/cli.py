@@ -90,22 +90,6 @@ def _unavailable_because(exc: ImportError) -> str:
     )
 
 
-def not_built_yet(name: str, short_help: str) -> click.Command:
-    """A placeholder for a subcommand whose issue is still open: one line, exit status 2."""
-
-    @click.command(
-        name,
-        short_help=short_help,
-        help=f"{short_help}\n\n(Not built yet.)",
-        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    )
-    def placeholder() -> None:
-        click.echo(f"llmtap {name}: not built yet", err=True)
-        raise SystemExit(2)
-
-    return placeholder
-
-
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="llmtap")
 def main() -> None:

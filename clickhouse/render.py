@@ -3,31 +3,32 @@
 Pure presentation: functions take the query layer's dataclasses and return rich renderables, so the commands
 stay a thin layer of options and the look can change without touching a query.
 
-The tables of calls and stats are :class:`FittedTable` s, laid out for the width they are printed at: an
-80-column terminal shows fewer columns rather than ids, models and numbers cut short.
+The tables of calls and stats are :class:`FittedTable` s, laid out for the width they are printed at: a narrow
+terminal shows fewer columns rather than ids, models and numbers cut short or folded onto more lines.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 from llmtap.clickhouse.prices import ModelPrice
 from llmtap.clickhouse.queries import AmbiguousIdError, CallDetail, CallSummary, Latency, StatsRow
 from llmtap.clickhouse.retention import CALLS, CONTENT, Retention
 from rich import box
-from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.measure import Measurement
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-#: A flexible column (the prompt preview) is shown only when it gets this many characters (or all it needs).
-FLEXIBLE_MIN_WIDTH = 24
+#: The prompt preview is shown only when it gets this many characters (or all it needs).
+PROMPT_MIN_WIDTH = 24
 
 
 def ms(value: float | None) -> str:
@@ -52,137 +53,109 @@ def when(moment: datetime) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-_TIME_OF_DAY, _DAY_AND_TIME = "%H:%M:%S", "%m-%d %H:%M:%S"
-
-
-def _is_today(moment: datetime) -> bool:
-    return moment.astimezone().date() == date.today()
-
-
-def _short_time(moment: datetime) -> str:
-    """The time of day of a call of today, else its day and time without the year."""
-    return moment.astimezone().strftime(_TIME_OF_DAY if _is_today(moment) else _DAY_AND_TIME)
+def _times(moments: Sequence[datetime], without: Set[str]) -> tuple[str, list[str]]:
+    """A header and the moments, ``without`` the "date" (the year; the day too when all are of today, as the
+    header says) or the "seconds"."""
+    if "date" not in without:
+        return "time", list(map(when, moments))
+    today = all(moment.astimezone().date() == date.today() for moment in moments)
+    layout = ("%H:%M" if today else "%m-%d %H:%M") + ("" if "seconds" in without else ":%S")
+    return "today" if today else "time", [moment.astimezone().strftime(layout) for moment in moments]
 
 
 # ---------------------------------------------------------------- tables fitted to the width
 
+# How rich lays out each kind of column. Once a table fits, every cell is whole on one line; when even its
+# narrowest layout does not, names and ids fold onto more lines, never cut. The prompt is measured at no more
+# than PROMPT_MIN_WIDTH and, its table expanded, takes whatever width is left, cut with "…".
+_KINDS: dict[str, dict[str, Any]] = {
+    "name": {"overflow": "fold"},
+    "id": {"overflow": "fold", "style": "dim"},
+    "number": {"justify": "right", "no_wrap": True},
+    "time": {"no_wrap": True},
+    "prompt": {"no_wrap": True, "max_width": PROMPT_MIN_WIDTH, "ratio": 1},
+}
+
 
 @dataclass(frozen=True)
 class Column:
-    """A column of a :class:`FittedTable`, and how it may give way when the table is too wide."""
+    """A column's cells, laid out as its ``kind`` says."""
 
     header: str
     cells: Sequence[str | Text]
+    kind: Literal["name", "id", "number", "time", "prompt"]
     footer: str = ""
-    right: bool = False
-    style: str = ""
-    flexible: bool = False  # takes the width left over, its cells cut with … (the prompt preview)
-    fold: bool = False  # breaks onto more lines when even the last layout is too wide
-
-    @property
-    def width(self) -> int:
-        """Characters its widest line takes (a flexible column: at most FLEXIBLE_MIN_WIDTH)."""
-        texts = [self.header, self.footer, *(str(cell) for cell in self.cells)]
-        widest = max(cell_len(line) for text in texts for line in text.split("\n"))
-        return min(widest, FLEXIBLE_MIN_WIDTH) if self.flexible else widest
 
 
-@dataclass(frozen=True)
-class Layout:
-    """The columns a table shows and the spaces between them."""
-
-    columns: Sequence[Column]
-    gap: int = 2
-
-    @property
-    def width(self) -> int:
-        return sum(column.width for column in self.columns) + self.gap * (len(self.columns) - 1)
-
-    def table(self, *, squeeze: bool = False, **options: Any) -> Table:
-        """The rich table; ``squeeze``: its fold columns may break onto more lines."""
-        table = Table(
-            box=box.SIMPLE, show_edge=False, pad_edge=False, padding=(0, self.gap - 1, 0, 0),
-            header_style="bold", footer_style="bold", show_footer=any(c.footer for c in self.columns), **options,
-        )  # fmt: skip
-        for column in self.columns:
-            table.add_column(
-                column.header, footer=column.footer, justify="right" if column.right else "left",
-                style=column.style, no_wrap=not (column.flexible or (squeeze and column.fold)),
-                overflow="fold" if column.fold else "ellipsis",
-            )  # fmt: skip
-        for row in zip(*(column.cells for column in self.columns), strict=True):
-            table.add_row(*row)
-        return table
+def _table(columns: Sequence[Column], without: Set[str], **options: Any) -> Table:
+    """A rich table with no borders of the columns not headed by a name in ``without``, two spaces apart
+    unless it names "double spaces"."""
+    shown = [column for column in columns if column.header not in without]
+    space = int("double spaces" not in without)  # a second space after each column
+    table = Table(
+        box=box.SIMPLE, show_edge=False, pad_edge=False, padding=(0, space, 0, 0),
+        header_style="bold", footer_style="bold", title_justify="left", caption_justify="left",
+        show_footer=any(c.footer for c in shown), expand=any(c.kind == "prompt" for c in shown), **options,
+    )  # fmt: skip
+    for column in shown:
+        table.add_column(column.header, footer=column.footer, **_KINDS[column.kind])
+    for row in zip(*(column.cells for column in shown), strict=True):
+        table.add_row(*row)
+    return table
 
 
 class FittedTable:
-    """A table laid out when it is printed: the first of its layouts (fullest first) that fits the width.
+    """A table laid out for the width it is printed at, where rich would cut cells short (ids, models, costs):
+    ``layout(without)`` with ``without`` the fewest of ``left_out``, taken in order, that make it fit. Should
+    all of them not be enough, names and ids fold onto more lines (rich folds the widest first: the model)."""
 
-    Rich fits a table that is too wide by cutting cells (an id to 11 characters, a cost to `$0.0…`); the
-    layouts say instead what a narrower terminal does without. When even the last is too wide, its fold
-    columns (names, never ids or numbers) break onto more lines.
-    """
-
-    def __init__(self, layouts: Sequence[Layout], **options: Any) -> None:
-        self.layouts, self.options = layouts, options
+    def __init__(self, layout: Callable[[Set[str]], Table], left_out: Sequence[str]) -> None:
+        self.layout, self.left_out = layout, left_out
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        fitting = next((layout for layout in self.layouts if layout.width <= options.max_width), None)
-        yield (fitting or self.layouts[-1]).table(squeeze=fitting is None, **self.options)
-
-
-def _spaced(columns: Sequence[Column], **options: Any) -> FittedTable:
-    """The columns two spaces apart, or one when that is what fits."""
-    return FittedTable([Layout(columns), Layout(columns, gap=1)], **options)
+        # Rich measures a table no wider than the width it is given: one column more tells if it needs more.
+        wider = options.update_width(options.max_width + 1)
+        for count_left_out in range(len(self.left_out) + 1):
+            table = self.layout(set(self.left_out[:count_left_out]))
+            if Measurement.get(console, wider, table).maximum <= options.max_width:
+                break
+        yield table
 
 
 # ---------------------------------------------------------------- calls
+
+# What narrower terminals leave out of `llmtap logs`, one more at a time: the prompt, the service, the date
+# (the time of day for calls of today, else no year), the double spaces, the error type ("error"), then the
+# tokens before the seconds: the tokens take more room, the cost sums them up and `logs show` has them, while
+# the seconds are few characters and order the calls of one minute.
+_CALLS_LEFT_OUT = ("prompt", "service", "date", "double spaces", "error type", "tokens", "seconds")
 
 
 def calls_table(calls: Sequence[CallSummary]) -> FittedTable:
     """``llmtap logs``: one line per call, newest first as given.
 
-    Time, model, latency, tokens, cost, status and id are always there, whole; the service and the start of
-    the prompt when the width allows. Narrower (80 columns), the time of day, single spaces, then "error" for
-    any error type keep each call on one line.
+    Time, model, latency, cost, status and id are always there, whole; narrower terminals leave out the
+    rest, the prompt first and the seconds last, to keep each call on one line. Only an absurdly narrow one
+    folds the model, then the id, onto more lines: neither is ever cut.
     """
-    return FittedTable([
-        _calls_layout(calls, service=True, prompt=True),
-        _calls_layout(calls, service=True),
-        _calls_layout(calls),
-        _calls_layout(calls, compact=True),
-        _calls_layout(calls, compact=True, error_types=False),
-    ])  # fmt: skip
+    return FittedTable(partial(_calls_layout, calls), _CALLS_LEFT_OUT)
 
 
-def _calls_layout(
-    calls: Sequence[CallSummary], *, service: bool = False, prompt: bool = False, compact: bool = False,
-    error_types: bool = True,
-) -> Layout:  # fmt: skip
-    columns = [_time_column(calls, compact)]
-    if service:
-        columns.append(Column("service", [call.service for call in calls]))
-    columns += [
-        Column("model", [call.model for call in calls], fold=True),
-        Column("latency", [ms(call.duration_ms) for call in calls], right=True),
-        Column("tokens" if compact else "tokens in/out", [_tokens(call) for call in calls], right=True),
-        Column("cost", [usd(call.cost) for call in calls], right=True),
-        Column("status", [_status(call, error_types) for call in calls], fold=True),
-        Column("id", [call.span_id for call in calls], style="dim"),
+def _calls_layout(calls: Sequence[CallSummary], without: Set[str]) -> Table:
+    header, times = _times([call.timestamp for call in calls], without)
+    tokens = "tokens" if "double spaces" in without else "tokens in/out"
+    columns = [
+        Column(header, times, "time"),
+        Column("service", [call.service for call in calls], "name"),
+        Column("model", [call.model for call in calls], "name"),
+        Column("latency", [ms(call.duration_ms) for call in calls], "number"),
+        Column(tokens, [_tokens(call) for call in calls], "number"),
+        Column("cost", [usd(call.cost) for call in calls], "number"),
+        Column("status", [_status(call, "error type" not in without) for call in calls], "name"),
+        Column("id", [call.span_id for call in calls], "id"),
+        Column("prompt", [Text(call.prompt_preview) for call in calls], "prompt"),
     ]
-    if prompt:
-        previews = [Text(call.prompt_preview, no_wrap=True, overflow="ellipsis") for call in calls]
-        columns.append(Column("prompt", previews, flexible=True))
-    return Layout(columns, gap=1 if compact else 2)
-
-
-def _time_column(calls: Sequence[CallSummary], compact: bool) -> Column:
-    """Date and time; compact, the time of day under "today" when all the calls are of today, else no year."""
-    if not compact:
-        return Column("time", [when(call.timestamp) for call in calls])
-    today = all(_is_today(call.timestamp) for call in calls)
-    times = [call.timestamp.astimezone().strftime(_TIME_OF_DAY if today else _DAY_AND_TIME) for call in calls]
-    return Column("today" if today else "time", times)
+    return _table(columns, without)
 
 
 def _tokens(call: CallSummary) -> str:
@@ -197,15 +170,16 @@ def _status(call: CallSummary, with_error_type: bool) -> Text:
 def call_line(call: CallSummary, width: int) -> Text:
     """``--follow`` prints calls as they come, one line each: the table's facts first and whole (the line
     wraps rather than cut them), then the service and the start of the prompt if what is left of ``width``
-    holds FLEXIBLE_MIN_WIDTH characters."""
+    holds PROMPT_MIN_WIDTH characters."""
+    _, [time] = _times([call.timestamp], {"date"})
     line = Text(
-        f"{_short_time(call.timestamp)}  {call.model}  {ms(call.duration_ms)}  {_tokens(call)} tok  "
+        f"{time}  {call.model}  {ms(call.duration_ms)}  {_tokens(call)} tok  "
         f"{usd(call.cost)}  {call.status}  {call.span_id}",
         style="red" if call.is_error else "",
     )
     rest = Text(f"  {call.service}  {call.prompt_preview}")
     room = width - line.cell_len
-    if room >= FLEXIBLE_MIN_WIDTH:
+    if room >= PROMPT_MIN_WIDTH:
         rest.truncate(room, overflow="ellipsis")
         line.append(rest)
     return line
@@ -323,23 +297,31 @@ def _status_text(call: CallDetail) -> str:
 
 
 def stats_tables(rows: Sequence[StatsRow], total: StatsRow, by: str, period: str) -> Group:
-    """``llmtap stats``: traffic (calls, errors, tokens, cost) and latency per group, with totals."""
-    keys = [row.key or "(none)" for row in rows]
-    traffic = [Column(by, keys, footer="total", fold=True)]
-    for header, cell in _TRAFFIC:
-        traffic.append(Column(header, [cell(row) for row in rows], footer=cell(total), right=True))
-    latency = [
-        Column(by, keys, footer="total", fold=True),
-        *_latency_columns([r.latency for r in rows], total.latency),
+    """``llmtap stats``: traffic (calls, errors, tokens, cost) and latency per group, with totals; narrower
+    terminals leave out some (see _STATS_LEFT_OUT) before folding the group's name onto more lines."""
+    group = Column(by, [row.key or "(none)" for row in rows], "name", footer="total")
+    traffic = [
+        Column(header, [cell(row) for row in rows], "number", cell(total)) for header, cell in _TRAFFIC
     ]
     unpriced = (
         f"* not counting calls of models with no price: {count(total.unpriced_calls)} (llmtap db prices)"
     )
     return Group(
-        _spaced(traffic, title=f"Calls by {by}, {period}", title_justify="left", caption_justify="left",
-                caption=unpriced if _cost(total).endswith("*") else None),
-        _spaced(latency, title=f"Latency by {by}", title_justify="left"),
+        _stats_table([group, *traffic], title=f"Calls by {by}, {period}",
+                     caption=unpriced if _cost(total).endswith("*") else None),
+        _stats_table([group, *_latency_columns([row.latency for row in rows], total.latency)],
+                     title=f"Latency by {by}"),
     )  # fmt: skip
+
+
+# What narrower terminals leave out of the stats tables, one more at a time: the cached and reasoning
+# tokens (often zero), the double spaces, the error rate (errors / calls), then the minimum latency (it says
+# little of what users wait) and p95 (p90 and p99 bracket it).
+_STATS_LEFT_OUT = ("cached\ntok", "reasoning\ntok", "double spaces", "error\nrate", "min", "p95")
+
+
+def _stats_table(columns: Sequence[Column], **options: Any) -> FittedTable:
+    return FittedTable(partial(_table, columns, **options), _STATS_LEFT_OUT)
 
 
 def _cost(row: StatsRow) -> str:
@@ -362,25 +344,22 @@ _TRAFFIC: list[tuple[str, Callable[[StatsRow], str]]] = [
 
 def _latency_columns(latencies: Sequence[Latency], total: Latency | None = None) -> list[Column]:
     """min, avg, p50 … max, a column each (the total's in the footer)."""
-    return [
-        Column(
-            field.name,
-            [ms(getattr(latency, field.name)) for latency in latencies],
-            footer=ms(getattr(total, field.name)) if total else "",
-            right=True,
-        )
-        for field in dataclasses.fields(Latency)
-    ]
+
+    def column(name: str) -> Column:
+        footer = ms(getattr(total, name)) if total else ""
+        return Column(name, [ms(getattr(latency, name)) for latency in latencies], "number", footer)
+
+    return [column(field.name) for field in dataclasses.fields(Latency)]
 
 
 def latency_table(rows: Sequence[tuple[str, int, Latency]], period: str) -> FittedTable:
     """``llmtap stats --latency``: min/avg/p90/max per model, slowest first."""
     columns = [
-        Column("model", [model or "(none)" for model, _, _ in rows], fold=True),
-        Column("calls", [count(calls) for _, calls, _ in rows], right=True),
+        Column("model", [model or "(none)" for model, _, _ in rows], "name"),
+        Column("calls", [count(calls) for _, calls, _ in rows], "number"),
         *_latency_columns([latency for _, _, latency in rows]),
     ]
-    return _spaced(columns, title=f"Latency by model, {period}", title_justify="left")
+    return _stats_table(columns, title=f"Latency by model, {period}")
 
 
 def prices_table(prices: Sequence[ModelPrice]) -> Table:

@@ -73,8 +73,8 @@ def _workload(client: openai.OpenAI, service: str) -> None:
     if service == "chat-api":
         with context.attributes(user_id="u1", session_id="s1", tags=["prod", "beta"], feature="search"):
             for question in ("What is ClickHouse?", "Explain OTLP briefly.", "Name a columnar database."):
-                client.chat.completions.create(
-                    model="gpt-4o-mini", messages=[{"role": "user", "content": question}]
+                client.chat.completions.create(  # a dated response model, as OpenAI returns them
+                    model="gpt-4o-mini-2024-07-18", messages=[{"role": "user", "content": question}]
                 )
             _fail(client, "gpt-4o", 429)
         with context.attributes(user_id="u2", tags=["prod"], feature="chat"):
@@ -111,7 +111,11 @@ def _workload(client: openai.OpenAI, service: str) -> None:
                     extra_headers={"x-fake-cached-tokens": str(64 * index)},
                 )
             _fail(client, "gpt-4.1-mini", 500)
-            client.responses.create(model="o4-mini", input="Think about prime numbers")
+            client.responses.create(  # five-digit token counts
+                model="o4-mini",
+                input="Think about prime numbers " + "prime " * 12_000,
+                extra_headers={"x-fake-reasoning-tokens": "6789"},
+            )
 
 
 def _fail(client: openai.OpenAI, model: str, status: int) -> None:

@@ -187,7 +187,7 @@ def test_logs_group_options_apply_to_show(store, tmp_path):
 
 
 def test_logs_show_takes_a_prefix_of_a_span_or_trace_id(store):
-    """An id as 80 columns used to cut it (12 characters) names its call; a trace id's prefix its calls."""
+    """An id as 80 columns used to cut it names its call; a trace id's prefix its calls."""
     dsn, calls = store
     call = next(c for c in calls if c.is_stream)
     code, output = run("logs", "show", call.span_id[:12], "--dsn", dsn, "--json")
@@ -209,7 +209,7 @@ def test_logs_show_lists_the_ids_an_ambiguous_prefix_starts(shared_prefix_store)
     assert "more than 10 ids" in output and "gpt-4" in output
 
 
-# ---------------------------------------------------------------- 80 columns
+# ---------------------------------------------------------------- narrow terminals
 
 
 def whole(text: str, line: str) -> bool:
@@ -217,22 +217,39 @@ def whole(text: str, line: str) -> bool:
     return re.search(rf"(?<!\S){re.escape(text)}(?!\S)", line) is not None
 
 
-def assert_fits_80_columns(output: str) -> list[str]:
+def assert_fits(output: str, columns: int) -> list[str]:
     lines = output.splitlines()
-    assert max(map(len, lines)) <= 80 and "…" not in output, output
+    assert max(map(len, lines)) <= columns and "…" not in output, output
     return lines
 
 
+def assert_one_line_per_call(output: str, columns: int, facts: list[tuple[str, ...]]) -> None:
+    """The calls table fits ``columns`` with nothing cut or folded: one line per call (after the header and
+    its rule) holding that call's facts whole, its id first."""
+    lines = assert_fits(output, columns)
+    assert len(lines) == 2 + len(facts), output
+    for span_id, *texts in facts:
+        (line,) = [line for line in lines if whole(span_id, line)]
+        for text in texts:
+            assert whole(text, line), (text, line)
+
+
+def assert_hard_to_fit(calls) -> None:
+    """The calls hold what narrow tables struggle with: dated models, long error types, five-digit tokens."""
+    assert {"gpt-4o-mini-2024-07-18", "text-embedding-3-small"} <= {call.model for call in calls}
+    assert "InternalServerError" in {call.error_type for call in calls}
+    assert max(call.input_tokens for call in calls) >= 10_000
+
+
 def test_logs_at_80_columns_keeps_ids_models_latency_and_cost_whole(store):
-    """The table a user sees in an 80-column terminal: rich used to cut ids, models, latencies and costs."""
+    """The table a user sees in an 80-column terminal: rich used to cut ids, models, latencies and costs,
+    then a dated model folded onto a second line."""
     dsn, calls = store
+    assert_hard_to_fit(calls)
     code, output = run("logs", "--dsn", dsn, columns=80)
     assert code == 0, output
-    lines = assert_fits_80_columns(output)
-    for call in calls:
-        (line,) = [line for line in lines if whole(call.span_id, line)]
-        for text in (call.model, render.ms(call.duration_ms), render.usd(cost_of(call))):
-            assert whole(text, line), (text, line)
+    facts = [(c.span_id, c.model, render.ms(c.duration_ms), render.usd(cost_of(c))) for c in calls]
+    assert_one_line_per_call(output, 80, facts)
 
 
 def ask(dsn: str, question):
@@ -245,16 +262,20 @@ def ask(dsn: str, question):
         client.close()
 
 
-def print_at_80_columns(*renderables) -> str:
-    console = Console(width=80, record=True, file=io.StringIO())
+def print_at(columns: int, *renderables) -> str:
+    console = Console(width=columns, record=True, file=io.StringIO())
     for renderable in renderables:
         console.print(renderable)
     return console.export_text()
 
 
-def test_demo_tables_at_80_columns_cut_no_id_model_or_number(store):
-    """What `llmtap demo` prints to an 80-column console: the latest calls, then calls and latency by model and by
-    service (rich used to cut models to `gpt-4…`, costs to `$0.0…`)."""
+def call_facts(summaries: list[queries.CallSummary]) -> list[tuple[str, ...]]:
+    return [(c.span_id, c.model, render.ms(c.duration_ms), render.usd(c.cost)) for c in summaries]
+
+
+def test_demo_tables_at_80_columns_cut_or_fold_no_id_model_or_number(store):
+    """What `llmtap demo` prints to an 80-column console: the latest calls, then calls and latency by model and
+    by service (rich used to cut models to `gpt-4…`, costs to `$0.0…`, then folded dated models)."""
     dsn, _ = store
     everything = CallFilter()
     summaries, total, groups = ask(dsn, lambda client: (
@@ -262,28 +283,31 @@ def test_demo_tables_at_80_columns_cut_no_id_model_or_number(store):
         queries.total_stats(client, everything),
         {by: queries.call_stats(client, everything, by=by) for by in ("model", "service")},
     ))  # fmt: skip
-    lines = assert_fits_80_columns(print_at_80_columns(
-        render.calls_table(summaries),
-        *(render.stats_tables(rows, total, by, "in this demo") for by, rows in groups.items()),
-    ))  # fmt: skip
-    for call in summaries:
-        (line,) = [line for line in lines if whole(call.span_id, line)]
-        assert all(
-            whole(text, line) for text in (call.model, render.ms(call.duration_ms), render.usd(call.cost))
-        )
+    assert_hard_to_fit(summaries)
+    assert_one_line_per_call(print_at(80, render.calls_table(summaries)), 80, call_facts(summaries))
+    lines = assert_fits(print_at(80, *(
+        render.stats_tables(rows, total, by, "in this demo") for by, rows in groups.items()
+    )), 80)  # fmt: skip
     for row in [row for rows in groups.values() for row in rows]:
         traffic, latency = [line for line in lines if line.startswith(row.key + " ")]
-        numbers = (row.calls, row.errors, row.input_tokens, row.cached_tokens, row.output_tokens)
+        numbers = (row.calls, row.errors, row.input_tokens, row.output_tokens)
         for text in [*map(render.count, numbers), f"{row.error_rate:.1%}", render.usd(row.cost)]:
             assert re.search(rf"(?<!\S){re.escape(text)}\*?(?!\S)", traffic), (text, traffic)
         assert all(whole(render.ms(value), latency) for value in vars(row.latency).values()), latency
+
+
+def test_calls_table_at_70_columns_keeps_ids_whole(store):
+    """Narrower still, the table leaves out more (tokens, seconds) rather than cut or fold ids and models."""
+    dsn, _ = store
+    summaries = ask(dsn, lambda client: queries.search_calls(client, CallFilter()))
+    assert_one_line_per_call(print_at(70, render.calls_table(summaries)), 70, call_facts(summaries))
 
 
 def test_follow_lines_at_80_columns_keep_the_whole_id(store):
     """`logs --follow` lines: what the table shows whole comes first and wraps rather than being cut."""
     dsn, _ = store
     summaries = ask(dsn, lambda client: queries.search_calls(client, CallFilter()))
-    output = print_at_80_columns(*(render.call_line(call, width=80) for call in summaries))
+    output = print_at(80, *(render.call_line(call, width=80) for call in summaries))
     assert max(map(len, output.splitlines())) <= 80
     for call in summaries:
         facts = (call.model, render.ms(call.duration_ms), render.usd(call.cost), call.status, call.span_id)

@@ -228,15 +228,17 @@ class Collector:
         return drained
 
     def health(self, identify: bool = False) -> dict[str, Any]:
-        """What serve is doing; with ``identify`` which serve it is too (pid, store), so that another serve that
-        finds this port taken can say which serve holds it. Not by default: the store may name a server's host
-        and user, or a path in a home directory."""
+        """What serve is doing; with ``identify`` which serve it is too (pid, store, the store's last error in
+        full), so that another serve that finds this port taken can say which serve holds it. Not by default: the
+        store, and errors about it, may name a server's host and user, or a path in a home directory."""
         snapshot = self.stats.snapshot()
         pipeline = self._pipeline
         snapshot["status"] = "ok"
         if identify:
             snapshot["pid"] = os.getpid()
             snapshot["store"] = parse_dsn(self.config.dsn).display
+        elif snapshot.get("last_error"):
+            snapshot["last_error"] = "the store failed; serve's console, or /health on its machine, says why"
         snapshot["spool"] = {
             "pending_bytes": pipeline.spool.pending_bytes if pipeline else 0,
             "queued_requests": pipeline.queued_requests() if pipeline else 0,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from llmtap.clickhouse.connection import StoreError, default_dsn
+from llmtap.clickhouse.connection import StoreError, default_dsn, parse_dsn
 from llmtap.collector.app import Collector, ConfigError, ServeConfig
 from llmtap.collector.pipeline import Limits
 from llmtap.collector.spool import SpoolError
@@ -191,7 +191,7 @@ def serve(
         signal.signal(sig, lambda *_: stop.set())
     grpc = f", OTLP/gRPC on {config.host}:{collector.grpc_port}" if collector.grpc_port else ""
     click.echo(
-        f"llmtap serve: OTLP/HTTP on {collector.http_url}{grpc}; store {config.dsn}; "
+        f"llmtap serve: OTLP/HTTP on {collector.http_url}{grpc}; store {parse_dsn(config.dsn).display}; "
         f"{collector.migration_summary}; replayed {collector.replayed} spooled request(s)",
         err=True,
     )
@@ -225,10 +225,10 @@ def _show_status(collector: Collector, stop: threading.Event, enabled: bool) -> 
             pass
         return
     with Live(
-        status_line(collector.health()), console=console, refresh_per_second=2, transient=False
+        status_line(collector.health(identify=True)), console=console, refresh_per_second=2, transient=False
     ) as live:
         while not stop.wait(0.5):
-            live.update(status_line(collector.health()))
+            live.update(status_line(collector.health(identify=True)))
 
 
 def status_line(health: dict[str, Any]) -> str:

@@ -161,10 +161,16 @@ ASKING_WITHOUT_TOKEN = [
 ]
 
 
-def identity(health: dict) -> tuple[int, str] | None:
-    """The pid and store a /health answer names, if it names them (the rest of it is there either way)."""
+STORE_ERROR = "cannot reach ClickHouse at ch.internal.example:8123: connection refused"
+
+
+def identity(health: dict) -> tuple[int, str, str] | None:
+    """The pid, store and store error a /health answer names, if it names them (the rest is there either way)."""
     assert health["status"] == "ok" and "spool" in health
-    return (health["pid"], health["store"]) if "pid" in health or "store" in health else None
+    if "pid" in health or "store" in health:
+        return health["pid"], health["store"], health["last_error"]
+    assert health["last_error"] and "ch.internal" not in health["last_error"], health["last_error"]
+    return None
 
 
 @pytest.mark.parametrize(
@@ -173,9 +179,10 @@ def identity(health: dict) -> tuple[int, str] | None:
 def test_health_names_its_serve_to_this_machine_and_token_holders_only(tmp_path, token, asking):
     """The store names a ClickHouse host and user, or a path in a home directory; /health answers anyone."""
     with running_collector(tmp_path, token=token) as serve:
+        serve.stats.write_failed(STORE_ERROR, store_down=False)  # errors name the store too
         health_for = serve._http.health_for  # what serve's HTTP server answers a GET /health from a client
         seen = [identity(health_for(client, authorization)) for client, authorization, _ in asking]
-    named = (os.getpid(), serve.config.dsn)
+    named = (os.getpid(), serve.config.dsn, STORE_ERROR)
     assert seen == [named if identified else None for *_, identified in asking]
 
 

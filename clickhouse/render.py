@@ -9,6 +9,7 @@ terminal shows fewer columns rather than ids, models and numbers cut short or fo
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 from collections.abc import Callable, Sequence, Set
@@ -115,11 +116,17 @@ class FittedTable:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         # Rich measures a table no wider than the width it is given: one column more tells if it needs more.
         wider = options.update_width(options.max_width + 1)
-        for count_left_out in range(len(self.left_out) + 1):
-            table = self.layout(set(self.left_out[:count_left_out]))
-            if Measurement.get(console, wider, table).maximum <= options.max_width:
-                break
-        yield table
+
+        def fits(count_left_out: int) -> bool:
+            table = self._without(count_left_out)
+            return Measurement.get(console, wider, table).maximum <= options.max_width
+
+        # Leaving more out never widens a table, so the fewest that fit are found by halving (measuring a
+        # table reads every cell: a long `logs -n` would pay for each layout tried).
+        yield self._without(bisect.bisect_left(range(len(self.left_out)), True, key=fits))
+
+    def _without(self, count_left_out: int) -> Table:
+        return self.layout(set(self.left_out[:count_left_out]))
 
 
 # ---------------------------------------------------------------- calls
@@ -135,8 +142,9 @@ def calls_table(calls: Sequence[CallSummary]) -> FittedTable:
     """``llmtap logs``: one line per call, newest first as given.
 
     Time, model, latency, cost, status and id are always there, whole; narrower terminals leave out the
-    rest, the prompt first and the seconds last, to keep each call on one line. Only an absurdly narrow one
-    folds the model, then the id, onto more lines: neither is ever cut.
+    rest, the prompt first and the seconds last, to keep each call on one line. A terminal narrower than that
+    (at 70 columns, calls of several days with a dated model) folds the model, and then the id, onto more
+    lines: neither is ever cut.
     """
     return FittedTable(partial(_calls_layout, calls), _CALLS_LEFT_OUT)
 

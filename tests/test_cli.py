@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.metadata import version
 
 import pytest
 from click.testing import CliRunner
@@ -27,8 +28,6 @@ def test_subcommand_help(name: str) -> None:
 
 
 def test_version_matches_the_distribution() -> None:
-    from importlib.metadata import version
-
     result = CliRunner().invoke(main, ["version"])
     assert result.exit_code == 0
     assert result.output.strip() == version("llmtap")
@@ -40,9 +39,22 @@ def test_unknown_subcommand_is_a_usage_error() -> None:
     assert "No such command" in result.output
 
 
+# llmtap suggests for its own (lazy) group; click's plain groups suggest from click 8.4 on.
+NESTED_SUGGESTS = tuple(map(int, version("click").split(".")[:2])) >= (8, 4)
+
+
 @pytest.mark.parametrize(
     ("typed", "meant"),
-    [(["srve"], "serve"), (["demoo"], "demo"), (["db", "stauts"], "status"), (["logs", "shwo"], "show")],
+    [
+        (["srve"], "serve"),
+        (["demoo"], "demo"),
+        pytest.param(
+            ["db", "stauts"], "status", marks=pytest.mark.skipif(not NESTED_SUGGESTS, reason="click<8.4")
+        ),
+        pytest.param(
+            ["logs", "shwo"], "show", marks=pytest.mark.skipif(not NESTED_SUGGESTS, reason="click<8.4")
+        ),
+    ],
 )
 def test_a_mistyped_subcommand_gets_did_you_mean(typed: list[str], meant: str) -> None:
     result = CliRunner().invoke(main, typed)

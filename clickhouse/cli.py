@@ -30,6 +30,7 @@ from llmtap.clickhouse.prices import (
     load_prices,
     read_prices,
 )
+from llmtap.clickhouse.private_files import keep_new_files_private
 from llmtap.clickhouse.retention import current_retention, set_retention
 from llmtap.clickhouse.schema import bring_up_to_date
 from llmtap.clickhouse.store import open_store, running_serve
@@ -188,7 +189,9 @@ def store_errors(command: F) -> F:
 
 
 def _open(dsn: str | None, **options: Any) -> Any:
-    """open_store, closed when the command ends (chDB allows one store per process: leave none open)."""
+    """open_store, closed when the command ends (chDB allows one store per process: leave none open). Files
+    created from then on (chDB's, an export's) hold prompts: they are the user's only."""
+    keep_new_files_private()
     client = open_store(dsn, **options)
     click.get_current_context().call_on_close(client.close)
     return client

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from llmtap.clickhouse.private_files import make_private_directory, tighten_directory
+
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
@@ -132,7 +134,8 @@ def _open(dsn: str, target: ParsedDSN, settings: dict[str, Any]) -> Client:
     try:
         if target.is_chdb:
             _refuse_held_store(dsn, target.path)
-            Path(target.path).mkdir(parents=True, exist_ok=True)
+            make_private_directory(Path(target.path))
+            tighten_directory(Path(target.path))
             return clickhouse_connect.get_client(dsn=f"chdb://{target.path}", **settings)
         # Connect without a database: the DSN's may not exist yet (connect() switches to it afterwards).
         parsed = urlparse(dsn.strip())

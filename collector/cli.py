@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from llmtap.clickhouse.connection import StoreError, default_dsn, parse_dsn
+from llmtap.clickhouse.private_files import keep_new_files_private
 from llmtap.collector.app import Collector, ConfigError, ServeConfig
 from llmtap.collector.pipeline import Limits
 from llmtap.collector.spool import SpoolError
@@ -180,6 +181,7 @@ def serve(
     )
     if workers is not None:
         config.workers = workers
+    keep_new_files_private()  # the spool, the discovery file and every file chDB creates hold prompts
     try:
         collector = Collector(config)
         collector.start()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtap.clickhouse.connection import parse_dsn
+from llmtap.clickhouse.private_files import replace_private_file
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,7 @@ def write_discovery(dsn: str, info: ServeInfo) -> Path | None:
     if path is None:
         return None
     data = {"pid": info.pid, "url": info.url, "token": info.token, "dsn": info.dsn}
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle)
-    os.replace(temporary, path)
+    replace_private_file(path, json.dumps(data).encode())
     return path
 
 

@@ -27,6 +27,7 @@ from concurrent.futures import BrokenExecutor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmtap.clickhouse.private_files import make_private_directory, tighten_directory, write_private_file
 from llmtap.collector import rows
 from llmtap.collector.encode import FORMAT as ENCODED_FORMAT
 from llmtap.collector.encode import Encoded, EncoderPool
@@ -330,10 +331,11 @@ class Pipeline:
     def _quarantine(self, entry: _Entry, exc: BaseException) -> None:
         """Move a request ClickHouse will never accept aside (spool/quarantine/) so the rest keeps flowing."""
         directory = self.spool.directory / "quarantine"
-        directory.mkdir(exist_ok=True)
+        make_private_directory(directory)
+        tighten_directory(directory)  # quarantined payloads were 0644 before llmtap kept its files private
         name = f"{entry.record.seq:020d}-{entry.record.signal}"
-        (directory / f"{name}.pb").write_bytes(self._payload(entry))
-        (directory / f"{name}.error.txt").write_text(_describe(exc) + "\n")
+        write_private_file(directory / f"{name}.pb", self._payload(entry))
+        write_private_file(directory / f"{name}.error.txt", (_describe(exc) + "\n").encode())
         log.error("quarantined %s request %d: %s", entry.record.signal, entry.record.seq, _describe(exc))
         self.stats.add(entry.record.signal, "dropped", entry.items)
         self._release([entry])

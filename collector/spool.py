@@ -30,6 +30,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmtap.clickhouse.private_files import (
+    create_private_file,
+    make_private_directory,
+    open_no_follow,
+    replace_private_file,
+)
+
 _HEADER = struct.Struct("<IIQB")
 _SIGNAL_CODES = {"traces": 1, "metrics": 2, "logs": 3}
 _SIGNAL_NAMES = {code: name for name, code in _SIGNAL_CODES.items()}
@@ -71,8 +78,9 @@ class Spool:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._lock_file = open(self.directory / "LOCK", "a+")  # noqa: SIM115 - held for the process life
+            make_private_directory(self.directory)
+            # Held for the process life, so no `with`.
+            self._lock_file = open(self.directory / "LOCK", "a+", opener=open_no_follow)  # noqa: SIM115
         except OSError as exc:
             raise SpoolError(f"cannot use the spool directory {self.directory}: {exc}") from exc
         if fcntl is not None:
@@ -118,8 +126,11 @@ class Spool:
     def _scan(self, path: Path) -> tuple[list[Record], int]:
         records: list[Record] = []
         offset = 0
-        with open(path, "rb") as handle:
-            data = handle.read()
+        try:
+            with open(path, "rb", opener=open_no_follow) as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise SpoolError(f"cannot read the spool segment: {exc}") from exc
         while offset + _HEADER.size <= len(data):
             length, crc, seq, code = _HEADER.unpack_from(data, offset)
             start = offset + _HEADER.size
@@ -134,7 +145,7 @@ class Spool:
 
     def read(self, record: Record) -> bytes:
         """The payload of a record (for records whose bytes were not kept in memory)."""
-        with open(record.segment, "rb") as handle:
+        with open(record.segment, "rb", opener=open_no_follow) as handle:
             handle.seek(record.offset)
             return handle.read(record.length)
 
@@ -182,7 +193,10 @@ class Spool:
                 os.close(self._fd)
                 self._fd = None  # callers still waiting to fsync the old segment see it was done
         path = self.directory / f"segment-{self._next_seq:020d}.wal"
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            self._fd = create_private_file(path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            raise SpoolError(f"cannot start the spool segment {path}: {exc}") from exc
         _fsync_directory(self.directory)
         self._position = 0
         self._synced = 0
@@ -235,9 +249,8 @@ class Spool:
             return {}
 
     def _write_checkpoint(self) -> None:
-        temporary = self.directory / "checkpoint.json.tmp"
-        temporary.write_text(json.dumps({"written": self.written, "inflight": self.inflight}))
-        os.replace(temporary, self.directory / "checkpoint.json")
+        state = json.dumps({"written": self.written, "inflight": self.inflight})
+        replace_private_file(self.directory / "checkpoint.json", state.encode())
 
     def close(self) -> None:
         with self._append_lock:

@@ -239,7 +239,11 @@ class Collector:
             snapshot["store"] = parse_dsn(self.config.dsn).display
         elif snapshot.get("last_error"):
             snapshot["last_error"] = "the store failed; serve's console, or /health on its machine, says why"
+        writable = pipeline.spool.writable() if pipeline else True
+        if not writable:
+            snapshot["status"] = "spool not writable (disk full)"
         snapshot["spool"] = {
+            "writable": writable,
             "pending_bytes": pipeline.spool.pending_bytes if pipeline else 0,
             "queued_requests": pipeline.queued_requests() if pipeline else 0,
             "limit_bytes": self.config.limits.spool_bytes,

@@ -1,11 +1,11 @@
 """From an accepted request to rows in ClickHouse: admission, spool, batching, writing, replay.
 
-The receivers hand every validated request to :meth:`Pipeline.accept`, which refuses it when the buffer is
-full (:class:`Refused`, answered 429/503 or RESOURCE_EXHAUSTED/UNAVAILABLE) and otherwise returns only once the
-request is fsynced in the spool. One writer thread drains the queue in arrival order, converts requests to columns
-(:mod:`llmtap.collector.rows`) and inserts them in batches bounded by rows and by time. A batch that fails is
-retried; a request that ClickHouse rejects as data (never as an outage) is quarantined in the spool directory
-instead of blocking everything behind it.
+The receivers hand every validated request to :meth:`Pipeline.accept`, which refuses it when the buffer or the
+spool's disk is full (:class:`Refused`, answered 429/503 or RESOURCE_EXHAUSTED/UNAVAILABLE) and otherwise returns
+only once the request is fsynced in the spool. One writer thread drains the queue in arrival order, converts
+requests to columns (:mod:`llmtap.collector.rows`) and inserts them in batches bounded by rows and by time.
+A batch that fails is retried; a request that ClickHouse rejects as data (never as an outage) is quarantined in
+the spool directory instead of blocking everything behind it.
 
 Memory bound: payloads of queued requests are kept in memory up to ``memory_bytes``; beyond that only their
 spool location is kept and the writer reads them back from disk. The spool itself is bounded by
@@ -31,7 +31,7 @@ from llmtap.clickhouse.private_files import make_private_directory, tighten_dire
 from llmtap.collector import rows
 from llmtap.collector.encode import FORMAT as ENCODED_FORMAT
 from llmtap.collector.encode import Encoded, EncoderPool
-from llmtap.collector.spool import Record, Spool
+from llmtap.collector.spool import Record, Spool, SpoolFull
 from llmtap.collector.stats import Stats
 
 log = logging.getLogger("llmtap.serve")
@@ -132,7 +132,7 @@ class Pipeline:
 
     # ---- accept -------------------------------------------------------------------------------------------
     def accept(self, signal: str, payload: bytes, items: int) -> None:
-        """Durably accept one validated request, or raise Refused when the buffer is full."""
+        """Durably accept one validated request, or raise Refused when the buffer or the spool's disk is full."""
         if self._stopping:
             raise Refused(
                 "llmtap serve is shutting down", store_down=True, retry_after=self.limits.retry_after_seconds
@@ -145,7 +145,11 @@ class Pipeline:
                 store_down=store_down,
                 retry_after=self.limits.retry_after_seconds,
             )
-        record = self.spool.append(signal, payload)  # durable from here on
+        try:
+            record = self.spool.append(signal, payload)  # durable from here on
+        except SpoolFull as exc:
+            message = "llmtap serve's spool disk is full; retry later"  # its path stays in serve's log
+            raise Refused(message, store_down=True, retry_after=self.limits.retry_after_seconds) from exc
         self.stats.add(signal, "received", items)
         with self._cond:
             keep = self._memory_bytes + len(payload) <= self.limits.memory_bytes

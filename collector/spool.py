@@ -13,16 +13,21 @@ first record not yet released, so the checkpoint never passes a record that is s
 A record is ``<length u32><crc32 u32><seq u64><signal u8>`` followed by the payload (the validated request,
 serialized protobuf). Appends from concurrent requests share one fsync (group commit). On start every record
 after ``written`` is replayed; records up to ``inflight`` were possibly inserted before a crash, so the writer
-de-duplicates those against what ClickHouse already holds. A torn record at the tail (a crash mid-append, never
-acknowledged) is ignored. Segments whose records are all written are deleted.
+de-duplicates those against what ClickHouse already holds. An append that fails (a full disk) is cut off again,
+so later records never land behind a torn one; a torn record left by a crash is at a segment's tail and ignored,
+and one found anywhere else is skipped, with an error logged, and replay goes on after it. Segments whose records
+are all written are deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import heapq
 import json
+import logging
 import os
+import shutil
 import struct
 import threading
 import zlib
@@ -41,6 +46,9 @@ _HEADER = struct.Struct("<IIQB")
 _SIGNAL_CODES = {"traces": 1, "metrics": 2, "logs": 3}
 _SIGNAL_NAMES = {code: name for name, code in _SIGNAL_CODES.items()}
 _MAX_RECORD = 1 << 31
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+log = logging.getLogger("llmtap.serve")
 
 try:
     import fcntl
@@ -50,6 +58,10 @@ except ImportError:  # Windows: no advisory lock, one serve per spool is then th
 
 class SpoolError(RuntimeError):
     """The spool directory cannot be used (held by another process, unwritable, full)."""
+
+
+class SpoolFull(SpoolError):
+    """The spool's disk is full (or its quota used up): what it refused can be sent again once space returns."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,7 @@ class Spool:
         self._pending_bytes = 0
         self._unreleased: list[int] = []  # heap of the seqs appended (or replayed) and not released yet
         self._released: set[int] = set()  # released seqs still behind an unreleased one
+        self._full_need = 0  # bytes the last append could not write for a full disk (0: writable)
 
     # ---- replay -------------------------------------------------------------------------------------------
     def recover(self) -> list[Record]:
@@ -132,15 +145,17 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot read the spool segment: {exc}") from exc
         while offset + _HEADER.size <= len(data):
-            length, crc, seq, code = _HEADER.unpack_from(data, offset)
-            start = offset + _HEADER.size
-            end = start + length
-            if end > len(data) or code not in _SIGNAL_NAMES:
-                break  # torn tail: the process died mid-append, before the request was acknowledged
-            if zlib.crc32(data[offset + 8 : end]) != crc:
-                break
-            records.append(Record(seq, _SIGNAL_NAMES[code], path, start, length))
-            offset = end
+            record = _record_at(data, offset, path)
+            if record is None:
+                next_seq = records[-1].seq + 1 if records else _first_seq(path)
+                resumed = _next_intact(data, offset, path, (next_seq, next_seq + 1))
+                _report_torn(path, offset, (resumed or len(data)) - offset, resumed is not None)
+                if resumed is None:
+                    break
+                offset = resumed
+                continue
+            records.append(record)
+            offset = record.offset + record.length
         return records, offset
 
     def read(self, record: Record) -> bytes:
@@ -151,31 +166,73 @@ class Spool:
 
     # ---- append -------------------------------------------------------------------------------------------
     def append(self, signal: str, payload: bytes) -> Record:
-        """Write one record and return once it is durable (fsynced), sharing fsyncs with concurrent callers."""
+        """Write one record and return once it is durable (fsynced), sharing fsyncs with concurrent callers.
+
+        Raises SpoolFull when the disk is full; the segment is then left as it was before the call."""
         if len(payload) >= _MAX_RECORD:
             raise SpoolError("record too large for the spool")
         with self._append_lock:
-            if self._fd is None or self._position >= self.segment_bytes:
-                self._rotate()
-            seq = self._next_seq
-            self._next_seq += 1
-            header_tail = struct.pack("<QB", seq, _SIGNAL_CODES[signal])
-            crc = zlib.crc32(payload, zlib.crc32(header_tail))
-            data = struct.pack("<II", len(payload), crc) + header_tail + payload
             try:
-                _write_all(self._fd, data)
-            except OSError as exc:
-                raise SpoolError(f"cannot append to the spool: {exc}") from exc
-            heapq.heappush(self._unreleased, seq)
-            segment = self._segments[-1]
-            record = Record(seq, signal, segment.path, self._position + _HEADER.size, len(payload))
-            self._position += len(data)
-            segment.last_seq = seq
-            segment.size = self._position
-            self._pending_bytes += len(payload)
+                record = self._append_locked(signal, payload)
+            except SpoolFull as exc:
+                self._note_full(_HEADER.size + len(payload), exc)
+                raise
+            self._note_writable()
             fd, needed = self._fd, self._position
         self._sync(fd, needed)
         return record
+
+    def _append_locked(self, signal: str, payload: bytes) -> Record:
+        if self._fd is None or self._position >= self.segment_bytes:
+            self._rotate()
+        seq = self._next_seq
+        header_tail = struct.pack("<QB", seq, _SIGNAL_CODES[signal])
+        crc = zlib.crc32(payload, zlib.crc32(header_tail))
+        data = struct.pack("<II", len(payload), crc) + header_tail + payload
+        try:
+            _write_all(self._fd, data)
+        except OSError as exc:
+            self._cut_partial_append()
+            raise _spool_error("cannot append to the spool", exc) from exc
+        self._next_seq += 1
+        heapq.heappush(self._unreleased, seq)
+        segment = self._segments[-1]
+        record = Record(seq, signal, segment.path, self._position + _HEADER.size, len(payload))
+        self._position += len(data)
+        segment.last_seq = seq
+        segment.size = self._position
+        self._pending_bytes += len(payload)
+        return record
+
+    def _cut_partial_append(self) -> None:
+        """Truncate a half-written record away: appends after it would land behind bytes replay cannot read
+        past. If the cut fails too, the segment ends there (a torn tail, skipped) and the next append starts
+        a new one."""
+        try:
+            os.ftruncate(self._fd, self._position)
+        except OSError as exc:
+            path = self._segments[-1].path
+            log.error("cannot cut a half-written record off %s (%s); starting a new segment", path, exc)
+            self._close_current()
+
+    def _note_full(self, need: int, exc: SpoolFull) -> None:
+        if not self._full_need:
+            log.error("%s; requests get 503 + Retry-After until space returns", exc)
+        self._full_need = need
+
+    def _note_writable(self) -> None:
+        if self._full_need:
+            log.warning("the spool %s is writable again", self.directory)
+        self._full_need = 0
+
+    def writable(self) -> bool:
+        """False from an append refused for a full disk until a record that size fits again. Checked here too,
+        so /health recovers without traffic (a balancer that stops sending on its 503 would never bring any)."""
+        need = self._full_need
+        if need and shutil.disk_usage(self.directory).free >= need:
+            with self._append_lock:
+                self._note_writable()
+        return not self._full_need
 
     def _sync(self, fd: int, needed: int) -> None:
         with self._sync_lock:
@@ -186,21 +243,25 @@ class Spool:
             self._synced = target
 
     def _rotate(self) -> None:
-        # Called with the append lock held. The old segment is fsynced before it is closed.
+        # Called with the append lock held.
+        self._close_current()
+        path = self.directory / f"segment-{self._next_seq:020d}.wal"
+        try:
+            self._fd = create_private_file(path, os.O_WRONLY | os.O_APPEND)
+        except OSError as exc:
+            raise _spool_error(f"cannot start the spool segment {path}", exc) from exc
+        _fsync_directory(self.directory)
+        self._position = 0
+        self._synced = 0
+        self._segments.append(_Segment(path, self._next_seq, self._next_seq - 1, 0))
+
+    def _close_current(self) -> None:
+        # Called with the append lock held. The segment is fsynced before it is closed.
         if self._fd is not None:
             with self._sync_lock:
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = None  # callers still waiting to fsync the old segment see it was done
-        path = self.directory / f"segment-{self._next_seq:020d}.wal"
-        try:
-            self._fd = create_private_file(path, os.O_WRONLY | os.O_APPEND)
-        except OSError as exc:
-            raise SpoolError(f"cannot start the spool segment {path}: {exc}") from exc
-        _fsync_directory(self.directory)
-        self._position = 0
-        self._synced = 0
-        self._segments.append(_Segment(path, self._next_seq, self._next_seq - 1, 0))
 
     # ---- checkpoint ---------------------------------------------------------------------------------------
     def mark_inflight(self, seq: int) -> None:
@@ -224,7 +285,11 @@ class Spool:
             written = self._unreleased[0] - 1 if self._unreleased else self._next_seq - 1
         self.written = max(self.written, written)
         self.inflight = max(self.inflight, self.written)
-        self._write_checkpoint()
+        try:
+            self._write_checkpoint()
+        except OSError as exc:  # a full disk: segments stay until a checkpoint on disk says they are written
+            log.warning("cannot write the spool checkpoint (%s); trying again at the next write", exc)
+            return
         with self._append_lock:
             current = self._segments[-1] if self._fd is not None else None
             done = [s for s in self._segments if s.last_seq <= self.written and s is not current]
@@ -261,6 +326,52 @@ class Spool:
                 self._fd = None
         self._advance()  # with no current segment, fully written segments all go
         self._lock_file.close()
+
+
+def _record_at(data: bytes, offset: int, path: Path) -> Record | None:
+    """The record whose header starts at ``offset``, or None where the bytes there are not an intact one."""
+    if offset < 0 or offset + _HEADER.size > len(data):
+        return None
+    length, crc, seq, code = _HEADER.unpack_from(data, offset)
+    start = offset + _HEADER.size
+    end = start + length
+    if end > len(data) or code not in _SIGNAL_NAMES or zlib.crc32(data[offset + 8 : end]) != crc:
+        return None
+    return Record(seq, _SIGNAL_NAMES[code], path, start, length)
+
+
+def _first_seq(path: Path) -> int:
+    digits = path.stem.partition("-")[2]  # segment-<first seq>
+    return int(digits) if digits.isdigit() else 0
+
+
+def _next_intact(data: bytes, offset: int, path: Path, seqs: tuple[int, ...]) -> int | None:
+    """Where the first intact record after a torn one at ``offset`` starts, found by the seqs that can follow
+    (records of a segment count up by one; a spool from before torn records were cut may have lost one)."""
+    starts = []
+    for seq in seqs:
+        needle = struct.pack("<Q", seq)
+        at = data.find(needle, offset + 9)  # a seq sits 8 bytes into its header
+        while at != -1 and _record_at(data, at - 8, path) is None:
+            at = data.find(needle, at + 1)
+        if at != -1:
+            starts.append(at - 8)
+    return min(starts, default=None)
+
+
+def _report_torn(path: Path, offset: int, size: int, resumed: bool) -> None:
+    if resumed:
+        log.error("spool segment %s: skipped %d unreadable byte(s) at offset %d (a torn record); replay goes on "
+                  "with the intact records after them", path, size, offset)  # fmt: skip
+    else:
+        log.warning("spool segment %s: ignored %d torn byte(s) at its end (an append cut short, never "
+                    "acknowledged)", path, size)  # fmt: skip
+
+
+def _spool_error(message: str, exc: OSError) -> SpoolError:
+    """SpoolFull for a full disk or quota (a client may retry), SpoolError for anything else."""
+    kind = SpoolFull if exc.errno in _DISK_FULL else SpoolError
+    return kind(f"{message}: {exc}")
 
 
 def _write_all(fd: int | None, data: bytes) -> None:

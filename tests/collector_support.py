@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import os
+import shutil
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -11,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from llmtap.collector.app import Collector, ServeConfig
 from llmtap.collector.pipeline import Limits
 
@@ -85,3 +89,25 @@ def query(collector: Collector, sql: str, parameters: dict[str, Any] | None = No
         return client.query(sql, parameters=parameters or {}).result_rows
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``directory``: a disk small enough to fill. Skips where mounting is not permitted."""
+    directory.mkdir(parents=True, exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)]
+    result = subprocess.run(mount, capture_output=True, text=True) if shutil.which("mount") else None
+    if result is None or result.returncode != 0:
+        pytest.skip(
+            f"cannot mount a tmpfs here (needs root): {result.stderr.strip() if result else 'no mount'}"
+        )
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "--lazy", str(directory)], check=True)
+
+
+def fill_leaving(filler: Path, free_bytes: int) -> None:
+    """Fill the file system of ``filler`` with that file until only ``free_bytes`` are left."""
+    stats = os.statvfs(filler.parent)
+    filler.write_bytes(b"\0" * max(0, stats.f_bavail * stats.f_frsize - free_bytes))

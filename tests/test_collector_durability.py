@@ -13,16 +13,19 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
+import grpc
 import pytest
-from collector_support import post, query, running_collector, wait_written
+from collector_support import fill_leaving, mounted_tmpfs, post, query, running_collector, wait_written
+from google.rpc import error_details_pb2
 from llmtap.clickhouse.connection import connect
 from llmtap.clickhouse.schema import bring_up_to_date
 from llmtap.collector.pipeline import Limits, Pipeline
 from llmtap.collector.spool import Spool
 from llmtap.collector.stats import Stats
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 from test_collector_receivers import START_NS, good_span, span_request
 
@@ -67,18 +70,29 @@ class Serve:
         raise AssertionError("serve did not become ready")
 
     def send(self, names: list[str], trace_byte: int) -> None:
+        assert self.export(names, trace_byte)[0] == 200
+
+    def export(self, names: list[str], trace_byte: int, first: int = 1) -> tuple[int, dict[str, str]]:
+        """POST one span per name (span ids counting from ``first``); the answer's status and headers."""
         spans = [
             trace_pb2.Span(
                 trace_id=bytes([trace_byte]) * 16, span_id=index.to_bytes(8, "big"), name=name,
-                start_time_unix_nano=START_NS + index, end_time_unix_nano=START_NS + 1_000,
+                start_time_unix_nano=START_NS + index, end_time_unix_nano=START_NS + index + 1_000,
             )
-            for index, name in enumerate(names, 1)
+            for index, name in enumerate(names, first)
         ]  # fmt: skip
         body = trace_service_pb2.ExportTraceServiceRequest(
             resource_spans=[trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=spans)])]
         ).SerializeToString()
-        status, _, _ = post(self.url + "/v1/traces", body)
-        assert status == 200
+        status, headers, _ = post(self.url + "/v1/traces", body)
+        return status, headers
+
+    def health(self) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
 
     def count(self, trace_byte: int, timeout: float = 30.0) -> tuple[int, int]:
         """(rows, distinct span ids) for one trace, once the count is stable."""
@@ -141,6 +155,88 @@ def test_sigterm_writes_queued_data_and_exits_cleanly(tmp_path):
     finally:
         _, stderr = restarted.terminate()
     assert "replayed 0 spooled request(s)" in stderr
+
+
+def test_a_full_spool_disk_answers_503_and_every_acknowledged_span_survives(tmp_path):
+    """The spool's disk fills up while spans arrive: what got 200 is on disk, the rest gets 503 + Retry-After
+    (exporters retry that), /health says the spool is not writable, and once space returns serve takes requests
+    again by itself. After a crash, the restarted serve stores exactly the acknowledged spans."""
+    spool, names = tmp_path / "spool", [f"span-{i}" for i in range(20)]
+    acknowledged, refusals = 0, []
+    with mounted_tmpfs(spool, "2m"):
+        serve = Serve(tmp_path, flush_interval=60, env={"LLMTAP_SPOOL_DIR": str(spool)})  # held in the spool
+        try:
+            fill_leaving(spool / "filler", 256 << 10)
+            deadline = time.monotonic() + 60
+            for batch in range(2_000):  # about 256 KiB / 1 KiB requests fill it
+                if len(refusals) >= 3 or time.monotonic() > deadline:
+                    break
+                status, headers = serve.export(names, trace_byte=9, first=batch * len(names) + 1)
+                if status == 200:
+                    acknowledged += len(names)
+                else:
+                    refusals.append((status, headers.get("Retry-After")))
+            full_health = serve.health()
+            (spool / "filler").unlink()
+            taken_again = [
+                serve.export(names, 9, first=batch * len(names) + 1)[0] for batch in range(2_000, 2_050)
+            ]
+            acknowledged += taken_again.count(200) * len(names)
+            freed_health = serve.health()
+        finally:
+            serve.kill()
+        restarted = Serve(tmp_path, env={"LLMTAP_SPOOL_DIR": str(spool)})
+        try:
+            stored = restarted.count(9)
+        finally:
+            restarted.terminate()
+    print(f"acknowledged {acknowledged} spans, refused {refusals}, stored {stored}")
+    assert stored == (acknowledged, acknowledged)
+    assert refusals == [(503, "5")] * 3
+    assert full_health[0] == 503 and full_health[1]["spool"]["writable"] is False
+    assert freed_health[0] == 200 and freed_health[1]["spool"]["writable"] is True
+    assert taken_again == [200] * 50
+
+
+def test_the_writer_and_grpc_ride_out_a_full_spool_disk(tmp_path):
+    """While the spool's disk is full gRPC answers UNAVAILABLE with a RetryInfo, and the writer, which cannot save
+    the checkpoint that must precede an insert, waits; once space returns it writes everything acknowledged."""
+    spool, sent = tmp_path / "spool", 0
+    with mounted_tmpfs(spool, "1m"), running_collector(tmp_path, spool_dir=spool) as collector:
+        fill_leaving(spool / "filler", 64 << 10)
+        url = collector.http_url + "/v1/traces"
+        for index in range(1_000):  # about 64 KiB / 150 bytes fill it
+            if post(url, span_request(good_span(f"span-{index}")))[0] != 200:
+                break
+            sent += 1
+        with grpc.insecure_channel(f"127.0.0.1:{collector.grpc_port}") as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Export(
+                    trace_service_pb2.ExportTraceServiceRequest.FromString(span_request(good_span("g")))
+                )
+        (spool / "filler").unlink()
+        assert post(url, span_request(good_span("after")))[0] == 200
+        wait_written(collector, "traces", sent + 1, timeout=60)  # its retries back off up to 30 s
+    assert 50 < sent < 1_000
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    retry = dict(info.value.trailing_metadata())["google.rpc.retryinfo-bin"]
+    assert error_details_pb2.RetryInfo.FromString(retry).retry_delay.seconds == 5
+
+
+def test_replay_goes_on_past_a_torn_record_in_the_middle_of_a_segment(tmp_path, caplog):
+    """A spool left by a serve that did not cut failed appends off: intact records after a torn one replay."""
+    spool = Spool(tmp_path / "spool")
+    spool.append("traces", b"before")
+    torn = spool.append("traces", b"torn" * 100)
+    spool.append("traces", b"after")
+    spool.close()
+    data = torn.segment.read_bytes()
+    torn.segment.write_bytes(data[: torn.offset + 10] + data[torn.offset + torn.length :])
+    spool = Spool(tmp_path / "spool")
+    assert [spool.read(record) for record in spool.recover()] == [b"before", b"after"]
+    spool.close()
+    assert "skipped 27 unreadable byte(s)" in caplog.text  # its 17-byte header and 10 payload bytes
 
 
 def test_a_damaged_spool_record_is_quarantined_once_while_the_store_comes_back(tmp_path):

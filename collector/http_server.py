@@ -11,9 +11,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import sys
 import threading
 from collections.abc import Callable
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -38,6 +40,9 @@ log = logging.getLogger("llmtap.serve")
 OTLP_PATHS = {"/v1/traces": "traces", "/v1/metrics": "metrics", "/v1/logs": "logs"}
 # google.rpc.Code for the Status body of each HTTP error.
 _RPC_CODES = {400: 3, 401: 16, 404: 5, 411: 3, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
+# RFC 9110 §8.6: Content-Length = 1*DIGIT. 18 digits fit in 64 bits: a longer number can only overflow some hop.
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+_OWS = " \t"  # optional whitespace around a field value (RFC 9110 §5.6.3)
 
 
 class OTLPHTTPServer(ThreadingHTTPServer):
@@ -108,6 +113,8 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- routing ------------------------------------------------------------------------------------------
     def do_GET(self) -> None:
         path = self.path.split("?")[0]
+        if self._refused_as_ambiguous(path):
+            return
         if path in ("/health", "/healthz", "/"):
             health = self.server.health_for(self.client_address[0], self.headers.get("Authorization"))
             status = 200 if health.get("status") == "ok" else 503
@@ -122,6 +129,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = self.path.split("?")[0]
         try:
+            if self._refused_as_ambiguous(path):
+                return
             if path in OTLP_PATHS:
                 self._export(OTLP_PATHS[path])
             elif path == "/api/query":
@@ -134,11 +143,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._status_error(500, "internal error in llmtap serve (see its log)", PROTOBUF)
 
+    def _refused_as_ambiguous(self, path: str) -> bool:
+        """Answer 400 and close when hops could read the request differently: where its body ends (so where the
+        next request starts), or which of two tokens is the client's. Checked before any body is read."""
+        problem = _framing_problem(self.headers) or _authorization_problem(self.headers)
+        if problem is None:
+            return False
+        self.close_connection = True
+        if path in OTLP_PATHS:
+            self.server.receiver.stats.refused()
+            self._status_error(400, problem, self._error_kind())
+        else:
+            self._send(400, json.dumps({"error": problem}).encode(), "application/json")
+        return True
+
     # ---- OTLP ---------------------------------------------------------------------------------------------
     def _export(self, signal_name: str) -> None:
         signal = SIGNALS[signal_name]
         content_type = self.headers.get("Content-Type")
-        kind = JSON if "json" in (content_type or "").lower() else PROTOBUF  # encoding of error answers
+        kind = self._error_kind()
         receiver = self.server.receiver
         if not receiver.authorized(self.headers.get("Authorization")):
             self._drain_or_close()
@@ -171,29 +194,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.bodies.give_back(reserved)
         self._send(200, encode_response(response, kind), kind)
 
+    def _error_kind(self) -> str:
+        """The encoding of OTLP error answers: the request's when it is JSON, else protobuf."""
+        return JSON if "json" in (self.headers.get("Content-Type") or "").lower() else PROTOBUF
+
+    def _content_length(self) -> int | None:
+        """The declared body length (already checked by _framing_problem), None when chunked or absent."""
+        length = self.headers.get("Content-Length")
+        return None if length is None else int(length)
+
     def _declared_length(self) -> int:
         # Compressed bodies may inflate up to the body limit: reserve for that. Unknown lengths (chunked) too.
-        length = self.headers.get("Content-Length", "")
-        if (
-            self.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
-            or not length.isdigit()
-        ):
+        size = self._content_length()
+        if self.headers.get("Content-Encoding", "identity").lower() not in ("", "identity") or size is None:
             return self.server.max_body_bytes
-        return int(length)
+        return size
 
     def _read_body(self) -> bytes:
         limit = self.server.max_body_bytes
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        if "Transfer-Encoding" in self.headers:  # chunked: _framing_problem refused any other
             return self._read_chunked(limit)
-        length = self.headers.get("Content-Length")
-        if length is None:
+        size = self._content_length()
+        if size is None:
             self.close_connection = True
             raise DecodeError(411, "Content-Length is required")
-        try:
-            size = int(length)
-        except ValueError:
-            self.close_connection = True
-            raise DecodeError(400, f"invalid Content-Length {length!r}") from None
         if size > limit:
             self.close_connection = True  # do not read a body we refuse
             raise DecodeError(413, f"body of {size} bytes exceeds the {limit} byte limit (--max-body-mb)")
@@ -221,10 +245,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _drain_or_close(self) -> None:
         """Consume a small unread body so keep-alive continues; close the connection for big or unknown ones."""
-        length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= 1 << 20:
-            self.rfile.read(int(length))
-        elif length != "0":
+        size = self._content_length()
+        if size is not None and size <= 1 << 20:
+            self.rfile.read(size)
+        else:
             self.close_connection = True
 
     # ---- query API ----------------------------------------------------------------------------------------
@@ -270,6 +294,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(body)
+
+
+def _framing_problem(headers: Message) -> str | None:
+    """Why the body's end is ambiguous, or None. int() reads "-1" (then read(-1) ran to EOF past --max-body-mb),
+    "+5" or "5_0" where another hop sees no number; two lengths, or one with Transfer-Encoding, let a proxy and
+    serve split requests differently (smuggling): RFC 9112 §6.3 has them refused with 400."""
+    lengths = headers.get_all("Content-Length", [])
+    codings = headers.get_all("Transfer-Encoding", [])
+    if lengths and codings:
+        return "both Transfer-Encoding and Content-Length given (RFC 9112 §6.3); send one of them"
+    if len(lengths) > 1:
+        return f"Content-Length given {len(lengths)} times; send it once"
+    if lengths and not _CONTENT_LENGTH.fullmatch(lengths[0].strip(_OWS)):
+        return f"Content-Length {lengths[0]!r} is not a decimal number of at most 18 digits"
+    if codings and [coding.strip(_OWS).lower() for coding in codings] != ["chunked"]:
+        return f"Transfer-Encoding {', '.join(codings)!r} is not supported; send chunked or a Content-Length"
+    return None
+
+
+def _authorization_problem(headers: Message) -> str | None:
+    """Two Authorization fields are malformed, not a list (RFC 9110 §5.3, §11.6.2): which one decides would
+    depend on the hop, and serve took the first, so a right token could carry a wrong one past a proxy."""
+    count = len(headers.get_all("Authorization", []))
+    return f"Authorization given {count} times; send one bearer token" if count > 1 else None
 
 
 def _is_loopback(host: str) -> bool:

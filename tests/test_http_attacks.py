@@ -1,0 +1,165 @@
+"""Attacks on serve's HTTP framing and auth headers, sent byte for byte over a real socket on 127.0.0.1.
+
+Black-box on purpose: only the bytes on the wire and serve's answer count, whatever HTTP server sits behind.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+
+import pytest
+from collector_support import running_collector
+from test_collector_receivers import TOKEN
+
+WAIT = 10.0  # seconds an answer may take; a serve stuck reading a body never answers
+AUTH = f"Authorization: Bearer {TOKEN}"
+POST_ROUTES = ["/v1/traces", "/api/query"]
+JSON = "Content-Type: application/json"  # errors come back as JSON on every route then
+BODIES = {"/v1/traces": b'{"resourceSpans": []}', "/api/query": b'{"query": "SELECT 1"}'}
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory):
+    with running_collector(
+        tmp_path_factory.mktemp("attacks"), token=TOKEN, max_body_bytes=256 << 10
+    ) as running:
+        yield running
+
+
+def connect(serve) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", serve.http_port), timeout=WAIT)
+
+
+def request_head(method: str, path: str, *fields: str) -> bytes:
+    """A request line and header fields exactly as given, no field added but Host."""
+    return "\r\n".join([f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *fields, "", ""]).encode("latin-1")
+
+
+def read_answer(sock: socket.socket) -> tuple[int, http.client.HTTPMessage, str]:
+    """Status, headers and the message of a JSON answer (an OTLP google.rpc.Status or a query API error)."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    answer = json.loads(response.read())
+    return (
+        response.status,
+        response.headers,
+        answer.get("message") or answer.get("error") or json.dumps(answer),
+    )
+
+
+def closed_by_serve(sock: socket.socket) -> bool:
+    """True when serve closed the connection (EOF or reset) within a second rather than keeping it alive."""
+    sock.settimeout(1.0)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def exchange(serve, head: bytes, body: bytes = b"") -> tuple[int, http.client.HTTPMessage, str, bool]:
+    """Send one request; serve's status, headers and body, and whether it then closed the connection."""
+    with connect(serve) as sock:
+        sock.sendall(head + body)
+        status, headers, text = read_answer(sock)
+        return status, headers, text, closed_by_serve(sock)
+
+
+def send_until_cut_off(sock: socket.socket, data: bytes, sent: list[int]) -> None:
+    """Stream ``data`` the way an attacker would, counting what got out before serve cut the connection."""
+    chunk = 64 << 10
+    try:
+        for start in range(0, len(data), chunk):
+            sock.sendall(data[start : start + chunk])
+            sent[0] = start + chunk
+    except OSError:
+        pass
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("path", POST_ROUTES)
+def test_a_negative_content_length_is_refused_before_the_body_is_read(serve, path):
+    flood = b"\0" * (32 << 20)  # far more than loopback buffers hold while serve does not read
+    sent = [0]
+    with connect(serve) as sock:
+        sock.sendall(request_head("POST", path, JSON, AUTH, "Content-Length: -1"))
+        sender = threading.Thread(target=send_until_cut_off, args=(sock, flood, sent), daemon=True)
+        started = time.monotonic()
+        sender.start()
+        try:
+            status, headers, text = read_answer(sock)
+        except TimeoutError:
+            pytest.fail(f"no answer in {WAIT}s: serve is reading the body until the client closes")
+        answered_after = time.monotonic() - started
+        assert closed_by_serve(sock)
+        sender.join(WAIT)
+    assert status == 400 and "Content-Length '-1'" in text, text
+    assert headers["Connection"] == "close"
+    assert answered_after < WAIT / 2
+    assert sent[0] < len(flood), "serve read the whole flood"
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        (["Content-Length: +5"], "Content-Length '+5'"),
+        (["Content-Length: 5_0"], "Content-Length '5_0'"),
+        (["Content-Length: \x0b5"], "Content-Length '\\x0b5'"),
+        (["Content-Length: 5x"], "Content-Length '5x'"),
+        (["Content-Length: 0x10"], "Content-Length '0x10'"),
+        (["Content-Length: \xb2"], "Content-Length '\xb2'"),  # a digit to str.isdigit, not to int()
+        (["Content-Length: 1" + "0" * 30], "at most 18 digits"),
+        (["Content-Length: 5", "Content-Length: 6"], "Content-Length given 2 times"),
+        (["Content-Length: 5", "Content-Length: 5"], "Content-Length given 2 times"),
+        (["Content-Length: 5, 6"], "Content-Length '5, 6'"),
+        (["Transfer-Encoding: chunked", "Content-Length: 5"], "both Transfer-Encoding and Content-Length"),
+        (["Content-Length: 5", "Transfer-Encoding: chunked"], "both Transfer-Encoding and Content-Length"),
+        (["Transfer-Encoding: gzip, chunked"], "Transfer-Encoding 'gzip, chunked'"),
+    ],
+    ids=["plus", "underscore", "vtab", "suffix", "hex", "superscript", "huge", "two-different", "two-same",
+         "list", "te-then-cl", "cl-then-te", "te-not-chunked"],
+)  # fmt: skip
+def test_an_ambiguous_body_length_is_refused_with_400_and_the_connection_closed(serve, path, fields, says):
+    body = BODIES[path]
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    head = request_head("POST", path, JSON, AUTH, *fields)
+    status, headers, text, closed = exchange(serve, head, chunked)
+    assert status == 400 and says in text, text
+    assert headers["Connection"] == "close" and closed
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+def test_content_length_with_surrounding_whitespace_is_the_number_rfc_9112_says(serve, path):
+    body = BODIES[path]
+    head = request_head("POST", path, JSON, AUTH, f"Content-Length:\t {len(body)} \t")
+    status, _, text, _ = exchange(serve, head, body)
+    assert status == 200, text
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/v1/traces"), ("POST", "/api/query"), ("GET", "/health")]
+)
+@pytest.mark.parametrize(
+    "authorizations",
+    [[TOKEN, "wrong"], ["wrong", TOKEN], [TOKEN, TOKEN]],
+    ids=["right-wrong", "wrong-right", "same"],
+)
+def test_two_authorization_headers_are_refused_with_400(serve, method, path, authorizations):
+    body = BODIES.get(path, b"") if method == "POST" else b""
+    fields = [f"Authorization: Bearer {token}" for token in authorizations]
+    head = request_head(method, path, JSON, *fields, f"Content-Length: {len(body)}")
+    status, _, text, _ = exchange(serve, head, body)
+    assert status == 400 and "Authorization given 2 times" in text, text
+
+
+def test_one_lower_case_bearer_authorization_is_accepted(serve):
+    body = BODIES["/v1/traces"]
+    head = request_head("POST", "/v1/traces", JSON, f"Authorization: bearer {TOKEN}",
+                        f"Content-Length: {len(body)}")  # fmt: skip
+    assert exchange(serve, head, body)[0] == 200

@@ -219,17 +219,18 @@ def test_spool_replays_after_the_checkpoint_and_ignores_a_torn_tail(tmp_path):
     reopened.close()
 
 
-def test_spool_stops_at_a_corrupted_record(tmp_path):
+def test_spool_skips_a_corrupted_record_and_replays_the_next(tmp_path):
+    """A record whose CRC fails is not replayed; the intact records after it still are."""
     spool = Spool(tmp_path)
     spool.recover()
     record = spool.append("traces", b"payload-a")
-    spool.append("traces", b"payload-b")
+    after = spool.append("traces", b"payload-b")
     spool.close()
     data = bytearray(record.segment.read_bytes())
     data[record.offset] ^= 0xFF  # flip a payload byte: the CRC no longer matches
     record.segment.write_bytes(bytes(data))
     reopened = Spool(tmp_path)
-    assert reopened.recover() == []
+    assert [r.seq for r in reopened.recover()] == [after.seq]
     reopened.close()
 
 

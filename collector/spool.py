@@ -75,7 +75,7 @@ class Record:
     length: int
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: two segments can share a path (see _cut_partial_append)
 class _Segment:
     path: Path
     first_seq: int
@@ -211,9 +211,15 @@ class Spool:
         try:
             os.ftruncate(self._fd, self._position)
         except OSError as exc:
-            path = self._segments[-1].path
-            log.error("cannot cut a half-written record off %s (%s); starting a new segment", path, exc)
+            segment = self._segments[-1]
+            log.error(
+                "cannot cut a half-written record off %s (%s); starting a new segment", segment.path, exc
+            )
             self._close_current()
+            if segment.last_seq < segment.first_seq:
+                # It holds no record and used up no seq: the next segment gets its name, and releasing the
+                # records before it would count this entry written and delete that next segment's file.
+                self._segments.remove(segment)
 
     def _note_full(self, need: int, exc: SpoolFull) -> None:
         if not self._full_need:

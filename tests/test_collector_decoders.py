@@ -3,9 +3,11 @@ request that decodes converts to rows, and the spool survives torn and corrupted
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import math
+import os
 import threading
 
 import pytest
@@ -25,7 +27,7 @@ from llmtap.collector.decode import (
     validate,
 )
 from llmtap.collector.native import native_string
-from llmtap.collector.spool import Spool, SpoolError
+from llmtap.collector.spool import Spool, SpoolError, SpoolFull
 from llmtap.collector.values import (
     as_string,
     attributes_to_map,
@@ -260,6 +262,36 @@ def test_spool_checkpoint_never_passes_an_unreleased_record(tmp_path):
     spool.close()
     reopened = Spool(tmp_path)
     assert [reopened.read(r) for r in reopened.recover()] == [bytes([3]) * 40]
+    reopened.close()
+
+
+def _fail_once(monkeypatch: pytest.MonkeyPatch, name: str, code: int) -> None:
+    """The next call of ``os.<name>`` fails with ``code``, as the disk would; later calls go through."""
+    original = getattr(os, name)
+
+    def failing(*args: object) -> object:
+        monkeypatch.setattr(os, name, original)
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, name, failing)
+
+
+def test_spool_keeps_an_acknowledged_record_after_a_failed_append_it_could_not_cut(tmp_path, monkeypatch):
+    """An append that fails first in a new segment, and cannot be cut off either, uses up no seq: the next
+    append starts a segment with the same name. Releasing an earlier record must not delete that one."""
+    spool = Spool(tmp_path, segment_bytes=1)  # one record per segment
+    spool.recover()
+    first = spool.append("traces", b"one")
+    _fail_once(monkeypatch, "write", errno.ENOSPC)
+    _fail_once(monkeypatch, "ftruncate", errno.EIO)
+    with pytest.raises(SpoolFull):
+        spool.append("traces", b"refused")
+    kept = spool.append("traces", b"acknowledged")
+    spool.release([first.seq], len(b"one"))
+    assert kept.segment.exists()
+    spool.close()
+    reopened = Spool(tmp_path)
+    assert [reopened.read(r) for r in reopened.recover()] == [b"acknowledged"]
     reopened.close()
 
 

@@ -43,6 +43,8 @@ _RPC_CODES = {400: 3, 401: 16, 404: 5, 411: 3, 413: 8, 415: 3, 429: 8, 500: 13, 
 # RFC 9110 §8.6: Content-Length = 1*DIGIT. 18 digits fit in 64 bits: a longer number can only overflow some hop.
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _OWS = " \t"  # optional whitespace around a field value (RFC 9110 §5.6.3)
+# RFC 9112 §7.1: chunk-size = 1*HEXDIG, then optional extensions (BWS ";" ...) and CRLF. 15 digits fit in 64 bits.
+_CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[ \t]*;[^\r\n]*)?\r\n")
 
 
 class OTLPHTTPServer(ThreadingHTTPServer):
@@ -224,24 +226,31 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(size)
 
     def _read_chunked(self, limit: int) -> bytes:
-        chunks, total = [], 0
-        while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                self.close_connection = True
-                raise DecodeError(400, "malformed chunked body") from None
-            if size == 0:
-                while self.rfile.readline(1024).strip():  # trailers
-                    pass
-                return b"".join(chunks)
+        """A chunked body of at most ``limit`` bytes in all, each chunk's size checked before its data is read."""
+        chunks: list[bytes] = []
+        total = 0
+        while (size := self._chunk_size()) > 0:
             total += size
             if total > limit:
                 self.close_connection = True
                 raise DecodeError(413, f"body exceeds the {limit} byte limit (--max-body-mb)")
             chunks.append(self.rfile.read(size))
-            self.rfile.readline(1024)
+            if self.rfile.read(2) != b"\r\n":  # else the chunk's end is where another hop may not see it
+                self.close_connection = True
+                raise DecodeError(400, "chunk data is not followed by CRLF (malformed chunked body)")
+        while self.rfile.readline(1024).strip():  # trailers
+            pass
+        return b"".join(chunks)
+
+    def _chunk_size(self) -> int:
+        """The next chunk's size, from plain hex digits only: int(..., 16) took "-1" (then read(-1) ran to EOF past
+        --max-body-mb) and "+5", "0x10" or "1_0", which another hop reads differently or refuses (smuggling)."""
+        line = self.rfile.readline(1024)
+        match = _CHUNK_SIZE_LINE.fullmatch(line)
+        if match is None:
+            self.close_connection = True
+            raise DecodeError(400, f"chunk size {line[:40]!r} is not 1 to 15 hex digits [;extensions] CRLF")
+        return int(match[1], 16)
 
     def _drain_or_close(self) -> None:
         """Consume a small unread body so keep-alive continues; close the connection for big or unknown ones."""

@@ -13,7 +13,7 @@ import time
 
 import pytest
 from collector_support import running_collector
-from test_collector_receivers import TOKEN
+from test_collector_receivers import TOKEN, good_span, span_request
 
 WAIT = 10.0  # seconds an answer may take; a serve stuck reading a body never answers
 AUTH = f"Authorization: Bearer {TOKEN}"
@@ -163,3 +163,86 @@ def test_one_lower_case_bearer_authorization_is_accepted(serve):
     head = request_head("POST", "/v1/traces", JSON, f"Authorization: bearer {TOKEN}",
                         f"Content-Length: {len(body)}")  # fmt: skip
     assert exchange(serve, head, body)[0] == 200
+
+
+def chunked_head(path: str, *fields: str) -> bytes:
+    return request_head("POST", path, JSON, AUTH, "Transfer-Encoding: chunked", *fields)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("path", POST_ROUTES)
+def test_a_negative_chunk_size_is_refused_before_the_rest_is_read(serve, path):
+    flood = b"\0" * (4 << 20)  # more than loopback buffers hold while serve does not read
+    sent = [0]
+    with connect(serve) as sock:
+        sock.sendall(chunked_head(path) + b"-1\r\n")
+        sender = threading.Thread(target=send_until_cut_off, args=(sock, flood, sent), daemon=True)
+        started = time.monotonic()
+        sender.start()
+        try:
+            status, headers, text = read_answer(sock)
+        except TimeoutError:
+            pytest.fail(f"no answer in {WAIT}s: serve is reading the chunk until the client closes")
+        answered_after = time.monotonic() - started
+        assert closed_by_serve(sock)
+        sender.join(WAIT)
+    assert status == 400 and "chunk size" in text, text
+    assert headers["Connection"] == "close"
+    assert answered_after < WAIT / 2
+
+
+# Chunk-size spellings int(..., 16) took for the length that a stricter hop reads differently or not at all.
+BAD_CHUNK_SIZES = {
+    "plus": lambda size: f"+{size:x}",
+    "hex-prefix": lambda size: f"0x{size:x}",
+    "underscore": lambda size: f"{size >> 4:x}_{size & 15:x}",
+    "leading-space": lambda size: f" {size:x}",
+    "vtab": lambda size: f"{size:x}\x0b",
+    "16-digits": lambda size: f"{size:016x}",
+}
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+@pytest.mark.parametrize("spell", BAD_CHUNK_SIZES.values(), ids=list(BAD_CHUNK_SIZES))
+def test_a_chunk_size_that_is_not_plain_hex_is_refused_with_400(serve, path, spell):
+    body = BODIES[path]
+    chunked = spell(len(body)).encode() + b"\r\n" + body + b"\r\n0\r\n\r\n"
+    status, headers, text, closed = exchange(serve, chunked_head(path), chunked)
+    assert status == 400 and "chunk size" in text, text
+    assert headers["Connection"] == "close" and closed
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+def test_chunk_data_not_followed_by_crlf_is_refused_with_400(serve, path):
+    body = BODIES[path]
+    chunked = f"{len(body) - 2:x}\r\n".encode() + body + b"\r\n0\r\n\r\n"  # two data bytes where CRLF belongs
+    status, headers, text, closed = exchange(serve, chunked_head(path), chunked)
+    assert status == 400 and "CRLF" in text, text
+    assert headers["Connection"] == "close" and closed
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+def test_chunks_adding_up_past_max_body_mb_get_413(serve, path):
+    piece = b"x" * (100 << 10)  # serve here takes 256 KiB
+    chunked = b"".join(f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for _ in range(3)) + b"0\r\n\r\n"
+    status, headers, text, closed = exchange(serve, chunked_head(path), chunked)
+    assert status == 413 and "--max-body-mb" in text, text
+    assert headers["Connection"] == "close" and closed
+
+
+def test_a_chunked_otlp_request_with_extensions_and_trailers_is_stored(serve):
+    body = span_request(good_span("chunked"))
+    half = len(body) // 2
+    chunked = (
+        f"{half:X};name=value\r\n".encode() + body[:half] + b"\r\n"
+        + f"{len(body) - half:x}\r\n".encode() + body[half:] + b"\r\n"
+        + b"0\r\nX-Trailer: yes\r\n\r\n"
+    )  # fmt: skip
+    head = request_head("POST", "/v1/traces", "Content-Type: application/x-protobuf", AUTH,
+                        "Transfer-Encoding: chunked")  # fmt: skip
+    with connect(serve) as sock:
+        sock.sendall(head + chunked)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        answer = response.read()
+    assert response.status == 200, answer

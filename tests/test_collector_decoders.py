@@ -27,7 +27,7 @@ from llmtap.collector.decode import (
     validate,
 )
 from llmtap.collector.native import native_string
-from llmtap.collector.spool import Spool, SpoolError, SpoolFull
+from llmtap.collector.spool import Record, Spool, SpoolError, SpoolFull
 from llmtap.collector.values import (
     as_string,
     attributes_to_map,
@@ -233,6 +233,47 @@ def test_spool_skips_a_corrupted_record_and_replays_the_next(tmp_path):
     record.segment.write_bytes(bytes(data))
     reopened = Spool(tmp_path)
     assert [r.seq for r in reopened.recover()] == [after.seq]
+    reopened.close()
+
+
+def _record_bytes(record: Record) -> bytes:
+    """The whole record (header and payload) as it sits in its segment."""
+    return record.segment.read_bytes()[record.offset - 17 : record.offset + record.length]
+
+
+def test_spool_replays_past_a_torn_record_and_a_gap_of_seqs(tmp_path, caplog):
+    """Before failed appends were cut off, each one used up a seq: in such a spool the record after a torn one
+    can be several seqs on. Replay resumes there, and says so at ERROR level."""
+    spool = Spool(tmp_path)
+    spool.recover()
+    records = [spool.append("traces", f"payload-{seq}".encode()) for seq in range(1, 6)]
+    spool.close()
+    one, two, _, four, five = (_record_bytes(r) for r in records)
+    records[0].segment.write_bytes(one + two[:20] + four + five)
+    reopened = Spool(tmp_path)
+    assert [reopened.read(r) for r in reopened.recover()] == [b"payload-1", b"payload-4", b"payload-5"]
+    assert reopened.append("traces", b"six").seq == 6
+    reopened.close()
+    assert [r.levelname for r in caplog.records if "unreadable" in r.message] == ["ERROR"]
+
+
+def test_spool_replay_never_takes_a_record_inside_a_payload_for_an_earlier_seq(tmp_path):
+    """A payload may hold bytes that look like a whole record: found while skipping a torn record, one whose seq
+    does not follow the last one replayed is part of that payload, not a record."""
+    spool = Spool(tmp_path)
+    spool.recover()
+    first = spool.append("traces", b"payload-1")
+    inner = spool.append("traces", b"x" + _record_bytes(first))
+    last = spool.append("traces", b"payload-3")
+    spool.close()
+    torn = bytearray(first.segment.read_bytes())
+    torn[inner.offset - 17] ^= 0xFF  # its length: the header no longer matches its CRC
+    first.segment.write_bytes(bytes(torn))
+    reopened = Spool(tmp_path)
+    assert [(r.seq, reopened.read(r)) for r in reopened.recover()] == [
+        (1, b"payload-1"),
+        (last.seq, b"payload-3"),
+    ]
     reopened.close()
 
 

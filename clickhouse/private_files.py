@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from pathlib import Path
 
 log = logging.getLogger("llmtap.files")
@@ -28,18 +29,28 @@ def keep_new_files_private() -> None:
     os.umask(_SHARED_BITS)
 
 
-def make_private_directory(path: Path) -> None:
-    """Create ``path`` and its missing parents as 0700 (an existing directory is left as it is)."""
-    if path.is_dir():
-        return
-    make_private_directory(path.parent)
-    path.mkdir(mode=0o700, exist_ok=True)
+def make_private_directory(path: Path, *, internal: bool = False) -> None:
+    """Create ``path`` and its missing parents as 0700 (an existing directory is left as it is). An ``internal``
+    directory, one llmtap names inside a user-chosen one (quarantine/), must not be a symbolic link: one there was
+    planted, and what llmtap writes into it would land wherever it points. User-chosen paths may be links."""
+    if not path.is_dir():
+        make_private_directory(path.parent)
+        path.mkdir(mode=0o700, exist_ok=True)
+    if internal and stat.S_ISLNK(path.lstat().st_mode):
+        raise OSError(
+            errno.ELOOP, "a symbolic link where llmtap keeps its own directory; remove it", str(path)
+        )
 
 
 def tighten_directory(path: Path) -> None:
     """Make an existing directory that group or others can enter 0700 (what is inside is then out of their reach
-    too) and say so: it was created before llmtap kept its files private."""
-    if path.stat().st_mode & _SHARED_BITS:
+    too) and say so: it was created before llmtap kept its files private. Only the caller's own directory, and
+    not on Windows: a store someone else owns (group-shared) is theirs to share and chmod would fail there;
+    Windows reports group and other bits on every directory."""
+    if os.name == "nt":
+        return
+    status = path.stat()
+    if status.st_uid == os.geteuid() and status.st_mode & _SHARED_BITS:
         path.chmod(0o700)
         log.warning("%s was readable by other users; made it private to its owner (mode 0700)", path)
 

@@ -335,7 +335,7 @@ class Pipeline:
     def _quarantine(self, entry: _Entry, exc: BaseException) -> None:
         """Move a request ClickHouse will never accept aside (spool/quarantine/) so the rest keeps flowing."""
         directory = self.spool.directory / "quarantine"
-        make_private_directory(directory)
+        make_private_directory(directory, internal=True)
         tighten_directory(directory)  # quarantined payloads were 0644 before llmtap kept its files private
         name = f"{entry.record.seq:020d}-{entry.record.signal}"
         write_private_file(directory / f"{name}.pb", self._payload(entry))

@@ -151,3 +151,36 @@ def test_a_link_planted_as_the_spool_lock_is_refused(tmp_path):
     with pytest.raises(SpoolError, match="symbolic link"):
         Spool(tmp_path / "spool")
     assert not target.exists()
+
+
+def test_a_link_planted_as_the_quarantine_directory_gets_nothing_written_through_it(tmp_path):
+    """quarantine/ is llmtap's own name inside the spool: a link there was planted, and the payloads (prompts)
+    quarantined into it would land wherever it points."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    spool_dir = tmp_path / "chdb.spool"
+    previous = Spool(spool_dir)
+    previous.append("traces", b"\x0a\xff not an export request")  # seq 1: quarantined on replay
+    previous.close()
+    plant_link(spool_dir / "quarantine", outside)
+    with running_collector(tmp_path) as collector:
+        settle(collector)
+    assert list(outside.iterdir()) == []
+
+
+def test_a_store_owned_by_another_user_is_read_and_left_as_it_is(tmp_path):
+    """A group-shared store someone else owns: chmod fails for its readers (and is not theirs to decide), so
+    `llmtap logs` leaves its mode alone rather than fail."""
+    store = tmp_path / "chdb"
+    dsn = f"chdb://{store}"
+    subprocess.run(
+        [sys.executable, "-m", "llmtap", "db", "migrate", "--dsn", dsn], check=True, capture_output=True
+    )
+    store.chmod(0o750)
+    os.chown(store, 65534, 65534)
+    result = subprocess.run(
+        [sys.executable, "-m", "llmtap", "logs", "--dsn", dsn], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "readable by other users" not in result.stderr
+    assert stat.S_IMODE(store.stat().st_mode) == 0o750

@@ -61,12 +61,13 @@ class Serve:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"serve exited early: {self.process.stderr.read()}")
+                raise AssertionError(f"serve exited early: {self.process.communicate()[1]}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=1):
                     return
             except OSError:
                 time.sleep(0.1)
+        self.kill()  # else it outlives the test, holding the store and its port
         raise AssertionError("serve did not become ready")
 
     def send(self, names: list[str], trace_byte: int) -> None:
@@ -112,12 +113,12 @@ class Serve:
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
+        self.process.communicate(timeout=30)  # closes the stderr pipe too
 
     def terminate(self) -> tuple[int, str]:
         self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(60)
-        return code, self.process.stderr.read()
+        _, stderr = self.process.communicate(timeout=60)
+        return self.process.returncode, stderr
 
 
 def test_kill_minus_9_after_200_loses_nothing(tmp_path):

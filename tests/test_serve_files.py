@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,11 @@ from llmtap.collector.spool import Spool, SpoolError
 from test_collector_durability import Serve
 from test_collector_receivers import good_span, span_request
 
-pytestmark = pytest.mark.slow
+# An unclosed spool keeps its LOCK open: the tests after it could not take the spool.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning"),
+]
 
 VICTIM = b"another user's file\n"
 
@@ -99,9 +104,8 @@ def test_serve_never_writes_through_a_link_planted_where_it_creates_files(tmp_pa
     files (a damaged record is replayed, so serve quarantines it) all point at files outside: none changes."""
     outside = tmp_path / "outside"
     spool_dir = tmp_path / "chdb.spool"
-    previous = Spool(spool_dir)
-    previous.append("traces", b"\x0a\xff not an export request")  # seq 1: quarantined on replay
-    previous.close()
+    with closing(Spool(spool_dir)) as previous:
+        previous.append("traces", b"\x0a\xff not an export request")  # seq 1: quarantined on replay
     links = {
         spool_dir / "checkpoint.json.tmp": victim(outside, "checkpoint"),
         spool_dir / "quarantine" / f"{1:020d}-traces.pb": victim(outside, "quarantined-payload"),
@@ -126,21 +130,21 @@ def test_serve_never_writes_through_a_link_planted_where_it_creates_files(tmp_pa
 
 
 def test_a_link_planted_as_the_next_spool_segment_is_replaced_not_appended_to(tmp_path):
-    spool = Spool(tmp_path / "spool")
-    spool.recover()
-    target = victim(tmp_path / "outside", "segment")
-    segment = plant_link(tmp_path / "spool" / f"segment-{1:020d}.wal", target)
-    record = spool.append("traces", b"a prompt")
-    assert target.read_bytes() == VICTIM
-    assert segment.lstat().st_mode == stat.S_IFREG | 0o600
-    assert spool.read(record) == b"a prompt"
+    with closing(Spool(tmp_path / "spool")) as spool:
+        spool.recover()
+        target = victim(tmp_path / "outside", "segment")
+        segment = plant_link(tmp_path / "spool" / f"segment-{1:020d}.wal", target)
+        record = spool.append("traces", b"a prompt")
+        assert target.read_bytes() == VICTIM
+        assert segment.lstat().st_mode == stat.S_IFREG | 0o600
+        assert spool.read(record) == b"a prompt"
 
 
 def test_a_link_planted_as_a_spool_segment_is_refused_at_start(tmp_path):
     target = victim(tmp_path / "outside", "segment")
     plant_link(tmp_path / "spool" / f"segment-{1:020d}.wal", target)
-    with pytest.raises(SpoolError, match="symbolic link"):
-        Spool(tmp_path / "spool").recover()
+    with closing(Spool(tmp_path / "spool")) as spool, pytest.raises(SpoolError, match="symbolic link"):
+        spool.recover()
     assert target.read_bytes() == VICTIM
 
 
@@ -159,9 +163,8 @@ def test_a_link_planted_as_the_quarantine_directory_gets_nothing_written_through
     outside = tmp_path / "outside"
     outside.mkdir()
     spool_dir = tmp_path / "chdb.spool"
-    previous = Spool(spool_dir)
-    previous.append("traces", b"\x0a\xff not an export request")  # seq 1: quarantined on replay
-    previous.close()
+    with closing(Spool(spool_dir)) as previous:
+        previous.append("traces", b"\x0a\xff not an export request")  # seq 1: quarantined on replay
     plant_link(spool_dir / "quarantine", outside)
     with running_collector(tmp_path) as collector:
         settle(collector)

@@ -333,13 +333,23 @@ class Pipeline:
         )
 
     def _quarantine(self, entry: _Entry, exc: BaseException) -> None:
-        """Move a request ClickHouse will never accept aside (spool/quarantine/) so the rest keeps flowing."""
+        """Move a request ClickHouse will never accept aside (spool/quarantine/) so the rest keeps flowing.
+
+        Where that cannot be written (a full disk), the request stays in the spool, unreleased, and is tried
+        again at the next start: an error escaping here would end the writer thread while serve goes on
+        acknowledging requests."""
         directory = self.spool.directory / "quarantine"
-        make_private_directory(directory, internal=True)
-        tighten_directory(directory)  # quarantined payloads were 0644 before llmtap kept its files private
         name = f"{entry.record.seq:020d}-{entry.record.signal}"
-        write_private_file(directory / f"{name}.pb", self._payload(entry))
-        write_private_file(directory / f"{name}.error.txt", (_describe(exc) + "\n").encode())
+        try:
+            make_private_directory(directory, internal=True)
+            # Quarantined payloads were 0644 before llmtap kept its files private.
+            tighten_directory(directory)
+            write_private_file(directory / f"{name}.pb", self._payload(entry))
+            write_private_file(directory / f"{name}.error.txt", (_describe(exc) + "\n").encode())
+        except OSError as error:
+            log.error("cannot quarantine %s request %d (%s): it stays in the spool until serve starts again; "
+                      "ClickHouse refused it: %s", entry.record.signal, entry.record.seq, error, _describe(exc))  # fmt: skip
+            return
         log.error("quarantined %s request %d: %s", entry.record.signal, entry.record.seq, _describe(exc))
         self.stats.add(entry.record.signal, "dropped", entry.items)
         self._release([entry])

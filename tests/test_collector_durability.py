@@ -276,6 +276,40 @@ def test_a_damaged_spool_record_is_quarantined_once_while_the_store_comes_back(t
     assert Spool(tmp_path / "spool").recover() == []  # nothing left to replay
 
 
+def test_a_request_that_cannot_be_quarantined_stays_in_the_spool_and_the_writer_goes_on(tmp_path, caplog):
+    """When the quarantine cannot be written (a full disk, a file in the way), the writer thread lives on and
+    writes what follows; the rejected request stays in the spool for the next start instead of being lost."""
+    spool = Spool(tmp_path / "spool")
+    (tmp_path / "spool" / "quarantine").write_bytes(b"")  # the directory cannot be made: an OSError
+    pipeline = Pipeline(lambda: None, spool, Stats(), Limits(flush_seconds=0.01))
+    inserted: list[bytes] = []
+
+    def insert(entries):
+        if any(entry.payload == b"rejected" for entry in entries):
+            raise ValueError("ClickHouse refuses this data")
+        spool.mark_inflight(max(entry.record.seq for entry in entries))
+        inserted.extend(entry.payload for entry in entries)
+        pipeline._release(entries)
+
+    pipeline._insert = insert
+    pipeline._sleep = lambda seconds: None
+    pipeline.start()
+    pipeline.accept("traces", b"rejected", 1)
+    pipeline.accept("traces", b"after", 1)
+    deadline = time.monotonic() + 10
+    while not inserted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert inserted == [b"after"]
+    assert pipeline.close()
+    assert "cannot quarantine traces request 1" in caplog.text
+    (tmp_path / "spool" / "quarantine").unlink()
+    reopened = Spool(tmp_path / "spool")
+    # The checkpoint cannot pass the rejected request: what follows it is replayed too, and de-duplicated.
+    assert [reopened.read(record) for record in reopened.recover()] == [b"rejected", b"after"]
+    assert reopened.inflight == 2
+    reopened.close()
+
+
 def test_a_column_type_changed_by_hand_is_written_on_the_careful_path(tmp_path, caplog):
     """The Native writer handles the exporter's column types; a store whose schema was altered to another type
     gets a warning at start, and serve writes through clickhouse-connect instead of failing every batch."""

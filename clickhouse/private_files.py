@@ -63,9 +63,13 @@ def create_private_file(path: Path, flags: int = os.O_WRONLY) -> int:
 
 
 def write_private_file(path: Path, data: bytes) -> None:
-    """Write ``data`` as a new 0600 file at ``path``, in place of whatever had that name."""
+    """Write ``data`` as a new 0600 file at ``path``, in place of whatever had that name. It is fsynced: a file
+    renamed over another (a checkpoint) or one whose data is then deleted elsewhere (a quarantined request)
+    must not come back empty after a power loss."""
     with os.fdopen(create_private_file(path), "wb") as handle:
         handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def replace_private_file(path: Path, data: bytes) -> None:

@@ -336,6 +336,31 @@ def test_spool_keeps_an_acknowledged_record_after_a_failed_append_it_could_not_c
     reopened.close()
 
 
+def test_spool_checkpoint_is_on_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    """The new checkpoint is fsynced before it is renamed over the old one: after a power loss the rename can
+    be on disk without the data, an empty checkpoint, and replay would start from the first record again."""
+    spool = Spool(tmp_path)
+    spool.recover()
+    record = spool.append("traces", b"one")
+    synced: set[int] = set()
+    renamed_synced: list[bool] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd: int) -> None:
+        synced.add(os.fstat(fd).st_ino)
+        fsync(fd)
+
+    def recording_replace(source: os.PathLike[str], target: os.PathLike[str]) -> None:
+        renamed_synced.append(os.stat(source).st_ino in synced)
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    spool.release([record.seq], len(b"one"))
+    assert renamed_synced == [True]
+    spool.close()
+
+
 def test_spool_is_held_by_one_process_at_a_time(tmp_path):
     spool = Spool(tmp_path)
     with pytest.raises(SpoolError, match="in use by another"):

@@ -72,11 +72,14 @@ class OTLPHTTPServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
     def health_for(self, client_host: str, authorization: str | None) -> dict[str, Any]:
-        """/health answers anyone (probes, load balancers); which serve this is (pid, store) only this machine,
-        where the port check of another serve asks from, and holders of the token."""
-        # authorized() lets every request through when serve has no token: then only loopback is told.
-        holds_token = self.receiver.token is not None and self.receiver.authorized(authorization)
-        return self.health(_is_loopback(client_host) or holds_token)
+        """/health answers anyone (probes, load balancers). With a token, those without it learn only whether
+        serve is up; without one, which serve this is (pid, store) is told only to this machine, where the port
+        check of another serve asks from."""
+        if self.receiver.token is None:
+            return self.health(_is_loopback(client_host))
+        if not self.receiver.authorized(authorization):
+            return {"status": self.health(False)["status"]}
+        return self.health(True)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client dropping its keep-alive connection is normal: no traceback for it on the console.
@@ -121,6 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
             health = self.server.health_for(self.client_address[0], self.headers.get("Authorization"))
             status = 200 if health.get("status") == "ok" else 503
             self._send(status, json.dumps(health).encode(), "application/json")
+        elif path == "/metrics" and not self.server.receiver.authorized(self.headers.get("Authorization")):
+            self._send(401, b"missing or wrong bearer token\n", "text/plain", {"WWW-Authenticate": "Bearer"})
         elif path == "/metrics":
             self._send(200, self.server.metrics_text().encode(), "text/plain; version=0.0.4")
         elif path in OTLP_PATHS or path == "/api/query":

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -142,58 +143,75 @@ def test_a_port_taken_by_another_program_says_which_port_and_flag(tmp_path, opti
 # ---------------------------------------------------------------- what /health tells whom
 
 
-# Who asks /health (client address, Authorization header) and whether it is told which serve this is.
+# Who asks /health (client address, Authorization header) and what it is told: which serve this is ("named"), the
+# counters alone ("counters"), or only whether serve is up ("up").
 ASKING_WITH_TOKEN = [
-    ("127.0.0.1", None, True),
-    ("::1", None, True),
-    ("127.0.0.1", "Bearer wrong", True),
-    (ELSEWHERE, f"Bearer {TOKEN}", True),
-    (ELSEWHERE, None, False),
-    (ELSEWHERE, "Bearer wrong", False),
-    (ELSEWHERE, TOKEN, False),  # not a bearer credential
+    ("127.0.0.1", None, "up"),
+    ("::1", None, "up"),
+    ("127.0.0.1", "Bearer wrong", "up"),
+    ("127.0.0.1", f"Bearer {TOKEN}", "named"),
+    (ELSEWHERE, f"Bearer {TOKEN}", "named"),
+    (ELSEWHERE, None, "up"),
+    (ELSEWHERE, "Bearer wrong", "up"),
+    (ELSEWHERE, TOKEN, "up"),  # not a bearer credential
 ]
 # Without a token (--allow-remote alone) every request is authorized, yet nobody elsewhere holds the token.
 ASKING_WITHOUT_TOKEN = [
-    ("127.0.0.1", None, True),
-    ("::1", "Bearer x", True),
-    (ELSEWHERE, None, False),
-    (ELSEWHERE, "Bearer x", False),
+    ("127.0.0.1", None, "named"),
+    ("::1", "Bearer x", "named"),
+    (ELSEWHERE, None, "counters"),
+    (ELSEWHERE, "Bearer x", "counters"),
 ]
 
 
 STORE_ERROR = "cannot reach ClickHouse at ch.internal.example:8123: connection refused"
 
 
-def identity(health: dict) -> tuple[int, str, str] | None:
-    """The pid, store and store error a /health answer names, if it names them (the rest is there either way)."""
-    assert health["status"] == "ok" and "spool" in health
+def told(health: dict) -> str:
+    """What a /health answer tells (see ASKING_WITH_TOKEN), checking that it tells nothing more."""
+    assert health["status"] == "ok"
+    if set(health) == {"status"}:
+        return "up"
+    assert "spool" in health
     if "pid" in health or "store" in health:
-        return health["pid"], health["store"], health["last_error"]
+        assert (health["pid"], health["last_error"]) == (os.getpid(), STORE_ERROR)
+        return "named"
     assert health["last_error"] and "ch.internal" not in health["last_error"], health["last_error"]
-    return None
+    return "counters"
 
 
 @pytest.mark.parametrize(
     ("token", "asking"), [(TOKEN, ASKING_WITH_TOKEN), (None, ASKING_WITHOUT_TOKEN)], ids=["token", "no-token"]
 )
-def test_health_names_its_serve_to_this_machine_and_token_holders_only(tmp_path, token, asking):
-    """The store names a ClickHouse host and user, or a path in a home directory; /health answers anyone."""
+def test_health_tells_who_asks_only_what_they_may_know(tmp_path, token, asking):
+    """The store names a ClickHouse host and user, or a path in a home directory, and the counters what flows
+    through serve; /health answers anyone."""
     with running_collector(tmp_path, token=token) as serve:
         serve.stats.write_failed(STORE_ERROR, store_down=False)  # errors name the store too
         health_for = serve._http.health_for  # what serve's HTTP server answers a GET /health from a client
-        seen = [identity(health_for(client, authorization)) for client, authorization, _ in asking]
-    named = (os.getpid(), serve.config.dsn, STORE_ERROR)
-    assert seen == [named if identified else None for *_, identified in asking]
+        seen = [told(health_for(client, authorization)) for client, authorization, _ in asking]
+    assert seen == [expected for *_, expected in asking]
 
 
-def test_health_over_loopback_names_its_serve_without_the_token(tmp_path):
-    # The port check of a second serve asks this way: no token, from 127.0.0.1.
-    with (
-        running_collector(tmp_path, token=TOKEN) as serve,
-        urllib.request.urlopen(serve.http_url + "/health", timeout=10) as response,
-    ):
-        health = json.load(response)
-    assert (health["pid"], health["store"]) == (os.getpid(), serve.config.dsn)
+def test_with_a_token_health_and_metrics_give_details_only_for_it(tmp_path):
+    """Over the socket: without the token, /health says only that serve is up and /metrics is refused."""
+
+    def get(path: str, token: str | None = None) -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(serve.http_url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read()
+
+    with running_collector(tmp_path, token=TOKEN) as serve:
+        assert get("/health") == (200, b'{"status": "ok"}')
+        status, body = get("/health", TOKEN)
+        assert status == 200 and json.loads(body)["pid"] == os.getpid()
+        assert get("/metrics")[0] == 401
+        status, body = get("/metrics", TOKEN)
+        assert status == 200 and b"llmtap_serve" in body
 
 
 # ---------------------------------------------------------------- a store that is held

@@ -141,7 +141,6 @@ def _open(dsn: str, target: ParsedDSN, settings: dict[str, Any]) -> Client:
         parsed = urlparse(dsn.strip())
         server_dsn = parsed._replace(path="/default").geturl()
         settings.setdefault("connect_timeout", 5)
-        _drop_driver_warning()
         return clickhouse_connect.get_client(dsn=server_dsn, **settings)
     except StoreError:
         raise
@@ -234,13 +233,9 @@ class _DropDriverWarning(logging.Filter):
         return record.msg != _DRIVER_WARNING
 
 
-_DROP_DRIVER_WARNING = _DropDriverWarning()
-
-
-def _drop_driver_warning() -> None:
-    """Keep clickhouse-connect's bare warning off the console; the error it raises next becomes one line."""
-    for name in _DRIVER_LOGGERS:
-        logging.getLogger(name).addFilter(_DROP_DRIVER_WARNING)  # added once, however often this runs
+# Keep clickhouse-connect's bare warning off the console: the error it raises next becomes one line.
+for _name in _DRIVER_LOGGERS:
+    logging.getLogger(_name).addFilter(_DropDriverWarning())
 
 
 def _socket_error(exc: BaseException) -> OSError | None:
@@ -268,8 +263,12 @@ def _unreachable_reason(error: OSError) -> str:
 def _server_address(dsn: str) -> str:
     """host:port of a server DSN, with the scheme's default port when it names none."""
     parsed = urlparse(dsn.strip())
-    host = f"[{parsed.hostname}]" if ":" in (parsed.hostname or "") else parsed.hostname
-    return f"{host}:{parsed.port or _DEFAULT_PORTS[parsed.scheme.lower()]}"
+    return host_port(parsed.hostname or "", parsed.port or _DEFAULT_PORTS[parsed.scheme.lower()])
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as addresses and URLs write it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def quote_identifier(name: str) -> str:

@@ -12,13 +12,18 @@ import logging
 import os
 import socket
 import threading
-import unicodedata
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmtap.clickhouse.connection import StoreError, connect, parse_dsn, refuse_held_store, user_data_dir
+from llmtap.clickhouse.connection import (
+    StoreError,
+    connect,
+    host_port,
+    parse_dsn,
+    refuse_held_store,
+    user_data_dir,
+)
 from llmtap.clickhouse.schema import bring_up_to_date
 from llmtap.collector import discovery, native
 from llmtap.collector.encode import EncoderPool
@@ -32,13 +37,8 @@ from llmtap.collector.spool import Spool, SpoolError
 from llmtap.collector.stats import Stats
 
 log = logging.getLogger("llmtap.serve")
-# Asks a port on this machine who holds it; a proxy from the environment must not answer instead.
-_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _HEALTH_BYTES = 64 << 10  # more than any serve's /health answer: a longer one is not a serve's
 _STORE_SHOWN = 200  # characters of another serve's store in an error line
-# Unicode categories that are not shown text: control, format (bidi overrides), private use, unassigned, line
-# and paragraph separators.
-_UNPRINTABLE = ("C", "Zl", "Zp")
 
 
 class ConfigError(ValueError):
@@ -286,14 +286,14 @@ def _cannot_listen(listener: _Listener, host: str, port: int, exc: Exception) ->
     reason = reason or getattr(exc, "strerror", None) or str(exc)
     if code in (errno.EADDRINUSE, errno.EACCES):
         reason += f"; pass {listener.option} to choose another ({listener.choices})"
-    return ConfigError(f"cannot listen for {listener.protocol} on {_host_port(host, port)}: {reason}")
+    return ConfigError(f"cannot listen for {listener.protocol} on {host_port(host, port)}: {reason}")
 
 
 def _port_holder(host: str, port: int) -> str:
     """Another serve answers /health with its pid and store; of any other program nothing can be told. Any
     program may answer there, so its answer gets into the one-line error only as a pid and as printable text."""
     try:
-        with _LOCAL.open(_http_url(host, port) + "/health", timeout=1) as response:
+        with discovery.LOCAL.open(_http_url(host, port) + "/health", timeout=1) as response:
             health = json.loads(response.read(_HEALTH_BYTES))  # a longer answer is cut, so it is not JSON
         pid, store = _reported_pid(health["pid"]), _printable(health["store"], _STORE_SHOWN)
     except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError):
@@ -314,7 +314,7 @@ def _printable(value: Any, limit: int) -> str:
     ValueError when it is not text or nothing printable is left."""
     if not isinstance(value, str):
         raise TypeError(f"not text: {value!r}")
-    text = "".join(char for char in value if not unicodedata.category(char).startswith(_UNPRINTABLE))
+    text = "".join(char for char in value if char.isprintable())
     if not text:
         raise ValueError("nothing printable")
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -322,11 +322,7 @@ def _printable(value: Any, limit: int) -> str:
 
 def _http_url(host: str, port: int) -> str:
     """The URL clients use for a listening address (a wildcard address is reached on loopback)."""
-    return "http://" + _host_port("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return "http://" + host_port("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port)
 
 
 def _unwritable(types: dict[str, dict[str, str]]) -> list[str]:

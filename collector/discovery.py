@@ -20,6 +20,9 @@ from typing import Any
 from llmtap.clickhouse.connection import parse_dsn
 from llmtap.clickhouse.private_files import replace_private_file
 
+# Requests to a serve on this machine; a proxy from the environment (HTTP_PROXY) must not receive them, or the token.
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 @dataclass(frozen=True)
 class ServeInfo:
@@ -94,7 +97,7 @@ def query_serve(
     if info.token:
         request.add_header("Authorization", f"Bearer {info.token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with LOCAL.open(request, timeout=timeout) as response:
             return response.read()
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")

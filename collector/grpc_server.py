@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
+from llmtap.clickhouse.connection import host_port
 from llmtap.collector.decode import LOGS, METRICS, TRACES, Signal
 from llmtap.collector.pipeline import Refused
 from llmtap.collector.receiver import Receiver
@@ -116,7 +117,7 @@ def start_grpc_server(
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(receiver), server)
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(receiver), server)
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Logs(receiver), server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = host_port(host, port)
     bound = server.add_insecure_port(address)
     if not bound:
         raise OSError(f"cannot listen for OTLP/gRPC on {address}")

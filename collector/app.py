@@ -30,7 +30,7 @@ from llmtap.collector.encode import EncoderPool
 from llmtap.collector.grpc_server import start_grpc_server
 from llmtap.collector.http_server import OTLPHTTPServer
 from llmtap.collector.pipeline import Limits, Pipeline
-from llmtap.collector.query_api import QueryAPI
+from llmtap.collector.query_api import PROFILE, QueryAPI
 from llmtap.collector.receiver import Receiver
 from llmtap.collector.rows import TABLE_COLUMNS
 from llmtap.collector.spool import Spool, SpoolError
@@ -128,8 +128,8 @@ class Collector:
         self._pipeline = Pipeline(self._connect, spool, self.stats, config.limits, encoders)
         self.replayed = self._pipeline.start()
         if config.query_api:
-            # The query API keeps the first client: holding it also keeps the chDB engine (and its lock) open.
-            self._query_api = QueryAPI(self._connect, client)
+            # The query API holds the first client: that keeps the chDB engine (and its lock) open.
+            self._query_api = QueryAPI(self._query_session, parse_dsn(config.dsn).database, hold=client)
         elif client is not None:
             client.close()
         try:
@@ -206,6 +206,10 @@ class Collector:
                 raise
             self._migrated = True
         return client
+
+    def _query_session(self) -> Any:
+        """A client for the query API, with its read-only profile (the writer migrates the store)."""
+        return connect(self.config.dsn, settings=dict(PROFILE))
 
     @property
     def http_url(self) -> str:

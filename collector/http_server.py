@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from google.rpc import status_pb2
+from llmtap.collector import cross_origin
 from llmtap.collector.decode import (
     JSON,
     PROTOBUF,
@@ -32,7 +33,7 @@ from llmtap.collector.decode import (
     parse,
 )
 from llmtap.collector.pipeline import Refused
-from llmtap.collector.query_api import QueryAPI, QueryError
+from llmtap.collector.query_api import QueryAPI, QueryBusy, QueryError
 from llmtap.collector.receiver import Receiver
 
 log = logging.getLogger("llmtap.serve")
@@ -280,12 +281,23 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(401, b'{"error": "missing or wrong bearer token"}', "application/json",
                        {"WWW-Authenticate": "Bearer"})  # fmt: skip
             return
+        refused = cross_origin.refusal(
+            self.headers.get, self.server.server_address[0], receiver.token is not None
+        )
+        if refused is not None:
+            self.close_connection = True
+            self._send(refused[0], json.dumps({"error": refused[1]}).encode(), "application/json")
+            return
         try:
             body = self._read_body()
             output, content_type = api.handle(body)
         except (QueryError, DecodeError) as exc:
             status = exc.status if isinstance(exc, DecodeError) else 400
             self._send(status, json.dumps({"error": str(exc)}).encode(), "application/json")
+            return
+        except QueryBusy as exc:
+            self._send(503, json.dumps({"error": str(exc)}).encode(), "application/json",
+                       {"Retry-After": str(exc.retry_after)})  # fmt: skip
             return
         self._send(200, output, content_type)
 

@@ -12,9 +12,14 @@ queries through serve instead of opening the store itself::
      "format": "JSONEachRow",            # optional; see FORMATS
      "settings": {"max_threads": 2}}     # optional ClickHouse settings
 
-The answer is the raw ClickHouse output in that format (200), or ``{"error": "..."}`` with 400 for a bad
-request or a failing query. Queries run in the `otel` database with ``readonly=2`` (no writes, no DDL) and a
-time limit. Without a token the API only answers clients on the loopback interface.
+The answer is the raw ClickHouse output in that format (200), ``{"error": "..."}`` with 400 for a bad request or
+a failing query, or 503 with Retry-After while every session is busy. Without a token the API only answers
+clients on the loopback interface, and browsers only from serve's own origin (:mod:`llmtap.collector.cross_origin`).
+
+Queries run on sessions of their own, opened with :data:`PROFILE`: ``readonly=1`` set last freezes the time and
+memory limits and the output settings (ClickHouse then refuses SETTINGS, SET and table functions), and
+:mod:`llmtap.collector.query_check` lets through only one SELECT over the store's tables. A caller's
+``settings`` are accepted only when they are what the profile already says (the export's output settings).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import json
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from llmtap.collector.query_check import QueryError, checked_statement, first_line
 
 FORMATS = {
     "JSONEachRow": "application/x-ndjson",
@@ -37,56 +44,104 @@ FORMATS = {
     "RowBinaryWithNamesAndTypes": "application/octet-stream",
     "Native": "application/octet-stream",
 }
-DEFAULT_SETTINGS = {"readonly": 2, "max_execution_time": 120}
+# The query API's settings profile, in the order applied: readonly=1 comes last and freezes all before it.
+PROFILE: dict[str, Any] = {
+    "max_execution_time": 120,
+    "max_memory_usage": 2 << 30,
+    # JSON numbers for 64-bit integers, ISO 8601 times in UTC: what JSON and CSV readers expect.
+    "output_format_json_quote_64bit_integers": 0,
+    "date_time_output_format": "iso",
+    "session_timezone": "UTC",
+    "readonly": 1,
+}
+SESSIONS = 2  # queries run at once: one long query leaves the CLI a session
+WAIT_SECONDS = 10.0  # for a free session, then 503
 
 
-class QueryError(ValueError):
-    """A query request that cannot be run; the message is returned to the caller."""
+class QueryBusy(Exception):
+    """Every session is running a query; the caller should retry after ``retry_after`` seconds."""
+
+    retry_after = 5
 
 
 class QueryAPI:
-    """Runs read-only queries on one shared client (chDB serializes queries on its engine anyway)."""
+    """Runs checked read-only queries on a few sessions of their own (chDB runs queries on several at once)."""
 
-    def __init__(self, connect: Callable[[], Any], client: Any = None) -> None:
+    def __init__(self, connect: Callable[[], Any], database: str, hold: Any = None) -> None:
+        """``connect`` opens a session with :data:`PROFILE`; ``hold`` is a client kept open until close()
+        (it keeps the chDB engine, and so the store's lock, held while the writer reconnects)."""
         self._connect = connect
-        self._client: Any = client
+        self._database = database
+        self._hold = hold
+        self._idle: list[Any] = []
+        self._free = threading.BoundedSemaphore(SESSIONS)
         self._lock = threading.Lock()
 
     def handle(self, body: bytes) -> tuple[bytes, str]:
-        """Run the query described by a JSON body; returns (output bytes, content type) or raises QueryError."""
+        """Run the query described by a JSON body; returns (output bytes, content type).
+
+        Raises QueryError for a request the API does not run and QueryBusy when no session frees in time."""
+        request = _request(body)
+        if not self._free.acquire(timeout=WAIT_SECONDS):
+            raise QueryBusy(f"llmtap serve is running {SESSIONS} queries already; retry later")
         try:
-            request = json.loads(body or b"{}")
-        except ValueError as exc:
-            raise QueryError(f"the body must be JSON: {exc}") from None
-        if (
-            not isinstance(request, dict)
-            or not isinstance(request.get("query"), str)
-            or not request["query"].strip()
-        ):
-            raise QueryError('expected {"query": "<SQL>", "parameters": {...}, "format": "JSONEachRow"}')
-        fmt = request.get("format") or "JSONEachRow"
-        if fmt not in FORMATS:
-            raise QueryError(f"unsupported format {fmt!r}; use one of {', '.join(FORMATS)}")
-        parameters = request.get("parameters") or {}
-        settings = request.get("settings") or {}
-        if not isinstance(parameters, dict) or not isinstance(settings, dict):
-            raise QueryError("parameters and settings must be JSON objects")
-        settings = {**settings, **DEFAULT_SETTINGS}  # the read-only guard cannot be overridden
-        with self._lock:
+            client = self._session()
             try:
-                if self._client is None:
-                    self._client = self._connect()
-                output = self._client.raw_query(
-                    request["query"], parameters=parameters, settings=settings, fmt=fmt
-                )
+                statement = checked_statement(client, request["query"], request["parameters"], self._database)
+                output = client.raw_query(statement, parameters=request["parameters"], fmt=request["format"])
+            except QueryError:
+                raise
             except Exception as exc:
-                raise QueryError(
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                ) from None
-        return bytes(output), FORMATS[fmt]
+                raise QueryError(first_line(exc)) from None
+            finally:
+                with self._lock:
+                    self._idle.append(client)
+        finally:
+            self._free.release()
+        return bytes(output), FORMATS[request["format"]]
+
+    def _session(self) -> Any:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        try:
+            return self._connect()
+        except Exception as exc:
+            raise QueryError(f"the store is not available: {first_line(exc)}") from None
 
     def close(self) -> None:
         with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            clients, self._idle = self._idle, []
+            if self._hold is not None:
+                clients.append(self._hold)
+                self._hold = None
+        for client in clients:
+            client.close()
+
+
+def _request(body: bytes) -> dict[str, Any]:
+    """The request's query, parameters and format, checked; a caller's settings only as the profile has them."""
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise QueryError(f"the body must be JSON: {exc}") from None
+    if (
+        not isinstance(request, dict)
+        or not isinstance(request.get("query"), str)
+        or not request["query"].strip()
+    ):
+        raise QueryError('expected {"query": "<SQL>", "parameters": {...}, "format": "JSONEachRow"}')
+    fmt = request.get("format") or "JSONEachRow"
+    if fmt not in FORMATS:
+        raise QueryError(f"unsupported format {fmt!r}; use one of {', '.join(FORMATS)}")
+    parameters = request.get("parameters") or {}
+    settings = request.get("settings") or {}
+    if not isinstance(parameters, dict) or not isinstance(settings, dict):
+        raise QueryError("parameters and settings must be JSON objects")
+    changed = sorted(name for name, value in settings.items() if str(PROFILE.get(name)) != str(value))
+    if changed:
+        raise QueryError(
+            f"settings are fixed by llmtap serve's query API ({', '.join(changed)}); it runs with "
+            + ", ".join(f"{name}={value}" for name, value in PROFILE.items())
+        )
+    return {"query": request["query"], "parameters": parameters, "format": fmt}

@@ -3,10 +3,16 @@
 Status codes follow the OTLP specification: INVALID_ARGUMENT for a request that cannot be decoded,
 UNAUTHENTICATED for a missing/wrong bearer token (``authorization`` metadata), RESOURCE_EXHAUSTED when
 overloaded and UNAVAILABLE when the store is down, both with a google.rpc.RetryInfo so exporters back off.
+
+RPCs beyond the worker threads wait for one: a waiting call costs little, since its message is read only once a
+worker runs it. Only past :data:`QUEUED_RPCS` are they refused, with RetryInfo. (grpc's own
+``maximum_concurrent_rpcs`` refuses without RetryInfo, and OTLP exporters drop what is refused so.)
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from concurrent import futures
 from typing import Any
 
@@ -47,15 +53,66 @@ def _tolerant(deserializer: Any) -> Any:
     return deserialize
 
 
-class _DecodeInterceptor(grpc.ServerInterceptor):
-    """Makes request decoding failures reach the servicer (grpc would answer a generic INTERNAL otherwise) and
-    keeps each request's own bytes (re-serializing a big export request costs more than parsing it)."""
+# Workers: exports wait on the spool's fsync as much as they use the CPU. Calls waiting for one, at most.
+WORKERS = min(32, 4 * (os.cpu_count() or 1))
+QUEUED_RPCS = 256
+_BUSY_RETRY_SECONDS = 1
+
+
+class _CountingPool(futures.ThreadPoolExecutor):
+    """A worker pool that knows how many calls it holds, running or waiting (grpc submits each call to it)."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(max_workers=workers, thread_name_prefix="llmtap-grpc")
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def held(self) -> int:
+        return self._held
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        with self._lock:
+            self._held += 1
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._done)  # also when the call was cancelled while it waited
+        return future
+
+    def _done(self, _: futures.Future[Any]) -> None:
+        with self._lock:
+            self._held -= 1
+
+
+class _Interceptor(grpc.ServerInterceptor):
+    """Refuses calls past the queue with RetryInfo; makes request decoding failures reach the servicer (grpc would
+    answer a generic INTERNAL otherwise) and keeps each request's own bytes (re-serializing a big export request
+    costs more than parsing it). Runs on grpc's serving thread, before the call goes to the pool."""
+
+    def __init__(self, pool: _CountingPool, queued: int) -> None:
+        self._pool = pool
+        self._queued = queued
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
+        if self._pool.held() >= self._queued:
+            return handler._replace(request_deserializer=None, unary_unary=_refuse_busy)
         return handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+
+
+def _refuse_busy(request: Any, context: grpc.ServicerContext) -> Any:
+    _abort_with_retry(
+        context, grpc.StatusCode.RESOURCE_EXHAUSTED, "llmtap serve is overloaded (too many calls waiting); retry later",
+        _BUSY_RETRY_SECONDS,
+    )  # fmt: skip
+
+
+def _abort_with_retry(
+    context: grpc.ServicerContext, code: grpc.StatusCode, message: str, seconds: int
+) -> None:
+    retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds))
+    context.set_trailing_metadata((("google.rpc.retryinfo-bin", retry.SerializeToString()),))
+    context.abort(code, message)
 
 
 class _Export:
@@ -82,10 +139,8 @@ class _Export:
             return receiver.export(self.signal, request.message, raw=request.raw)
         except Refused as exc:
             receiver.stats.refused()
-            retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=exc.retry_after))
-            context.set_trailing_metadata((("google.rpc.retryinfo-bin", retry.SerializeToString()),))
             code = grpc.StatusCode.UNAVAILABLE if exc.store_down else grpc.StatusCode.RESOURCE_EXHAUSTED
-            context.abort(code, str(exc))
+            _abort_with_retry(context, code, str(exc), exc.retry_after)
 
 
 class _Traces(_Export, trace_service_pb2_grpc.TraceServiceServicer):
@@ -101,14 +156,13 @@ class _Logs(_Export, logs_service_pb2_grpc.LogsServiceServicer):
 
 
 def start_grpc_server(
-    receiver: Receiver, host: str, port: int, max_body_bytes: int, workers: int = 4
+    receiver: Receiver, host: str, port: int, max_body_bytes: int
 ) -> tuple[grpc.Server, int]:
     """Start the OTLP/gRPC server; returns it with the bound port (useful when ``port`` is 0)."""
+    pool = _CountingPool(WORKERS)  # each worker holds one request of up to max_body_bytes
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llmtap-grpc"),
-        interceptors=[_DecodeInterceptor()],
-        # Bounds the requests held at once (each up to max_body_bytes); more get RESOURCE_EXHAUSTED to retry.
-        maximum_concurrent_rpcs=2 * workers,
+        pool,
+        interceptors=[_Interceptor(pool, QUEUED_RPCS)],
         options=[
             ("grpc.max_receive_message_length", max_body_bytes),
             ("grpc.so_reuseport", 0),

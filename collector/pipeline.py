@@ -7,6 +7,12 @@ requests to columns (:mod:`llmtap.collector.rows`) and inserts them in batches b
 A batch that fails is retried; a request that ClickHouse rejects as data (never as an outage) is quarantined in
 the spool directory instead of blocking everything behind it.
 
+Exactly once, in every table: each insert carries the batch's de-duplication token (:meth:`Spool.begin`), the
+same on every try and after a crash, with ``deduplicate_blocks_in_dependent_materialized_views``, and sends one
+block per table, in a fixed order of tables: ClickHouse derives each block's id from the token and the block's
+place in the insert, so a batch sent again must be split the same way. A table, raw or a view's target, that has
+the batch drops it; one that missed it (a crash between otel_traces and its views) takes it.
+
 Memory bound: payloads of queued requests are kept in memory up to ``memory_bytes``; beyond that only their
 spool location is kept and the writer reads them back from disk. The spool itself is bounded by
 ``spool_bytes``: past it, new requests are refused. So resident memory is about ``memory_bytes`` plus one batch
@@ -42,6 +48,7 @@ _RETRIES_BEFORE_SPLIT = 3
 # Fault injection for the durability tests: die right after the rows are inserted, before the spool checkpoint
 # says so, the one moment where a restart must de-duplicate instead of blindly replaying.
 _EXIT_AFTER_INSERT = os.environ.get("LLMTAP_FAULT_EXIT_AFTER_INSERT") == "1"
+_DEDUPLICATE_IN_VIEWS = {"deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
 @dataclass(frozen=True)
@@ -71,8 +78,8 @@ class _Entry:
     record: Record
     payload: bytes | None  # None when only on disk (beyond the memory budget)
     items: int
-    dedupe: bool  # possibly already in ClickHouse (replayed after a crash, or a retried batch)
     replayed: bool = False  # accepted by a previous process and found in the spool on start
+    batch: tuple[int, ...] | None = None  # replayed: the batch a previous process may have inserted it in
     released: bool = False  # written or quarantined, and gone from the spool: a retried batch leaves it out
     arrived: float = field(default_factory=time.monotonic)
 
@@ -98,19 +105,24 @@ class Pipeline:
         self._memory_bytes = 0
         self._stopping = False
         self._client: Any = None
+        self._deferred: list[_Entry] | None = None
         self._thread = threading.Thread(target=self._run, name="llmtap-writer", daemon=True)
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
     def start(self) -> int:
         """Replay what the spool holds from before (returns how many requests) and start the writer."""
         replay = self.spool.recover()
+        # The batches that were being inserted come first, each as it was; then the rest, in seq order.
+        opened = self.spool.open_batches()
+        batch_of = {seq: batch for batch in opened for seq in batch}
+        rank = {seq: index for index, batch in enumerate(opened) for seq in batch}
+        replay.sort(key=lambda record: (rank.get(record.seq, len(opened)), record.seq))
         for record in replay:
             payload = None
             if self._memory_bytes + record.length <= self.limits.memory_bytes:
                 payload = self.spool.read(record)
                 self._memory_bytes += record.length
-            dedupe = record.seq <= self.spool.inflight
-            self._queue.append(_Entry(record, payload, 0, dedupe, replayed=True))
+            self._queue.append(_Entry(record, payload, 0, replayed=True, batch=batch_of.get(record.seq)))
         self._thread.start()
         return len(replay)
 
@@ -155,7 +167,7 @@ class Pipeline:
             keep = self._memory_bytes + len(payload) <= self.limits.memory_bytes
             if keep:
                 self._memory_bytes += len(payload)
-            self._queue.append(_Entry(record, payload if keep else None, items, False))
+            self._queue.append(_Entry(record, payload if keep else None, items))
             self._cond.notify_all()
 
     def queued_requests(self) -> int:
@@ -186,7 +198,7 @@ class Pipeline:
 
     def _submit(self, entries: list[_Entry]) -> Future[Encoded] | None:
         """Hand a batch to the encoder workers (None: it must take the careful path in this process)."""
-        if self._encoders is None or any(e.dedupe or e.replayed for e in entries):
+        if self._encoders is None or any(e.replayed for e in entries):
             return None
         try:
             return self._encoders.submit([(e.record.signal, self._payload(e)) for e in entries])
@@ -211,6 +223,12 @@ class Pipeline:
                 self._cond.wait()
             if not self._queue:
                 return []
+            batch: list[_Entry] = []
+            replayed = self._queue[0].batch
+            if replayed is not None:  # a batch that was being inserted before a restart: once more, as it was
+                while self._queue and self._queue[0].batch == replayed:
+                    batch.append(self._queue.popleft())
+                return batch
             deadline = self._queue[0].arrived + self.limits.flush_seconds
             while not self._stopping and self._queued_items() < self.limits.batch_rows:
                 remaining = deadline - time.monotonic()
@@ -220,7 +238,6 @@ class Pipeline:
                     return []
                 self._cond.wait(remaining)
             # Rows bound a batch, and so do bytes: replayed requests have no row count until converted.
-            batch: list[_Entry] = []
             items = size = 0
             limits = self.limits
             while self._queue and (not batch or (items < limits.batch_rows and size < limits.memory_bytes)):
@@ -237,20 +254,19 @@ class Pipeline:
         return entry.payload if entry.payload is not None else self.spool.read(entry.record)
 
     def _finish(self, entries: list[_Entry], future: Future[Encoded]) -> None:
-        """Insert a batch the workers encoded; any failure goes to the careful, retrying path."""
+        """Insert a batch the workers encoded; any failure goes to the careful, retrying path (same token)."""
         try:
             tables, counts = future.result()
             client = self._client or self._open()
-            self.spool.mark_inflight(max(entry.record.seq for entry in entries))
+            settings = {"insert_deduplication_token": self._begin(entries), **_DEDUPLICATE_IN_VIEWS}
             started = time.perf_counter()
-            for table, (names, block) in tables.items():
-                client.raw_insert(table, names, insert_block=block, fmt=ENCODED_FORMAT)
+            for table in sorted(tables):  # the careful path's order, for a retry that finds some tables done
+                names, block = tables[table]
+                client.raw_insert(table, names, insert_block=block, fmt=ENCODED_FORMAT, settings=settings)
         except Exception as exc:
             if isinstance(exc, BrokenExecutor):
                 self._disable_encoders(exc)
             log.debug("encoded insert failed, retrying in this process: %s", _describe(exc))
-            for entry in entries:
-                entry.dedupe = True  # some tables may have been inserted
             self._write(entries)
             return
         self._written(entries, counts, time.perf_counter() - started)
@@ -263,26 +279,34 @@ class Pipeline:
         for signal, count in counts.items():
             self.stats.add(signal, "written", count)
 
-    def _write(self, entries: list[_Entry]) -> None:
-        """Convert and insert in this process, de-duplicating when needed; retry, split and quarantine."""
+    def _begin(self, entries: list[_Entry]) -> str:
+        """The batch's de-duplication token, noted in the spool before its first insert (a replayed batch keeps
+        the seqs it had, with those quarantined since)."""
+        first = entries[0].batch
+        return self.spool.begin(first if first is not None else [entry.record.seq for entry in entries])
+
+    def _write(self, entries: list[_Entry], token: str | None = None, landed: set[str] | None = None) -> None:
+        """Convert and insert in this process; retry, split and quarantine.
+
+        ``token`` is the batch's de-duplication token (by default from the spool) and ``landed`` the tables that
+        already have the batch whole."""
+        landed = set() if landed is None else landed
         attempt = 0
         while True:
             entries = [entry for entry in entries if not entry.released]  # quarantined by an earlier attempt
             if not entries:
                 return
             try:
-                self._insert(entries)
+                token = token or self._begin(entries)
+                self._insert(entries, token, landed)
                 return
             except Exception as exc:
                 attempt += 1
                 store_down = not _is_data_error(exc)
                 self.stats.write_failed(_describe(exc), store_down=store_down)
-                for entry in entries:
-                    entry.dedupe = True  # some tables of the batch may have been inserted already
-                if not store_down and attempt >= _RETRIES_BEFORE_SPLIT:
+                if not store_down and attempt >= _RETRIES_BEFORE_SPLIT and token is not None:
                     if len(entries) > 1:
-                        for entry in entries:
-                            self._write([entry])
+                        self._split(entries, token, landed)
                     else:
                         self._quarantine(entries[0], exc)
                     return
@@ -291,7 +315,25 @@ class Pipeline:
                     return  # leave it in the spool: replayed (and de-duplicated) on the next start
                 self._sleep(min(30.0, 0.5 * 2**attempt))
 
-    def _insert(self, entries: list[_Entry]) -> None:
+    def _split(self, entries: list[_Entry], token: str, landed: set[str]) -> None:
+        """Insert a batch that ClickHouse refuses as data request by request, to quarantine the culprits.
+
+        Each request gets a token of its own, derived from the batch's, and skips the tables that took the
+        whole batch. The requests are released together at the end: until then the batch stays open in the
+        spool, and a restart replays all of it, fails the same way and splits it the same way, so the requests
+        inserted before the crash are de-duplicated by the same tokens."""
+        self._deferred = []
+        try:
+            for entry in entries:
+                self._write([entry], f"{token}/{entry.record.seq}", set(landed))
+        finally:
+            deferred, self._deferred = self._deferred, None
+        if all(entry.released for entry in entries):
+            self.spool.release([e.record.seq for e in deferred], sum(e.record.length for e in deferred))
+        else:
+            log.warning("a split batch stays in the spool until serve starts again")
+
+    def _insert(self, entries: list[_Entry], token: str, landed: set[str]) -> None:
         batch = rows.Batch()
         counts: Counter[str] = Counter()
         convertible = []
@@ -309,15 +351,16 @@ class Pipeline:
         if not convertible:
             return  # all quarantined
         client = self._client or self._open()
-        self.spool.mark_inflight(max(entry.record.seq for entry in entries))
-        dedupe = any(entry.dedupe for entry in convertible)
+        settings = {"insert_deduplication_token": token, **_DEDUPLICATE_IN_VIEWS}
         started = time.perf_counter()
-        for table, columns in batch.columns.items():
-            if dedupe:
-                columns = remove_existing(client, table, columns)
+        for table in sorted(batch.columns):
+            columns = batch.columns[table]
             names = list(columns)
-            if columns[names[0]]:
-                client.insert(table, [columns[n] for n in names], column_names=names, column_oriented=True)
+            if table not in landed and columns[names[0]]:
+                context = client.create_insert_context(table, names, column_oriented=True, settings=settings)
+                context.req_block_size = len(columns[names[0]])  # one block, as the encoded path sends
+                client.insert(data=[columns[n] for n in names], context=context)
+            landed.add(table)
         self._written(convertible, dict(counts), time.perf_counter() - started)
 
     def _release(self, entries: list[_Entry]) -> None:
@@ -328,6 +371,9 @@ class Pipeline:
             entry.released = True
         with self._cond:
             self._memory_bytes -= held
+        if self._deferred is not None:  # a split batch: released from the spool together (see _split)
+            self._deferred.extend(entries)
+            return
         self.spool.release(
             [entry.record.seq for entry in entries], sum(entry.record.length for entry in entries)
         )
@@ -361,61 +407,6 @@ class Pipeline:
     def _sleep(self, seconds: float) -> None:
         with self._cond:
             self._cond.wait_for(lambda: self._stopping, timeout=seconds)
-
-
-# ---- replay de-duplication ------------------------------------------------------------------------------------
-# Per table: the columns that identify a row, each with the SQL giving its stored value in the form the converter
-# produced (integer timestamps). Rows whose identity is already stored (as many times as it is) are skipped.
-_NANO_WINDOW = "Timestamp BETWEEN fromUnixTimestamp64Nano({lo:Int64}) AND fromUnixTimestamp64Nano({hi:Int64})"
-_TRACE_IDENTITY = (
-    ("Timestamp", "toUnixTimestamp64Nano(Timestamp)"), ("TraceId", "TraceId"), ("SpanId", "SpanId"),
-)  # fmt: skip
-_LOG_IDENTITY = (
-    ("Timestamp", "toUnixTimestamp64Nano(Timestamp)"), ("TraceId", "TraceId"), ("SpanId", "SpanId"),
-    ("SeverityNumber", "SeverityNumber"), ("ServiceName", "ServiceName"), ("Body", "Body"),
-)  # fmt: skip
-_METRIC_IDENTITY = (
-    ("TimeUnix", "toUnixTimestamp(TimeUnix)"), ("StartTimeUnix", "toUnixTimestamp(StartTimeUnix)"),
-    ("ServiceName", "ServiceName"), ("MetricName", "MetricName"), ("Attributes", "Attributes"),
-)  # fmt: skip
-_METRIC_WINDOW = "TimeUnix BETWEEN toDateTime({lo:Int64}) AND toDateTime({hi:Int64})"
-
-
-def _identity(table: str) -> tuple[tuple[tuple[str, str], ...], str]:
-    if table == rows.TRACES_TABLE:
-        return _TRACE_IDENTITY, _NANO_WINDOW
-    if table == rows.LOGS_TABLE:
-        return _LOG_IDENTITY, _NANO_WINDOW
-    return _METRIC_IDENTITY, _METRIC_WINDOW
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(value.items()) if isinstance(value, dict) else value
-
-
-def remove_existing(client: Any, table: str, columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    """Drop rows that ClickHouse already holds (for batches that may have been inserted before a crash)."""
-    identity, window = _identity(table)
-    times = columns[identity[0][0]]
-    if not times:
-        return columns
-    select = ", ".join(expression for _, expression in identity)
-    result = client.query(
-        f"SELECT {select} FROM {table} WHERE {window}", parameters={"lo": min(times), "hi": max(times)}
-    )
-    stored = Counter(tuple(_hashable(value) for value in row) for row in result.result_rows)
-    if not stored:
-        return columns
-    keep = []
-    for index in range(len(times)):
-        key = tuple(_hashable(columns[name][index]) for name, _ in identity)
-        if stored[key] > 0:
-            stored[key] -= 1
-        else:
-            keep.append(index)
-    if len(keep) < len(times):
-        log.info("skipped %d row(s) of %s already stored before a restart", len(times) - len(keep), table)
-    return {name: [values[i] for i in keep] for name, values in columns.items()}
 
 
 def _is_data_error(exc: BaseException) -> bool:

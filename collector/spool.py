@@ -4,37 +4,47 @@ Layout of the spool directory::
 
     LOCK                      held (flock) by the one serve process that owns the spool
     segment-<first seq>.wal   append-only records, rotated at ``segment_bytes``
-    checkpoint.json           {"written": N, "inflight": M}: records <= N are in ClickHouse; records <= M may be
+    checkpoint.json           {"spool": id, "written": N, "released": [[lo, hi], ...], "open": [[[lo, hi], ...], ...]}
 
 Records are released one by one (:meth:`Spool.release`), in whatever order they were written: concurrent requests
 reach the writer's queue in the order their fsyncs return, not in seq order. ``written`` only moves up to the
-first record not yet released, so the checkpoint never passes a record that is still waiting.
+first record not yet released, so the checkpoint never passes a record that is still waiting; the records released
+past it are listed in ``released`` (as ranges of seqs), so a restart does not insert them again.
 
 A record is ``<length u32><crc32 u32><seq u64><signal u8>`` followed by the payload (the validated request,
 serialized protobuf). Appends from concurrent requests share one fsync (group commit). On start every record
-after ``written`` is replayed; records up to ``inflight`` were possibly inserted before a crash, so the writer
-de-duplicates those against what ClickHouse already holds. An append that fails (a full disk) is cut off again,
-so later records never land behind a torn one; a torn record left by a crash is at a segment's tail and ignored,
-and one found anywhere else is skipped, with an error logged, and replay goes on after it. Segments whose records
-are all written are deleted.
+after ``written`` and not released is replayed.
+
+Exactly-once inserts: before a batch is inserted, :meth:`Spool.begin` lists its seqs under ``open`` and gives it
+an insert de-duplication token, derived from the spool's random ``id`` (a new spool never reuses an old one's
+tokens, though seqs start again) and those seqs. A batch stays open until all its records are released. After a
+crash, each open batch is replayed as that very batch with that very token, so every ClickHouse table, raw or fed
+by a materialized view, keeps what it had of it and takes what it missed (migration 0017).
+
+An append that fails (a full disk) is cut off again, so later records never land behind a torn one; a torn record
+left by a crash is at a segment's tail and ignored, and one found anywhere else is skipped, with an error logged,
+and replay goes on after it. Segments whose records are all written are deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import heapq
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import struct
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmtap.clickhouse.private_files import (
     create_private_file,
@@ -106,8 +116,17 @@ class Spool:
                     "stop it or give this one its own --spool-dir"
                 ) from None
         state = self._read_checkpoint()
-        self.written = state.get("written", 0)
-        self.inflight = max(state.get("inflight", 0), self.written)
+        self.id: str = state.get("spool") or secrets.token_hex(8)
+        self.written: int = state.get("written", 0)
+        # Seqs released past `written`: in ClickHouse (or quarantined) already, so not to be replayed.
+        self._released_before = {seq for seq in _seqs(state.get("released", [])) if seq > self.written}
+        # Batches that may be in ClickHouse, in part or whole, and are not released yet: seqs -> None (in order).
+        self._open: dict[tuple[int, ...], None] = {
+            tuple(_seqs(ranges)): None for ranges in state.get("open", [])
+        }
+        if state.get("inflight", 0) > self.written:  # a checkpoint of llmtap before de-duplication tokens
+            log.warning("the spool's checkpoint is from an earlier llmtap: requests %d to %d, which it was "
+                        "inserting when it stopped, may be stored twice", self.written + 1, state["inflight"])  # fmt: skip
         self._segments: list[_Segment] = []
         self._append_lock = threading.Lock()
         self._sync_lock = threading.Lock()
@@ -130,12 +149,26 @@ class Spool:
                 path.unlink(missing_ok=True)
                 continue
             self._segments.append(_Segment(path, segment_records[0].seq, segment_records[-1].seq, size))
-            records.extend(r for r in segment_records if r.seq > self.written)
+            released = self._released_before
+            records.extend(r for r in segment_records if r.seq > self.written and r.seq not in released)
             self._next_seq = max(self._next_seq, segment_records[-1].seq + 1)
+        self._next_seq = max(self._next_seq, max(self._released_before, default=0) + 1)
         self._pending_bytes = sum(r.length for r in records)
-        self._unreleased = [r.seq for r in records]  # ascending: already a heap
+        # The seqs released before count as unreleased ones released at once: `written` then moves past them.
+        self._unreleased = sorted([r.seq for r in records] + list(self._released_before))
+        self._released = set(self._released_before)
+        replayed = {r.seq for r in records}
+        self._open = {batch: None for batch in self._open if replayed.intersection(batch)}
+        with self._append_lock:
+            self._pop_released()
         self._advance()
         return records
+
+    def open_batches(self) -> list[tuple[int, ...]]:
+        """The batches (their seqs, ascending) that a previous process may have inserted in part, in the order it
+        began them. Their records still in the spool must be inserted again as those batches, with the tokens
+        :meth:`begin` gives them."""
+        return list(self._open)
 
     def _scan(self, path: Path) -> tuple[list[Record], int]:
         records: list[Record] = []
@@ -272,27 +305,42 @@ class Spool:
                 self._fd = None  # callers still waiting to fsync the old segment see it was done
 
     # ---- checkpoint ---------------------------------------------------------------------------------------
-    def mark_inflight(self, seq: int) -> None:
-        """Records up to ``seq`` are about to be inserted: after a crash they must be de-duplicated."""
-        self.inflight = max(self.inflight, seq)
-        self._write_checkpoint()
+    def begin(self, seqs: Iterable[int]) -> str:
+        """The records ``seqs`` are about to be inserted as one batch: note it on disk (before the insert, so a
+        crash in it finds the batch open) and return its insert de-duplication token. Idempotent: a retry of
+        the batch gets the same token without another write."""
+        batch = tuple(sorted(seqs))
+        if batch not in self._open:
+            self._open[batch] = None
+            self._write_checkpoint()
+        digest = hashlib.sha256(json.dumps(_ranges(batch)).encode()).hexdigest()[:24]
+        return f"llmtap-{self.id}-{batch[0]}-{batch[-1]}-{digest}"
 
     def release(self, seqs: Iterable[int], payload_bytes: int = 0) -> None:
         """These records are in ClickHouse (or quarantined): advance the checkpoint past every record released
-        so far without a gap, and delete segments that hold only such records."""
+        so far without a gap, close the batches whose records are all released, and delete segments that hold
+        only written records."""
         with self._append_lock:
             self._released.update(seqs)
             self._pending_bytes -= payload_bytes
-            while self._unreleased and self._unreleased[0] in self._released:
-                self._released.discard(heapq.heappop(self._unreleased))
+            self._pop_released()
         self._advance()
+
+    def _pop_released(self) -> None:
+        # Called with the append lock held.
+        while self._unreleased and self._unreleased[0] in self._released:
+            self._released.discard(heapq.heappop(self._unreleased))
 
     def _advance(self) -> None:
         with self._append_lock:
             # Every seq below the first unreleased one is written; with none, every seq appended so far.
             written = self._unreleased[0] - 1 if self._unreleased else self._next_seq - 1
         self.written = max(self.written, written)
-        self.inflight = max(self.inflight, self.written)
+        self._open = {
+            batch: None
+            for batch in self._open
+            if not all(seq <= self.written or seq in self._released for seq in batch)
+        }
         try:
             self._write_checkpoint()
         except OSError as exc:  # a full disk: segments stay until a checkpoint on disk says they are written
@@ -314,16 +362,25 @@ class Spool:
     def disk_bytes(self) -> int:
         return sum(segment.size for segment in self._segments)
 
-    def _read_checkpoint(self) -> dict[str, int]:
+    def _read_checkpoint(self) -> dict[str, Any]:
         try:
             state = json.loads((self.directory / "checkpoint.json").read_text())
-            return {key: int(state.get(key, 0)) for key in ("written", "inflight")}
+            return {
+                "spool": str(state.get("spool", "")),
+                "written": int(state.get("written", 0)),
+                "inflight": int(state.get("inflight", 0)),
+                "released": _checked_ranges(state.get("released", [])),
+                "open": [_checked_ranges(batch) for batch in state.get("open", [])],
+            }
         except (OSError, ValueError, TypeError, AttributeError):
-            return {}
+            return {}  # a new spool id too: the tokens of another id can never match this spool's batches
 
     def _write_checkpoint(self) -> None:
-        state = json.dumps({"written": self.written, "inflight": self.inflight})
-        replace_private_file(self.directory / "checkpoint.json", state.encode())
+        with self._append_lock:
+            released = _ranges(sorted(self._released))
+        state = {"spool": self.id, "written": self.written, "released": released,
+                 "open": [_ranges(batch) for batch in self._open]}  # fmt: skip
+        replace_private_file(self.directory / "checkpoint.json", json.dumps(state).encode())
 
     def close(self) -> None:
         with self._append_lock:
@@ -334,6 +391,28 @@ class Spool:
                 self._fd = None
         self._advance()  # with no current segment, fully written segments all go
         self._lock_file.close()
+
+
+def _ranges(seqs: Sequence[int]) -> list[list[int]]:
+    """Ascending seqs as [first, last] ranges of consecutive ones (a batch's seqs are mostly consecutive)."""
+    ranges: list[list[int]] = []
+    for seq in seqs:
+        if ranges and seq == ranges[-1][1] + 1:
+            ranges[-1][1] = seq
+        else:
+            ranges.append([seq, seq])
+    return ranges
+
+
+def _seqs(ranges: Iterable[Sequence[int]]) -> list[int]:
+    return [seq for first, last in ranges for seq in range(first, last + 1)]
+
+
+def _checked_ranges(ranges: Any) -> list[tuple[int, int]]:
+    pairs = [(int(first), int(last)) for first, last in ranges]
+    if any(last < first for first, last in pairs):
+        raise ValueError("not a range of seqs")
+    return pairs
 
 
 def _record_at(data: bytes, offset: int, path: Path) -> Record | None:

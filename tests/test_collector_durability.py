@@ -281,13 +281,12 @@ def test_a_request_that_cannot_be_quarantined_stays_in_the_spool_and_the_writer_
     writes what follows; the rejected request stays in the spool for the next start instead of being lost."""
     spool = Spool(tmp_path / "spool")
     (tmp_path / "spool" / "quarantine").write_bytes(b"")  # the directory cannot be made: an OSError
-    pipeline = Pipeline(lambda: None, spool, Stats(), Limits(flush_seconds=0.01))
+    pipeline = Pipeline(lambda: None, spool, Stats(), Limits(flush_seconds=0.5))  # both in one batch
     inserted: list[bytes] = []
 
-    def insert(entries):
+    def insert(entries, token, landed):
         if any(entry.payload == b"rejected" for entry in entries):
             raise ValueError("ClickHouse refuses this data")
-        spool.mark_inflight(max(entry.record.seq for entry in entries))
         inserted.extend(entry.payload for entry in entries)
         pipeline._release(entries)
 
@@ -304,9 +303,10 @@ def test_a_request_that_cannot_be_quarantined_stays_in_the_spool_and_the_writer_
     assert "cannot quarantine traces request 1" in caplog.text
     (tmp_path / "spool" / "quarantine").unlink()
     reopened = Spool(tmp_path / "spool")
-    # The checkpoint cannot pass the rejected request: what follows it is replayed too, and de-duplicated.
+    # The batch split to find the rejected request stays open: replayed whole, with the token it had, so what
+    # was written of it is de-duplicated.
     assert [reopened.read(record) for record in reopened.recover()] == [b"rejected", b"after"]
-    assert reopened.inflight == 2
+    assert reopened.open_batches() == [(1, 2)]
     reopened.close()
 
 
@@ -322,3 +322,27 @@ def test_a_column_type_changed_by_hand_is_written_on_the_careful_path(tmp_path, 
             wait_written(collector, "traces", 1)
             assert query(collector, "SELECT SpanName, TraceState FROM otel.otel_traces") == [("altered", "")]
     assert "otel_traces.TraceState Nullable(String)" in caplog.text
+
+
+def test_released_records_are_not_replayed_and_an_open_batch_keeps_its_token(tmp_path):
+    """Records released past the first waiting one are not inserted again after a restart; a batch begun and not
+    released is replayed with the token it had, which no spool made anew (a lost checkpoint) ever gives."""
+    spool = Spool(tmp_path / "spool")
+    spool.recover()
+    first, second, third, fourth = (spool.append("traces", bytes([i])) for i in range(4))
+    token = spool.begin([third.seq, second.seq])
+    assert spool.begin([second.seq, third.seq]) == token  # a retry of the batch
+    spool.release([fourth.seq])  # written while the first still waits
+    spool.close()
+    reopened = Spool(tmp_path / "spool")
+    assert [record.seq for record in reopened.recover()] == [first.seq, second.seq, third.seq]
+    assert reopened.open_batches() == [(second.seq, third.seq)]
+    assert reopened.begin([second.seq, third.seq]) == token
+    reopened.release([first.seq, second.seq, third.seq])
+    assert reopened.open_batches() == [] and reopened.written == fourth.seq
+    reopened.close()
+    (tmp_path / "spool" / "checkpoint.json").unlink()
+    anew = Spool(tmp_path / "spool")
+    anew.recover()
+    assert anew.begin([second.seq, third.seq]) != token
+    anew.close()

@@ -28,7 +28,8 @@ from llmtap.clickhouse.schema import bring_up_to_date
 from llmtap.collector import discovery, native
 from llmtap.collector.encode import EncoderPool
 from llmtap.collector.grpc_server import start_grpc_server
-from llmtap.collector.http_server import OTLPHTTPServer
+from llmtap.collector.http_limits import HTTPLimits
+from llmtap.collector.http_server import HTTPServer
 from llmtap.collector.pipeline import Limits, Pipeline
 from llmtap.collector.query_api import PROFILE, QueryAPI
 from llmtap.collector.receiver import Receiver
@@ -59,6 +60,8 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     max_body_bytes: int = 20 << 20
     inflight_body_bytes: int = 64 << 20  # request bodies held at once by the HTTP receiver
+    # Read timeouts, minimum body rate and connection cap of the HTTP port.
+    http: HTTPLimits = field(default_factory=HTTPLimits)
     query_api: bool = True
     # Encoder processes; 0 = one encoder thread in serve's process (best on two cores, measured: bench/ingest.py);
     # -1 = the writer converts each batch itself (no batch converted ahead: least memory).
@@ -93,11 +96,10 @@ class Collector:
         self.http_port = 0
         self.grpc_port: int | None = None
         self.replayed = 0
-        self._http: OTLPHTTPServer | None = None
+        self._http: HTTPServer | None = None
         self._grpc: Any = None
         self._query_api: QueryAPI | None = None
         self._pipeline: Pipeline | None = None
-        self._http_thread: threading.Thread | None = None
         self.migration_summary = ""
         self._migrated = False
         # The writer and the query API may both reach a store that was down at start: one migrates.
@@ -137,8 +139,6 @@ class Collector:
         except ConfigError:
             self.stop()
             raise
-        self._http_thread = threading.Thread(target=self._http.serve_forever, name="llmtap-http", daemon=True)
-        self._http_thread.start()
         discovery.write_discovery(
             config.dsn,
             discovery.ServeInfo(os.getpid(), self.http_url, config.token, parse_dsn(config.dsn).display),
@@ -176,22 +176,23 @@ class Collector:
     def _listen(self, receiver: Receiver) -> None:
         config = self.config
         try:
-            self._http = OTLPHTTPServer(
-                (config.host, config.port), receiver, self._query_api, self.health, self.metrics_text,
-                config.max_body_bytes, config.inflight_body_bytes,
+            self._http = http = HTTPServer(
+                config.host, config.port, config.http, receiver=receiver, query_api=self._query_api,
+                health=self.health, metrics_text=self.metrics_text, max_body_bytes=config.max_body_bytes,
+                inflight_body_bytes=config.inflight_body_bytes,
             )  # fmt: skip
         except OSError as exc:
             raise _cannot_listen(_HTTP, config.host, config.port, exc) from exc
-        self.http_port = self._http.server_address[1]
-        if config.grpc_port < 0:
-            return
-        # gRPC raises RuntimeError("Failed to bind…") without an errno: _check_ports_free has said why, if it can.
-        try:
-            self._grpc, self.grpc_port = start_grpc_server(
-                receiver, config.host, config.grpc_port, config.max_body_bytes
-            )
-        except (OSError, RuntimeError) as exc:
-            raise _cannot_listen(_GRPC, config.host, config.grpc_port, exc) from exc
+        self.http_port = http.port
+        if config.grpc_port >= 0:
+            # gRPC raises RuntimeError("Failed to bind…") without an errno: _check_ports_free said why, if it can.
+            try:
+                self._grpc, self.grpc_port = start_grpc_server(
+                    receiver, config.host, config.grpc_port, config.max_body_bytes
+                )
+            except (OSError, RuntimeError) as exc:
+                raise _cannot_listen(_GRPC, config.host, config.grpc_port, exc) from exc
+        http.start()
 
     def _connect(self) -> Any:
         """A client on the store with the schema applied (the writer reconnects through this too)."""
@@ -221,10 +222,8 @@ class Collector:
             discovery.remove_discovery(self.config.dsn)
         if self._grpc is not None:
             self._grpc.stop(grace=2).wait(3)
-        if self._http_thread is not None:  # shutdown() waits for serve_forever(), so only once it runs
-            self._http.shutdown()
         if self._http is not None:
-            self._http.server_close()
+            self._http.stop()
         drained = self._pipeline.close(timeout) if self._pipeline is not None else True
         if self._query_api is not None:
             with contextlib.suppress(Exception):

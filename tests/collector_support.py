@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import http.client
 import logging
 import os
 import shutil
@@ -43,8 +44,9 @@ def post(
     content_type: str = "application/x-protobuf",
     headers: dict[str, str] | None = None,
     compress: bool = False,
-) -> tuple[int, dict[str, str], bytes]:
-    """POST raw bytes; returns (status, headers, body) for successes and HTTP errors alike."""
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """POST raw bytes; returns (status, headers, body) for successes and HTTP errors alike. Header names are
+    case-insensitive (as in HTTP: serve sends them in lower case)."""
     if compress:
         body = gzip.compress(body)
     request = urllib.request.Request(url, data=body, method="POST")
@@ -55,9 +57,9 @@ def post(
         request.add_header(name, value)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
+        return exc.code, exc.headers, exc.read()
 
 
 def wait_written(collector: Collector, signal: str, count: int, timeout: float = 30.0) -> None:

@@ -1,6 +1,8 @@
 """Attacks on serve's HTTP framing and auth headers, sent byte for byte over a real socket on 127.0.0.1.
 
-Black-box on purpose: only the bytes on the wire and serve's answer count, whatever HTTP server sits behind.
+Black-box on purpose: only the bytes on the wire and serve's answer count, whatever HTTP server sits behind. Where
+the HTTP stack itself (h11 under uvicorn) refuses bad framing, its own answer is the one checked: 400 and the
+connection closed; serve's messages are checked where serve refuses.
 """
 
 from __future__ import annotations
@@ -40,10 +42,15 @@ def request_head(method: str, path: str, *fields: str) -> bytes:
 
 
 def read_answer(sock: socket.socket) -> tuple[int, http.client.HTTPMessage, str]:
-    """Status, headers and the message of a JSON answer (an OTLP google.rpc.Status or a query API error)."""
+    """Status, headers and the message of a JSON answer (an OTLP google.rpc.Status or a query API error), or the
+    text of a plain one (the HTTP stack's own)."""
     response = http.client.HTTPResponse(sock)
     response.begin()
-    answer = json.loads(response.read())
+    body = response.read()
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return response.status, response.headers, body.decode(errors="replace")
     return (
         response.status,
         response.headers,
@@ -107,8 +114,17 @@ def answer_while_flooding(serve, head: bytes, flood: bytes) -> tuple[int, dict, 
 def test_a_negative_content_length_is_refused_before_the_body_is_read(serve, path):
     flood = b"\0" * (32 << 20)  # far more than loopback buffers hold while serve does not read
     head = request_head("POST", path, JSON, AUTH, "Content-Length: -1")
+    status, _, _, sent = answer_while_flooding(serve, head, flood)
+    assert status == 400
+    assert sent < len(flood), "serve read the whole flood"
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+def test_a_content_length_past_max_body_mb_is_refused_before_the_body_is_read(serve, path):
+    flood = b"\0" * (32 << 20)
+    head = request_head("POST", path, JSON, AUTH, f"Content-Length: {len(flood)}")  # serve here takes 256 KiB
     status, _, text, sent = answer_while_flooding(serve, head, flood)
-    assert status == 400 and "Content-Length '-1'" in text, text
+    assert status == 413 and "--max-body-mb" in text, text
     assert sent < len(flood), "serve read the whole flood"
 
 
@@ -116,22 +132,21 @@ def test_a_negative_content_length_is_refused_before_the_body_is_read(serve, pat
 @pytest.mark.parametrize(
     ("fields", "says"),
     [
-        (["Content-Length: +5"], "Content-Length '+5'"),
-        (["Content-Length: 5_0"], "Content-Length '5_0'"),
-        (["Content-Length: \x0b5"], "Content-Length '\\x0b5'"),
-        (["Content-Length: 5x"], "Content-Length '5x'"),
-        (["Content-Length: 0x10"], "Content-Length '0x10'"),
-        (["Content-Length: \xb2"], "Content-Length '\xb2'"),  # a digit to str.isdigit, not to int()
-        (["Content-Length: 1" + "0" * 30], "at most 18 digits"),
-        (["Content-Length: 5", "Content-Length: 6"], "Content-Length given 2 times"),
-        (["Content-Length: 5", "Content-Length: 5"], "Content-Length given 2 times"),
-        (["Content-Length: 5, 6"], "Content-Length '5, 6'"),
+        (["Content-Length: +5"], ""),  # "": the HTTP stack's own answer
+        (["Content-Length: 5_0"], ""),
+        (["Content-Length: \x0b5"], ""),
+        (["Content-Length: 5x"], ""),
+        (["Content-Length: 0x10"], ""),
+        (["Content-Length: \xb2"], ""),  # a digit to str.isdigit, not to int()
+        (["Content-Length: 1" + "0" * 30], ""),
+        (["Content-Length: 5", "Content-Length: 6"], ""),
+        (["Content-Length: 5, 6"], ""),
         (["Transfer-Encoding: chunked", "Content-Length: 5"], "both Transfer-Encoding and Content-Length"),
         (["Content-Length: 5", "Transfer-Encoding: chunked"], "both Transfer-Encoding and Content-Length"),
-        (["Transfer-Encoding: gzip, chunked"], "Transfer-Encoding 'gzip, chunked'"),
+        (["Transfer-Encoding: gzip, chunked"], ""),
     ],
-    ids=["plus", "underscore", "vtab", "suffix", "hex", "superscript", "huge", "two-different", "two-same",
-         "list", "te-then-cl", "cl-then-te", "te-not-chunked"],
+    ids=["plus", "underscore", "vtab", "suffix", "hex", "superscript", "huge", "two-different", "list",
+         "te-then-cl", "cl-then-te", "te-not-chunked"],
 )  # fmt: skip
 def test_an_ambiguous_body_length_is_refused_with_400_and_the_connection_closed(serve, path, fields, says):
     body = BODIES[path]
@@ -146,6 +161,14 @@ def test_an_ambiguous_body_length_is_refused_with_400_and_the_connection_closed(
 def test_content_length_with_surrounding_whitespace_is_the_number_rfc_9112_says(serve, path):
     body = BODIES[path]
     head = request_head("POST", path, JSON, AUTH, f"Content-Length:\t {len(body)} \t")
+    status, _, text, _ = exchange(serve, head, body)
+    assert status == 200, text
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+def test_the_same_content_length_twice_is_that_length_as_rfc_9110_allows(serve, path):
+    body = BODIES[path]
+    head = request_head("POST", path, JSON, AUTH, *[f"Content-Length: {len(body)}"] * 2)
     status, _, text, _ = exchange(serve, head, body)
     assert status == 200, text
 
@@ -181,8 +204,8 @@ def chunked_head(path: str, *fields: str) -> bytes:
 @pytest.mark.parametrize("path", POST_ROUTES)
 def test_a_negative_chunk_size_is_refused_before_the_rest_is_read(serve, path):
     flood = b"\0" * (4 << 20)  # more than loopback buffers hold while serve does not read
-    status, _, text, _ = answer_while_flooding(serve, chunked_head(path) + b"-1\r\n", flood)
-    assert status == 400 and "chunk size" in text, text
+    status, _, _, _ = answer_while_flooding(serve, chunked_head(path) + b"-1\r\n", flood)
+    assert status == 400
 
 
 # Chunk-size spellings int(..., 16) took for the length that a stricter hop reads differently or not at all.
@@ -192,7 +215,6 @@ BAD_CHUNK_SIZES = {
     "underscore": lambda size: f"{size >> 4:x}_{size & 15:x}",
     "leading-space": lambda size: f" {size:x}",
     "vtab": lambda size: f"{size:x}\x0b",
-    "16-digits": lambda size: f"{size:016x}",
 }
 
 
@@ -201,27 +223,37 @@ BAD_CHUNK_SIZES = {
 def test_a_chunk_size_that_is_not_plain_hex_is_refused_with_400(serve, path, spell):
     body = BODIES[path]
     chunked = spell(len(body)).encode() + b"\r\n" + body + b"\r\n0\r\n\r\n"
-    status, headers, text, closed = exchange(serve, chunked_head(path), chunked)
-    assert status == 400 and "chunk size" in text, text
+    status, headers, _, closed = exchange(serve, chunked_head(path), chunked)
+    assert status == 400
     assert headers["Connection"] == "close" and closed
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+def test_a_zero_padded_chunk_size_is_the_same_number(serve, path):
+    """16 hex digits: a 64-bit hop reads them as the same number that serve reads."""
+    body = BODIES[path]
+    chunked = f"{len(body):016x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    status, _, text, _ = exchange(serve, chunked_head(path), chunked)
+    assert status == 200, text
 
 
 @pytest.mark.parametrize("path", POST_ROUTES)
 def test_chunk_data_not_followed_by_crlf_is_refused_with_400(serve, path):
     body = BODIES[path]
     chunked = f"{len(body) - 2:x}\r\n".encode() + body + b"\r\n0\r\n\r\n"  # two data bytes where CRLF belongs
-    status, headers, text, closed = exchange(serve, chunked_head(path), chunked)
-    assert status == 400 and "CRLF" in text, text
+    status, headers, _, closed = exchange(serve, chunked_head(path), chunked)
+    assert status == 400
     assert headers["Connection"] == "close" and closed
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("path", POST_ROUTES)
-def test_chunks_adding_up_past_max_body_mb_get_413(serve, path):
+def test_chunks_adding_up_past_max_body_mb_get_413_as_they_arrive(serve, path):
     piece = b"x" * (100 << 10)  # serve here takes 256 KiB
-    chunked = b"".join(f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for _ in range(3)) + b"0\r\n\r\n"
-    status, headers, text, closed = exchange(serve, chunked_head(path), chunked)
+    flood = b"".join(f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for _ in range(320))  # 32 MiB
+    status, _, text, sent = answer_while_flooding(serve, chunked_head(path), flood)
     assert status == 413 and "--max-body-mb" in text, text
-    assert headers["Connection"] == "close" and closed
+    assert sent < len(flood), "serve read the whole flood"
 
 
 def test_a_chunked_otlp_request_with_extensions_and_trailers_is_stored(serve):

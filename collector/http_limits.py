@@ -88,10 +88,11 @@ class _LingeringTransport(asyncio.Transport):
         if self.lingering or self._transport.is_closing():
             return
         self.lingering = True
-        if not self._transport.can_write_eof():
+        try:
+            self._transport.write_eof()  # after what is buffered: the answer goes out whole, then FIN
+        except OSError:  # the client is gone already
             self._transport.close()
             return
-        self._transport.write_eof()  # after what is buffered: the answer goes out whole, then FIN
         self._transport.resume_reading()
         self._timer = self._loop.call_later(_LINGER_SECONDS, self._transport.close)
 

@@ -52,6 +52,7 @@ _STORAGE_ALTER = re.compile(r"^(ADD|MATERIALIZE|DROP) PROJECTION\b|^MODIFY SETTI
 _ENGINE = re.compile(r"ENGINE\s*=\s*(\w*MergeTree)(?:[ \t]*\(([^)]*)\))?", re.IGNORECASE)
 _NULL_ENGINE = re.compile(r"ENGINE\s*=\s*Null\s*$", re.IGNORECASE)
 _MODIFY_QUERY = re.compile(r"^MODIFY QUERY\b", re.IGNORECASE)
+_DETACH_ATTACH = re.compile(r"^((?:DETACH TABLE IF EXISTS|ATTACH TABLE) \w+)$", re.IGNORECASE)
 
 
 class GenerateError(RuntimeError):
@@ -143,6 +144,8 @@ def convert(statement: str, schema: Schema) -> list[str]:
             return [f"ALTER TABLE {table} ON CLUSTER {CLUSTER} {schema.local_query(action)}"]
         if table in schema.sharded and all(_STORAGE_ALTER.match(part.strip()) for part in _actions(action)):
             return [f"ALTER TABLE {local_name(table)} ON CLUSTER {CLUSTER} {action}"]
+    if match := _DETACH_ATTACH.match(statement):  # a view reloaded: on every node
+        return [f"{match.group(1)} ON CLUSTER {CLUSTER}"]
     if statement.lstrip().upper().startswith("INSERT INTO "):
         # Backfills run once, from one node: the original names are Distributed tables on the cluster, so the
         # SELECT reads every shard and the INSERT spreads the rows by the sharding key.

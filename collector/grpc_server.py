@@ -53,8 +53,9 @@ def _tolerant(deserializer: Any) -> Any:
     return deserialize
 
 
-# Workers: exports wait on the spool's fsync as much as they use the CPU. Calls waiting for one, at most.
-WORKERS = min(32, 4 * (os.cpu_count() or 1))
+# Workers: exports wait on the spool's fsync as much as they use the CPU; each holds a request of up to
+# --max-body-mb. Calls waiting for one, at most.
+WORKERS = min(8, 2 * (os.cpu_count() or 1))
 QUEUED_RPCS = 256
 _BUSY_RETRY_SECONDS = 1
 
@@ -82,7 +83,7 @@ class _CountingPool(futures.ThreadPoolExecutor):
             self._held -= 1
 
 
-class _Interceptor(grpc.ServerInterceptor):
+class _Admission(grpc.ServerInterceptor):
     """Refuses calls past the queue with RetryInfo; makes request decoding failures reach the servicer (grpc would
     answer a generic INTERNAL otherwise) and keeps each request's own bytes (re-serializing a big export request
     costs more than parsing it). Runs on grpc's serving thread, before the call goes to the pool."""
@@ -100,16 +101,22 @@ class _Interceptor(grpc.ServerInterceptor):
         return handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
 
 
-def _refuse_busy(request: Any, context: grpc.ServicerContext) -> Any:
+def _refuse_busy(request: Any, context: grpc.ServicerContext) -> None:
+    """The answer to a call past the queue, at once: it runs on a thread of its own, not behind the queue."""
     _abort_with_retry(
         context, grpc.StatusCode.RESOURCE_EXHAUSTED, "llmtap serve is overloaded (too many calls waiting); retry later",
         _BUSY_RETRY_SECONDS,
     )  # fmt: skip
 
 
+# grpc runs a method on the pool its behaviour names in this attribute (so in grpcio 1.63, the oldest we take).
+_refuse_busy.experimental_thread_pool = futures.ThreadPoolExecutor(1, thread_name_prefix="llmtap-grpc-refuse")  # type: ignore[attr-defined]
+
+
 def _abort_with_retry(
     context: grpc.ServicerContext, code: grpc.StatusCode, message: str, seconds: int
 ) -> None:
+    """End the call with ``code`` and a google.rpc.RetryInfo: OTLP exporters retry only what carries one."""
     retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds))
     context.set_trailing_metadata((("google.rpc.retryinfo-bin", retry.SerializeToString()),))
     context.abort(code, message)
@@ -162,7 +169,7 @@ def start_grpc_server(
     pool = _CountingPool(WORKERS)  # each worker holds one request of up to max_body_bytes
     server = grpc.server(
         pool,
-        interceptors=[_Interceptor(pool, QUEUED_RPCS)],
+        interceptors=[_Admission(pool, QUEUED_RPCS)],
         options=[
             ("grpc.max_receive_message_length", max_body_bytes),
             ("grpc.so_reuseport", 0),

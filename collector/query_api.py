@@ -9,8 +9,7 @@ queries through serve instead of opening the store itself::
 
     {"query": "SELECT SpanName, count() FROM otel_traces WHERE ServiceName = {svc:String} GROUP BY SpanName",
      "parameters": {"svc": "my-app"},   # ClickHouse server-side bound parameters, {name:Type} in the query
-     "format": "JSONEachRow",            # optional; see FORMATS
-     "settings": {"max_threads": 2}}     # optional ClickHouse settings
+     "format": "JSONEachRow"}            # optional; see FORMATS
 
 The answer is the raw ClickHouse output in that format (200), ``{"error": "..."}`` with 400 for a bad request or
 a failing query, or 503 with Retry-After while every session is busy. Without a token the API only answers
@@ -18,14 +17,17 @@ clients on the loopback interface, and browsers only from serve's own origin (:m
 
 Queries run on sessions of their own, opened with :data:`PROFILE`: ``readonly=1`` set last freezes the time and
 memory limits and the output settings (ClickHouse then refuses SETTINGS, SET and table functions), and
-:mod:`llmtap.collector.query_check` lets through only one SELECT over the store's tables. A caller's
-``settings`` are accepted only when they are what the profile already says (the export's output settings).
+:mod:`llmtap.collector.query_check` lets through only one SELECT over the store's tables. A request may carry
+``"settings"`` only as the profile already has them (the export sends its output settings).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,18 +46,23 @@ FORMATS = {
     "RowBinaryWithNamesAndTypes": "application/octet-stream",
     "Native": "application/octet-stream",
 }
+SESSIONS = 2  # queries run at once: one long query leaves the CLI a session
+WAIT_SECONDS = 10.0  # for a free session, then 503
 # The query API's settings profile, in the order applied: readonly=1 comes last and freezes all before it.
 PROFILE: dict[str, Any] = {
     "max_execution_time": 120,
     "max_memory_usage": 2 << 30,
+    # Both sessions together may use every core, but neither alone: the writer gets its turn.
+    "max_threads": max(1, (os.cpu_count() or 2) // SESSIONS),
     # JSON numbers for 64-bit integers, ISO 8601 times in UTC: what JSON and CSV readers expect.
     "output_format_json_quote_64bit_integers": 0,
     "date_time_output_format": "iso",
     "session_timezone": "UTC",
     "readonly": 1,
 }
-SESSIONS = 2  # queries run at once: one long query leaves the CLI a session
-WAIT_SECONDS = 10.0  # for a free session, then 503
+# A server-side bound parameter, {name:Type}. With none in the query, clickhouse-connect would bind parameters by
+# Python %-formatting into the text, so a "parameter" could add SQL.
+_PLACEHOLDER = re.compile(r"\{\s*\w+\s*:")
 
 
 class QueryBusy(Exception):
@@ -76,6 +83,7 @@ class QueryAPI:
         self._idle: list[Any] = []
         self._free = threading.BoundedSemaphore(SESSIONS)
         self._lock = threading.Lock()
+        self._closed = False
 
     def handle(self, body: bytes) -> tuple[bytes, str]:
         """Run the query described by a JSON body; returns (output bytes, content type).
@@ -89,19 +97,21 @@ class QueryAPI:
             try:
                 statement = checked_statement(client, request["query"], request["parameters"], self._database)
                 output = client.raw_query(statement, parameters=request["parameters"], fmt=request["format"])
-            except QueryError:
-                raise
             except Exception as exc:
+                # A query that failed part-way can leave its session unusable (the next answer on it garbled).
+                client.close()
+                if isinstance(exc, QueryError):
+                    raise
                 raise QueryError(first_line(exc)) from None
-            finally:
-                with self._lock:
-                    self._idle.append(client)
+            self._give_back(client)
         finally:
             self._free.release()
         return bytes(output), FORMATS[request["format"]]
 
     def _session(self) -> Any:
         with self._lock:
+            if self._closed:
+                raise QueryBusy("llmtap serve is stopping")
             if self._idle:
                 return self._idle.pop()
         try:
@@ -109,7 +119,22 @@ class QueryAPI:
         except Exception as exc:
             raise QueryError(f"the store is not available: {first_line(exc)}") from None
 
-    def close(self) -> None:
+    def _give_back(self, client: Any) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(client)
+                return
+        client.close()  # a query that ran on while serve stopped
+
+    def close(self, wait: float = 5.0) -> None:
+        """Close every session, after the queries running on them end (up to ``wait`` seconds; a query still
+        running then closes its session when it ends)."""
+        deadline = time.monotonic() + wait
+        taken = 0
+        with self._lock:
+            self._closed = True
+        while taken < SESSIONS and self._free.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            taken += 1
         with self._lock:
             clients, self._idle = self._idle, []
             if self._hold is not None:
@@ -117,6 +142,8 @@ class QueryAPI:
                 self._hold = None
         for client in clients:
             client.close()
+        for _ in range(taken):
+            self._free.release()
 
 
 def _request(body: bytes) -> dict[str, Any]:
@@ -138,6 +165,8 @@ def _request(body: bytes) -> dict[str, Any]:
     settings = request.get("settings") or {}
     if not isinstance(parameters, dict) or not isinstance(settings, dict):
         raise QueryError("parameters and settings must be JSON objects")
+    if not _PLACEHOLDER.search(request["query"]):
+        parameters = {}  # nothing to bind them to; given to the client, they would be %-formatted into the text
     changed = sorted(name for name, value in settings.items() if str(PROFILE.get(name)) != str(value))
     if changed:
         raise QueryError(

@@ -24,6 +24,7 @@ _OTHER_DATABASES = frozenset({"system", "default", "information_schema"})
 # Scalar functions that reach outside the store: file() reads any file in chDB (no user_files_path there).
 _FUNCTIONS_REFUSED = frozenset({"file", "catboostevaluate"})
 _SELECTS = ("SelectWithUnionQuery", "SelectIntersectExceptQuery")
+_SYNTAX_ERROR = "Code: 62."
 _ONE_SELECT = 'the query API runs one SELECT, without FORMAT (the request\'s "format" chooses it), INTO OUTFILE or SETTINGS'
 
 
@@ -43,18 +44,19 @@ def checked_statement(client: Any, sql: str, parameters: dict[str, Any], databas
         tree = client.raw_query(
             f"EXPLAIN AST SELECT * FROM ({statement})", parameters=parameters, fmt="TabSeparatedRaw"
         )
-    except (
-        Exception
-    ):  # it parsed alone (above), so what fails here is the statement's kind or its output options
-        raise QueryError(_ONE_SELECT) from None
-    problem = tree_problem(bytes(tree).decode(), database)
+    except Exception as exc:
+        # The statement parsed alone (above): a syntax error here comes from its kind or its output options.
+        raise QueryError(_ONE_SELECT if _SYNTAX_ERROR in str(exc) else first_line(exc)) from None
+    databases = {name for (name,) in client.query("SELECT name FROM system.databases").result_rows}
+    problem = tree_problem(bytes(tree).decode(), database, databases)
     if problem:
         raise QueryError(problem)
     return str(statement)
 
 
-def tree_problem(tree: str, database: str) -> str | None:
-    """What the API refuses in an ``EXPLAIN AST SELECT * FROM (<statement>)`` tree, or None."""
+def tree_problem(tree: str, database: str, databases: set[str]) -> str | None:
+    """What the API refuses in an ``EXPLAIN AST SELECT * FROM (<statement>)`` tree, or None; ``databases`` are
+    the names a qualified name may start with to point into another database."""
     nodes = list(_nodes(tree))
     inner = next((i for i, (kind, _) in enumerate(nodes) if kind == "Subquery"), None)
     if inner is None or inner + 1 >= len(nodes) or nodes[inner + 1][0] not in _SELECTS:
@@ -68,15 +70,20 @@ def tree_problem(tree: str, database: str) -> str | None:
         if kind == "Function" and detail.split(" ")[0].lower() in _FUNCTIONS_REFUSED:
             return f"the function {detail.split(' ')[0]}() is not allowed through the query API"
         if kind in ("TableIdentifier", "Identifier"):
-            problem = _name_problem(detail.split(" ")[0], database, table=kind == "TableIdentifier")
+            problem = _name_problem(
+                detail.split(" ")[0], database, databases, table=kind == "TableIdentifier"
+            )
             if problem:
                 return problem
     return None
 
 
-def _name_problem(name: str, database: str, table: bool) -> str | None:
-    """A table outside the store: ``db.table`` with db another database (a plain name is the store's, or a CTE)."""
-    parts = name.replace("`", "").split(".")
+def _name_problem(name: str, database: str, databases: set[str], table: bool) -> str | None:
+    """A table outside the store: ``db.table`` (in FROM, JOIN or ``x IN db.table``) whose db is not the store's.
+
+    A plain name is the store's table or a CTE. In expressions ``a.b`` is a column of alias ``a`` too, so there
+    it is refused only when ``a`` names a database."""
+    parts = name.replace("`", "").replace('"', "").split(".")
     if len(parts) < 2:
         return None
     qualifier, rest = parts[0], parts[1]
@@ -84,9 +91,9 @@ def _name_problem(name: str, database: str, table: bool) -> str | None:
         return None
     if qualifier.lower() == "system" and rest in SYSTEM_TABLES:
         return None
-    if table or qualifier.lower() in _OTHER_DATABASES:
+    if table or qualifier in databases or qualifier.lower() in _OTHER_DATABASES:
         return f"{name} is outside the store; the query API reads the tables of {database!r} only"
-    return None  # alias.column
+    return None
 
 
 def _nodes(tree: str) -> Iterator[tuple[str, str]]:

@@ -83,25 +83,64 @@ def test_no_request_reaches_a_local_port(collector, template):
 
 
 @pytest.mark.parametrize(
-    "sql",
+    ("sql", "because"),
     [
-        "SELECT 1; SELECT 2",
-        "SELECT 1; KILL QUERY WHERE 1",
-        "KILL QUERY WHERE 1 SYNC",
-        "SYSTEM STOP MERGES",
-        "SET readonly = 0",
-        "SHOW TABLES",
-        "EXPLAIN SELECT 1",
-        "SELECT * FROM numbers(10)",
-        "SELECT * FROM system.processes",
-        "SELECT * FROM system.users",
-        "SELECT 1 FROM otel_traces WHERE SpanName IN system.query_log",
-        "SELECT * FROM default.anything",
-        "SELECT 1 FORMAT CSV",
+        ("SELECT 1; SELECT 2", "one statement"),
+        ("SELECT 1; KILL QUERY WHERE 1", "one statement"),
+        ("KILL QUERY WHERE 1 SYNC", "runs one SELECT"),
+        ("SYSTEM STOP MERGES", "runs one SELECT"),
+        ("SET readonly = 0", "runs one SELECT"),
+        ("SHOW TABLES", "runs one SELECT"),
+        ("EXPLAIN SELECT 1", "not allowed"),
+        ("SELECT 1 FORMAT CSV", "runs one SELECT"),
+        ("SELECT * FROM numbers(10)", "table functions"),
+        ("SELECT * FROM system.processes", "outside the store"),
+        ("SELECT * FROM system.users", "outside the store"),
+        ("SELECT 1 FROM otel_traces WHERE SpanName IN system.query_log", "outside the store"),
+        ("SELECT * FROM default.anything", "outside the store"),
     ],
 )
-def test_only_one_select_over_the_store_runs(collector, sql):
-    refused(collector, sql)
+def test_only_one_select_over_the_store_runs(collector, sql, because):
+    assert because in refused(collector, sql)
+
+
+def test_other_databases_stay_closed(collector):
+    from llmtap.clickhouse.connection import connect
+
+    client = connect(collector.config.dsn)
+    try:
+        client.command("CREATE DATABASE IF NOT EXISTS secrets")
+        client.command("CREATE TABLE IF NOT EXISTS secrets.keys (k String) ENGINE = MergeTree ORDER BY k")
+        client.command("INSERT INTO secrets.keys VALUES ('TOPSECRET')")
+    finally:
+        client.close()
+    for sql in (
+        "SELECT * FROM secrets.keys",
+        "SELECT 1 AS hit WHERE 'TOPSECRET' IN secrets.keys",
+        "SELECT 1 AS hit WHERE 'TOPSECRET' IN `secrets`.`keys`",
+    ):
+        assert "outside the store" in refused(collector, sql)
+
+
+def test_parameters_are_only_ever_bound_values(collector):
+    sneaked = {"a": " , (SELECT count() FROM otel_traces) AS n, "}
+    status, _, answer = ask(collector, "SELECT '%(a)s' AS s", parameters=sneaked)
+    assert status == 200 and json.loads(answer) == {"s": "%(a)s"}
+    status, _, answer = ask(collector, "SELECT {a:String} AS s", parameters=sneaked)
+    assert status == 200 and json.loads(answer) == {"s": sneaked["a"]}
+    assert "a" in refused(collector, "SELECT {a:UInt8} AS s")  # ClickHouse's own message: no value for a
+
+
+def test_a_query_that_fails_part_way_leaves_the_next_one_whole(collector):
+    failing = (
+        "SELECT if(number < 150000, 'a', toString(throwIf(number = 150000))) AS s "
+        "FROM (SELECT arrayJoin(range(200000)) AS number)"
+    )
+    for fmt in ("ArrowStream", "CSVWithNames"):
+        for _ in range(query_api.SESSIONS + 1):
+            refused(collector, failing, format=fmt)
+            status, _, answer = ask(collector, "SELECT 5 AS n")
+            assert status == 200 and json.loads(answer) == {"n": 5}, answer
 
 
 def test_the_limits_cannot_be_lifted(collector):
@@ -126,23 +165,49 @@ def test_the_writer_keeps_writing_after_kill_attempts(collector):
 
 
 def test_a_long_query_does_not_hold_up_the_others(collector, monkeypatch):
-    slow = threading.Thread(target=ask, args=(collector, "SELECT sleep(2)"))
+    slow = threading.Thread(target=ask, args=(collector, "SELECT sleep(3)"))
     slow.start()
-    time.sleep(0.3)
     status, _, answer = ask(collector, "SELECT 7 AS n")
     assert status == 200 and json.loads(answer) == {"n": 7} and slow.is_alive()
     slow.join()
     monkeypatch.setattr(query_api, "WAIT_SECONDS", 0.2)
     sleepers = [
-        threading.Thread(target=ask, args=(collector, "SELECT sleep(2)")) for _ in range(query_api.SESSIONS)
+        threading.Thread(target=ask, args=(collector, "SELECT sleep(3)")) for _ in range(query_api.SESSIONS)
     ]
     for sleeper in sleepers:
         sleeper.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 2
+    while collector._query_api._free._value and time.monotonic() < deadline:  # until both sessions are taken
+        time.sleep(0.01)
     status, headers, answer = ask(collector, "SELECT 1")
     assert status == 503 and headers["Retry-After"] == "5" and "retry later" in json.loads(answer)["error"]
     for sleeper in sleepers:
         sleeper.join()
+
+
+def test_closing_waits_for_the_running_query_and_closes_its_session(collector):
+    from llmtap.clickhouse.connection import connect
+
+    opened = []
+
+    def session():
+        opened.append(connect(collector.config.dsn, settings=dict(query_api.PROFILE)))
+        return opened[-1]
+
+    api = query_api.QueryAPI(session, "otel")
+    answers = []
+    running = threading.Thread(
+        target=lambda: answers.append(api.handle(b'{"query": "SELECT sleep(1) AS s"}'))
+    )
+    running.start()
+    while not opened:
+        time.sleep(0.01)
+    api.close()
+    assert not running.is_alive() and answers and answers[0][0] == b'{"s":0}\n'
+    with pytest.raises(query_api.QueryBusy, match="stopping"):
+        api.handle(b'{"query": "SELECT 1"}')
+    with pytest.raises(Exception, match=r"(?i)closed"):
+        opened[0].query("SELECT 1")
 
 
 @pytest.mark.parametrize(

@@ -51,7 +51,8 @@ WAIT_SECONDS = 10.0  # for a free session, then 503
 # The query API's settings profile, in the order applied: readonly=1 comes last and freezes all before it.
 PROFILE: dict[str, Any] = {
     "max_execution_time": 120,
-    "max_memory_usage": 2 << 30,
+    # A query may use an eighth of the machine's memory (two at once, a quarter), and never more than 2 GiB.
+    "max_memory_usage": min(2 << 30, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 8),
     # Both sessions together may use every core, but neither alone: the writer gets its turn.
     "max_threads": max(1, (os.cpu_count() or 2) // SESSIONS),
     # JSON numbers for 64-bit integers, ISO 8601 times in UTC: what JSON and CSV readers expect.

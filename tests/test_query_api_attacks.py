@@ -150,7 +150,7 @@ def test_the_limits_cannot_be_lifted(collector):
     status, _, answer = ask(
         collector, "SELECT getSetting('max_execution_time') AS t, getSetting('max_memory_usage') AS m"
     )
-    assert status == 200 and json.loads(answer) == {"t": 120, "m": 2 << 30}
+    assert status == 200 and json.loads(answer) == {"t": 120, "m": query_api.PROFILE["max_memory_usage"]}
     assert "MEMORY_LIMIT_EXCEEDED" in refused(collector, "SELECT length(range(toUInt64(400000000)))")
 
 

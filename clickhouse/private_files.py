@@ -74,10 +74,27 @@ def write_private_file(path: Path, data: bytes) -> None:
 
 def replace_private_file(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically (a 0600 temporary file renamed over it: a rename replaces a
-    link at ``path`` itself, not its target)."""
+    link at ``path`` itself, not its target), and durably: the directory is fsynced after the rename."""
     temporary = path.with_name(path.name + ".tmp")
     write_private_file(temporary, data)
     os.replace(temporary, path)
+    fsync_directory(path.parent)
+
+
+def fsync_directory(path: Path) -> None:
+    """Make the names in ``path`` durable: a file created or renamed there survives a power loss only once its
+    directory is fsynced too (its data alone is not enough). Not on Windows, which cannot open a directory and
+    journals names itself; a file system that cannot fsync a directory (EINVAL) is left as it is."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
 
 
 def open_no_follow(path: str, flags: int) -> int:

@@ -1,8 +1,8 @@
 """From an accepted request to rows in ClickHouse: admission, spool, batching, writing, replay.
 
 The receivers hand every validated request to :meth:`Pipeline.accept`, which refuses it when the buffer or the
-spool's disk is full (:class:`Refused`, answered 429/503 or RESOURCE_EXHAUSTED/UNAVAILABLE) and otherwise returns
-only once the request is fsynced in the spool. One writer thread drains the queue in arrival order, converts
+spool's disk is full, or the spool's fsync fails (:class:`Refused`, answered 429/503 or
+RESOURCE_EXHAUSTED/UNAVAILABLE), and otherwise returns only once the request is fsynced in the spool. One writer thread drains the queue in arrival order, converts
 requests to columns (:mod:`llmtap.collector.rows`) and inserts them in batches bounded by rows and by time.
 A batch that fails is retried; a request that ClickHouse rejects as data (never as an outage) is quarantined in
 the spool directory instead of blocking everything behind it.
@@ -33,11 +33,16 @@ from concurrent.futures import BrokenExecutor, Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmtap.clickhouse.private_files import make_private_directory, tighten_directory, write_private_file
+from llmtap.clickhouse.private_files import (
+    fsync_directory,
+    make_private_directory,
+    tighten_directory,
+    write_private_file,
+)
 from llmtap.collector import rows
 from llmtap.collector.encode import FORMAT as ENCODED_FORMAT
 from llmtap.collector.encode import Encoded, EncoderPool
-from llmtap.collector.spool import Record, Spool, SpoolFull
+from llmtap.collector.spool import Record, Spool, SpoolError, SpoolFull, SpoolUnavailable
 from llmtap.collector.stats import Stats
 
 log = logging.getLogger("llmtap.serve")
@@ -159,8 +164,10 @@ class Pipeline:
             )
         try:
             record = self.spool.append(signal, payload)  # durable from here on
-        except SpoolFull as exc:
-            message = "llmtap serve's spool disk is full; retry later"  # its path stays in serve's log
+        except SpoolUnavailable as exc:  # a full disk, or one whose fsync failed: nothing was acknowledged
+            full = isinstance(exc, SpoolFull)
+            message = f"llmtap serve's spool disk {'is full' if full else 'failed a write'}; retry later"
+            # its path stays in serve's log
             raise Refused(message, store_down=True, retry_after=self.limits.retry_after_seconds) from exc
         self.stats.add(signal, "received", items)
         with self._cond:
@@ -291,13 +298,21 @@ class Pipeline:
         ``token`` is the batch's de-duplication token (by default from the spool) and ``landed`` the tables that
         already have the batch whole."""
         landed = set() if landed is None else landed
-        attempt = 0
+        attempt = waits = 0
         while True:
             entries = [entry for entry in entries if not entry.released]  # quarantined by an earlier attempt
             if not entries:
                 return
             try:
                 token = token or self._begin(entries)
+            except SpoolError as exc:  # the spool's disk, not the store: /health says "spool not writable"
+                waits += 1
+                log.warning("cannot save the spool checkpoint before an insert (try %d): %s", waits, exc)
+                if self._stopping:
+                    return  # left in the spool, replayed on the next start
+                self._sleep(min(30.0, 0.5 * 2**waits))
+                continue
+            try:
                 self._insert(entries, token, landed)
                 return
             except Exception as exc:
@@ -392,6 +407,9 @@ class Pipeline:
             tighten_directory(directory)
             write_private_file(directory / f"{name}.pb", self._payload(entry))
             write_private_file(directory / f"{name}.error.txt", (_describe(exc) + "\n").encode())
+            # Their names, and the quarantine's own, must survive a power loss: the spool forgets the request next.
+            fsync_directory(directory)
+            fsync_directory(self.spool.directory)
         except OSError as error:
             log.error("cannot quarantine %s request %d (%s): it stays in the spool until serve starts again; "
                       "ClickHouse refused it: %s", entry.record.signal, entry.record.seq, error, _describe(exc))  # fmt: skip

@@ -4,7 +4,8 @@ Layout of the spool directory::
 
     LOCK                      held (flock) by the one serve process that owns the spool
     segment-<first seq>.wal   append-only records, rotated at ``segment_bytes``
-    checkpoint.json           {"spool": id, "written": N, "released": [[lo, hi], ...], "open": [[[lo, hi], ...], ...]}
+    checkpoint.slots          two slots, each <magic><generation u64><length u32><crc32 u32> + JSON:
+                              {"spool": id, "written": N, "released": [[lo, hi], ...], "open": [[[lo, hi], ...], ...]}
 
 Records are released one by one (:meth:`Spool.release`), in whatever order they were written: concurrent requests
 reach the writer's queue in the order their fsyncs return, not in seq order. ``written`` only moves up to the
@@ -24,6 +25,32 @@ by a materialized view, keeps what it had of it and takes what it missed (migrat
 An append that fails (a full disk) is cut off again, so later records never land behind a torn one; a torn record
 left by a crash is at a segment's tail and ignored, and one found anywhere else is skipped, with an error logged,
 and replay goes on after it. Segments whose records are all written are deleted.
+
+A failed fsync is a failed append too: after one, the kernel may have dropped the dirty pages and a later fsync
+can succeed without them, so nothing written since the last good fsync counts as durable. Every request appended
+since then is refused (:class:`SpoolUnavailable`, a 503 the client retries), including those of other callers who
+shared that fsync; they are cut off the segment, released (so ``written`` does not wait for them forever), and
+the next append starts a new segment.
+
+The checkpoint needs no new disk blocks. The writer saves it before every insert (the batch goes under ``open``),
+so if saving it needed space, a full disk would stop the very draining that frees space. ``checkpoint.slots`` is
+created once, at full size, with real bytes written (not a sparse hole: an overwrite of allocated blocks needs
+none), as a temporary file fsynced and renamed into place. From then on each checkpoint overwrites one of its
+two slots in place, alternately, and is fsynced; the generation count picks the newer slot on start and the CRC
+rejects a torn one. A write only ever touches the slot that does not hold the newest checkpoint (a failed write
+is tried again in the same slot), so a crash or a failure mid-write leaves the previous checkpoint intact in the
+other. Slots are page-aligned, so writing one never rewrites a byte of the other. A checkpoint too big for its
+slot (ranges of released seqs, open batches: a few KiB in practice, slots are 64 KiB) makes a file twice its size
+the same way, which does need space. On copy-on-write file systems (btrfs, ZFS) every overwrite needs new blocks;
+those keep a reserve of their own. Where even this fails, the writer waits and retries, counted against the spool
+(/health: spool not writable), never against ClickHouse. A spool from before (``checkpoint.json``) is read once
+and its file removed once the slots are in place.
+
+Draining frees space: while the disk is full, a segment is deleted as soon as the checkpoint says all its records
+are written, the one being appended to as well (the next append starts a new one). Names are made durable where
+a record's durability depends on them: the directory is fsynced after a new segment is created and after the
+checkpoint file is renamed into place. Deleting a segment needs no fsync: one that comes back after a power loss
+holds only records the checkpoint says are written, which replay skips, and it is deleted again.
 """
 
 from __future__ import annotations
@@ -48,9 +75,9 @@ from typing import Any
 
 from llmtap.clickhouse.private_files import (
     create_private_file,
+    fsync_directory,
     make_private_directory,
     open_no_follow,
-    replace_private_file,
 )
 
 _HEADER = struct.Struct("<IIQB")
@@ -58,6 +85,12 @@ _SIGNAL_CODES = {"traces": 1, "metrics": 2, "logs": 3}
 _SIGNAL_NAMES = {code: name for name, code in _SIGNAL_CODES.items()}
 _MAX_RECORD = 1 << 31
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_CHECKPOINT = "checkpoint.slots"
+_LEGACY_CHECKPOINT = "checkpoint.json"  # before the slots: rewritten and renamed, needing free space
+_SLOT = struct.Struct("<4sQII")  # magic, generation, payload length, crc32 of generation, length and payload
+_SLOT_MAGIC = b"LTcp"
+_SLOT_BYTES = 64 << 10
+_PAGE = 4096
 
 log = logging.getLogger("llmtap.serve")
 
@@ -71,7 +104,11 @@ class SpoolError(RuntimeError):
     """The spool directory cannot be used (held by another process, unwritable, full)."""
 
 
-class SpoolFull(SpoolError):
+class SpoolUnavailable(SpoolError):
+    """The spool cannot make a request durable for now (an fsync failed): what it refused can be sent again."""
+
+
+class SpoolFull(SpoolUnavailable):
     """The spool's disk is full (or its quota used up): what it refused can be sent again once space returns."""
 
 
@@ -92,6 +129,12 @@ class _Segment:
     first_seq: int
     last_seq: int
     size: int
+    fd: int | None = None  # open while it is the segment appended to
+    # (size, last_seq) as one value: the fsync path reads it without the append lock, and needs a matching pair.
+    tail: tuple[int, int] = (0, 0)
+    synced: tuple[int, int] = (0, 0)  # the tail known to be on disk
+    failed: OSError | None = None  # an fsync failed: whatever follows `synced` is not durable and is cut off
+    cut: bool = False
 
 
 class Spool:
@@ -106,6 +149,12 @@ class Spool:
             self._lock_file = open(self.directory / "LOCK", "a+", opener=open_no_follow)  # noqa: SIM115
         except OSError as exc:
             raise SpoolError(f"cannot use the spool directory {self.directory}: {exc}") from exc
+        self._checkpoint_fd: int | None = None
+        self._slot_bytes = 0
+        self._generation = 0  # of the newest checkpoint on disk
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_failed = False  # the last checkpoint could not be saved
+        self._legacy_checkpoint = False
         if fcntl is not None:
             try:
                 fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -116,6 +165,7 @@ class Spool:
                     "stop it or give this one its own --spool-dir"
                 ) from None
         state = self._read_checkpoint()
+        self._checkpointed: int = state.get("written", 0)  # `written` as the checkpoint on disk says
         self.id: str = state.get("spool") or secrets.token_hex(8)
         self.written: int = state.get("written", 0)
         # Seqs released past `written`: in ClickHouse (or quarantined) already, so not to be replayed.
@@ -128,11 +178,9 @@ class Spool:
             log.warning("the spool's checkpoint is from an earlier llmtap: requests %d to %d, which it was "
                         "inserting when it stopped, may be stored twice", self.written + 1, state["inflight"])  # fmt: skip
         self._segments: list[_Segment] = []
+        self._current: _Segment | None = None  # the segment appended to (open)
         self._append_lock = threading.Lock()
         self._sync_lock = threading.Lock()
-        self._fd: int | None = None
-        self._position = 0  # bytes appended to the current segment
-        self._synced = 0  # bytes of the current segment known to be on disk
         self._next_seq = self.written + 1
         self._pending_bytes = 0
         self._unreleased: list[int] = []  # heap of the seqs appended (or replayed) and not released yet
@@ -203,54 +251,62 @@ class Spool:
     def append(self, signal: str, payload: bytes) -> Record:
         """Write one record and return once it is durable (fsynced), sharing fsyncs with concurrent callers.
 
-        Raises SpoolFull when the disk is full; the segment is then left as it was before the call."""
+        Raises SpoolFull when the disk is full, the segment then left as it was before the call, and
+        SpoolUnavailable when the fsync fails, the record then cut off."""
         if len(payload) >= _MAX_RECORD:
             raise SpoolError("record too large for the spool")
         with self._append_lock:
-            try:
-                record = self._append_locked(signal, payload)
-            except SpoolFull as exc:
-                self._note_full(_HEADER.size + len(payload), exc)
-                raise
+            for retry in (True, False):
+                try:
+                    record, segment = self._append_locked(signal, payload)
+                    break
+                except SpoolFull as exc:
+                    # The segment appended to may hold only written records: deleting it frees space.
+                    if not (retry and self._delete_written_segments(current_too=True)):
+                        self._note_full(_HEADER.size + len(payload), exc)
+                        raise
             self._note_writable()
-            fd, needed = self._fd, self._position
-        self._sync(fd, needed)
+        self._sync(segment, record.offset + record.length)
         return record
 
-    def _append_locked(self, signal: str, payload: bytes) -> Record:
-        if self._fd is None or self._position >= self.segment_bytes:
+    def _append_locked(self, signal: str, payload: bytes) -> tuple[Record, _Segment]:
+        current = self._current
+        if current is not None and current.failed is not None:
+            self._cut_unsynced(current)  # another caller's fsync failed: nothing goes after those records
+        if self._current is None or self._current.size >= self.segment_bytes:
             self._rotate()
+        segment = self._current
+        assert segment is not None and segment.fd is not None
         seq = self._next_seq
         header_tail = struct.pack("<QB", seq, _SIGNAL_CODES[signal])
         crc = zlib.crc32(payload, zlib.crc32(header_tail))
         data = struct.pack("<II", len(payload), crc) + header_tail + payload
         try:
-            _write_all(self._fd, data)
+            _write_all(segment.fd, data)
         except OSError as exc:
-            self._cut_partial_append()
+            self._cut_partial_append(segment)
             raise _spool_error("cannot append to the spool", exc) from exc
         self._next_seq += 1
         heapq.heappush(self._unreleased, seq)
-        segment = self._segments[-1]
-        record = Record(seq, signal, segment.path, self._position + _HEADER.size, len(payload))
-        self._position += len(data)
+        record = Record(seq, signal, segment.path, segment.size + _HEADER.size, len(payload))
+        segment.size += len(data)
         segment.last_seq = seq
-        segment.size = self._position
+        segment.tail = (segment.size, seq)
         self._pending_bytes += len(payload)
-        return record
+        return record, segment
 
-    def _cut_partial_append(self) -> None:
+    def _cut_partial_append(self, segment: _Segment) -> None:
         """Truncate a half-written record away: appends after it would land behind bytes replay cannot read
         past. If the cut fails too, the segment ends there (a torn tail, skipped) and the next append starts
         a new one."""
         try:
-            os.ftruncate(self._fd, self._position)
+            os.ftruncate(segment.fd, segment.size)  # type: ignore[arg-type]
         except OSError as exc:
-            segment = self._segments[-1]
             log.error(
                 "cannot cut a half-written record off %s (%s); starting a new segment", segment.path, exc
             )
-            self._close_current()
+            with contextlib.suppress(SpoolUnavailable):  # its fsync failed: its unsynced records are cut
+                self._close_current()
             if segment.last_seq < segment.first_seq:
                 # It holds no record and used up no seq: the next segment gets its name, and releasing the
                 # records before it would count this entry written and delete that next segment's file.
@@ -267,42 +323,99 @@ class Spool:
         self._full_need = 0
 
     def writable(self) -> bool:
-        """False from an append refused for a full disk until a record that size fits again. Checked here too,
-        so /health recovers without traffic (a balancer that stops sending on its 503 would never bring any)."""
+        """False from an append refused for a full disk until a record that size fits again, and while the
+        checkpoint cannot be saved. Space is checked here too, so /health recovers without traffic (a balancer
+        that stops sending on its 503 would never bring any)."""
         need = self._full_need
         if need and shutil.disk_usage(self.directory).free >= need:
             with self._append_lock:
                 self._note_writable()
-        return not self._full_need
+        return not self._full_need and not self._checkpoint_failed
 
-    def _sync(self, fd: int, needed: int) -> None:
+    def _sync(self, segment: _Segment, needed: int) -> None:
+        """Return once the first ``needed`` bytes of ``segment`` are on disk; raise SpoolUnavailable (and cut
+        them off) when an fsync covering them failed."""
         with self._sync_lock:
-            if fd != self._fd or self._synced >= needed:
+            if segment.synced[0] >= needed:
                 return  # another caller's fsync (or the rotation's) already covered this record
-            target = self._position  # every byte before it has been written (appends only grow it)
-            os.fsync(fd)
-            self._synced = target
+            if segment.failed is None and segment.fd is not None:
+                target = segment.tail  # every byte before it has been written (appends only grow it)
+                try:
+                    os.fsync(segment.fd)
+                except OSError as exc:
+                    segment.failed = exc
+                else:
+                    segment.synced = target
+                    return
+        with self._append_lock:
+            self._cut_unsynced(segment)
+        raise SpoolUnavailable(f"cannot make the request durable in the spool: {segment.failed}")
+
+    def _cut_unsynced(self, segment: _Segment) -> None:
+        """After a failed fsync: truncate the segment to what the last good fsync covered, close it, and release
+        the records after that (refused to their callers, never to be replayed). Called with the append lock
+        held; the first caller does it."""
+        with self._sync_lock:
+            if segment.cut:
+                return
+            segment.cut = True
+            kept_bytes, kept_seq = segment.synced
+            lost = segment.last_seq - kept_seq
+            log.error("cannot fsync the spool segment %s (%s): the %d request(s) appended since its last fsync "
+                      "are refused (503) and cut off; the next one starts a new segment",
+                      segment.path, segment.failed, lost)  # fmt: skip
+            if segment.fd is not None:
+                try:
+                    os.ftruncate(segment.fd, kept_bytes)
+                    os.fsync(segment.fd)
+                except OSError as exc:  # they were refused: replayed, they could at worst be stored twice
+                    log.error("cannot cut them off %s either: %s", segment.path, exc)
+                os.close(segment.fd)
+                segment.fd = None
+            if segment is self._current:
+                self._current = None
+            self._pending_bytes -= segment.size - kept_bytes - lost * _HEADER.size
+            segment.size, segment.last_seq, segment.tail = kept_bytes, kept_seq, (kept_bytes, kept_seq)
+        self._released.update(range(kept_seq + 1, kept_seq + lost + 1))
+        self._pop_released()
 
     def _rotate(self) -> None:
         # Called with the append lock held.
         self._close_current()
         path = self.directory / f"segment-{self._next_seq:020d}.wal"
         try:
-            self._fd = create_private_file(path, os.O_WRONLY | os.O_APPEND)
+            fd = create_private_file(path, os.O_WRONLY | os.O_APPEND)
         except OSError as exc:
             raise _spool_error(f"cannot start the spool segment {path}", exc) from exc
-        _fsync_directory(self.directory)
-        self._position = 0
-        self._synced = 0
-        self._segments.append(_Segment(path, self._next_seq, self._next_seq - 1, 0))
+        try:
+            fsync_directory(self.directory)  # its name must survive a power loss as its records do
+        except OSError as exc:
+            os.close(fd)
+            raise SpoolUnavailable(f"cannot make the new spool segment {path} durable: {exc}") from exc
+        empty = (0, self._next_seq - 1)
+        self._current = _Segment(path, self._next_seq, self._next_seq - 1, 0, fd, empty, empty)
+        self._segments.append(self._current)
 
     def _close_current(self) -> None:
-        # Called with the append lock held. The segment is fsynced before it is closed.
-        if self._fd is not None:
-            with self._sync_lock:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = None  # callers still waiting to fsync the old segment see it was done
+        """Fsync and close the segment appended to (called with the append lock held). Callers still waiting to
+        fsync its records find them covered, or, when this fsync fails, find them cut off (SpoolUnavailable)."""
+        segment = self._current
+        if segment is None:
+            return
+        with self._sync_lock:
+            target = segment.tail
+            try:
+                os.fsync(segment.fd)  # type: ignore[arg-type]
+            except OSError as exc:
+                segment.failed = exc
+            else:
+                segment.synced = target
+                os.close(segment.fd)  # type: ignore[arg-type]
+                segment.fd = None
+                self._current = None
+                return
+        self._cut_unsynced(segment)
+        raise SpoolUnavailable(f"cannot fsync the spool segment {segment.path}: {segment.failed}")
 
     # ---- checkpoint ---------------------------------------------------------------------------------------
     def begin(self, seqs: Iterable[int]) -> str:
@@ -312,7 +425,11 @@ class Spool:
         batch = tuple(sorted(seqs))
         if batch not in self._open:
             self._open[batch] = None
-            self._write_checkpoint()
+            try:
+                self._write_checkpoint()
+            except OSError as exc:  # not open on disk: a retry must try to save it again
+                del self._open[batch]
+                raise _spool_error("cannot save the spool checkpoint before an insert", exc) from exc
         digest = hashlib.sha256(json.dumps(_ranges(batch)).encode()).hexdigest()[:24]
         return f"llmtap-{self.id}-{batch[0]}-{batch[-1]}-{digest}"
 
@@ -343,15 +460,29 @@ class Spool:
         }
         try:
             self._write_checkpoint()
-        except OSError as exc:  # a full disk: segments stay until a checkpoint on disk says they are written
+        except OSError as exc:  # segments stay until a checkpoint on disk says they are written
             log.warning("cannot write the spool checkpoint (%s); trying again at the next write", exc)
             return
         with self._append_lock:
-            current = self._segments[-1] if self._fd is not None else None
-            done = [s for s in self._segments if s.last_seq <= self.written and s is not current]
-            self._segments = [s for s in self._segments if s not in done]
+            self._delete_written_segments(current_too=bool(self._full_need))
+
+    def _delete_written_segments(self, *, current_too: bool) -> bool:
+        """Delete the segments whose records the checkpoint on disk says are all written; the one appended to as
+        well with ``current_too`` (the disk is full: the next append starts a new segment). Called with the
+        append lock held. Whether any went."""
+        done = [
+            s for s in self._segments
+            if s.last_seq <= self._checkpointed and (current_too or s is not self._current)
+        ]  # fmt: skip
+        if self._current in done:
+            with self._sync_lock:  # all its records are written: nobody waits for its fsync
+                os.close(self._current.fd)  # type: ignore[arg-type,union-attr]
+                self._current.fd = None  # type: ignore[union-attr]
+                self._current = None
+        self._segments = [s for s in self._segments if s not in done]
         for segment in done:
             segment.path.unlink(missing_ok=True)
+        return bool(done)
 
     @property
     def pending_bytes(self) -> int:
@@ -363,33 +494,89 @@ class Spool:
         return sum(segment.size for segment in self._segments)
 
     def _read_checkpoint(self) -> dict[str, Any]:
+        """The newest intact checkpoint; {} for none (a new spool id too: the tokens of another id can never match
+        this spool's batches)."""
         try:
-            state = json.loads((self.directory / "checkpoint.json").read_text())
-            return {
-                "spool": str(state.get("spool", "")),
-                "written": int(state.get("written", 0)),
-                "inflight": int(state.get("inflight", 0)),
-                "released": _checked_ranges(state.get("released", [])),
-                "open": [_checked_ranges(batch) for batch in state.get("open", [])],
-            }
-        except (OSError, ValueError, TypeError, AttributeError):
-            return {}  # a new spool id too: the tokens of another id can never match this spool's batches
+            self._checkpoint_fd = open_no_follow(str(self.directory / _CHECKPOINT), os.O_RDWR)
+        except FileNotFoundError:
+            self._legacy_checkpoint = (self.directory / _LEGACY_CHECKPOINT).exists()
+            try:
+                return _checked_state(json.loads((self.directory / _LEGACY_CHECKPOINT).read_text()))
+            except (OSError, ValueError, TypeError, AttributeError):
+                return {}
+        except OSError as exc:
+            self._lock_file.close()
+            raise SpoolError(f"cannot open the spool checkpoint: {exc}") from exc
+        data = _read_all(self._checkpoint_fd)
+        self._slot_bytes = len(data) // 2
+        slots = [_slot_at(data, index * self._slot_bytes, self._slot_bytes) for index in (0, 1)]
+        newest = max((slot for slot in slots if slot is not None), key=lambda slot: slot[0], default=None)
+        if newest is None:
+            log.error("the spool checkpoint %s is unreadable: every request in the spool is replayed, and what "
+                      "was written of it may be stored twice", self.directory / _CHECKPOINT)  # fmt: skip
+            return {}
+        self._generation, state = newest
+        return state
 
     def _write_checkpoint(self) -> None:
+        """Save the checkpoint in the slot that does not hold the newest one (see the module docstring)."""
         with self._append_lock:
             released = _ranges(sorted(self._released))
-        state = {"spool": self.id, "written": self.written, "released": released,
+        written = self.written
+        state = {"spool": self.id, "written": written, "released": released,
                  "open": [_ranges(batch) for batch in self._open]}  # fmt: skip
-        replace_private_file(self.directory / "checkpoint.json", json.dumps(state).encode())
+        payload = json.dumps(state, separators=(",", ":")).encode()
+        with self._checkpoint_lock:
+            generation = self._generation + 1
+            crc = zlib.crc32(payload, zlib.crc32(struct.pack("<QI", generation, len(payload))))
+            slot = _SLOT.pack(_SLOT_MAGIC, generation, len(payload), crc) + payload
+            try:
+                if self._checkpoint_fd is None or len(slot) > self._slot_bytes:
+                    self._new_checkpoint_file(slot)
+                else:
+                    os.lseek(self._checkpoint_fd, generation % 2 * self._slot_bytes, os.SEEK_SET)
+                    _write_all(self._checkpoint_fd, slot)
+                    os.fsync(self._checkpoint_fd)
+            except OSError:
+                self._checkpoint_failed = True
+                raise
+            self._generation = generation
+            self._checkpointed = max(self._checkpointed, written)
+            self._checkpoint_failed = False
+            if self._legacy_checkpoint:  # read once, replaced by the slots
+                for name in (_LEGACY_CHECKPOINT, _LEGACY_CHECKPOINT + ".tmp"):
+                    (self.directory / name).unlink(missing_ok=True)
+                self._legacy_checkpoint = False
+
+    def _new_checkpoint_file(self, slot: bytes) -> None:
+        """The slots file with ``slot`` in both slots (whichever the next write overwrites, the other holds it),
+        written whole, fsynced and renamed into place; the only checkpoint write that needs free space."""
+        slot_bytes = max(_SLOT_BYTES, -(-2 * len(slot) // _PAGE) * _PAGE)
+        padded = slot + bytes(slot_bytes - len(slot))
+        path = self.directory / _CHECKPOINT
+        temporary = path.with_name(path.name + ".tmp")
+        fd = create_private_file(temporary, os.O_RDWR)
+        try:
+            _write_all(fd, padded * 2)
+            os.fsync(fd)
+            os.replace(temporary, path)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
+        if self._checkpoint_fd is not None:
+            os.close(self._checkpoint_fd)
+        self._checkpoint_fd, self._slot_bytes = fd, slot_bytes
+        fsync_directory(self.directory)
 
     def close(self) -> None:
-        with self._append_lock:
-            if self._fd is not None:
-                with contextlib.suppress(OSError):
-                    os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = None
+        with self._append_lock, contextlib.suppress(SpoolUnavailable):
+            self._close_current()
         self._advance()  # with no current segment, fully written segments all go
+        if self._checkpoint_fd is not None:
+            os.close(self._checkpoint_fd)
+            self._checkpoint_fd = None
         self._lock_file.close()
 
 
@@ -406,6 +593,32 @@ def _ranges(seqs: Sequence[int]) -> list[list[int]]:
 
 def _seqs(ranges: Iterable[Sequence[int]]) -> list[int]:
     return [seq for first, last in ranges for seq in range(first, last + 1)]
+
+
+def _checked_state(state: Any) -> dict[str, Any]:
+    return {
+        "spool": str(state.get("spool", "")),
+        "written": int(state.get("written", 0)),
+        "inflight": int(state.get("inflight", 0)),
+        "released": _checked_ranges(state.get("released", [])),
+        "open": [_checked_ranges(batch) for batch in state.get("open", [])],
+    }
+
+
+def _slot_at(data: bytes, offset: int, size: int) -> tuple[int, dict[str, Any]] | None:
+    """(generation, state) of the checkpoint slot at ``offset``, or None where it holds no intact one."""
+    if size < _SLOT.size:
+        return None
+    magic, generation, length, crc = _SLOT.unpack_from(data, offset)
+    payload = data[offset + _SLOT.size : offset + _SLOT.size + length]
+    if magic != _SLOT_MAGIC or _SLOT.size + length > size:
+        return None
+    if zlib.crc32(payload, zlib.crc32(struct.pack("<QI", generation, length))) != crc:
+        return None
+    try:
+        return generation, _checked_state(json.loads(payload))
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def _checked_ranges(ranges: Any) -> list[tuple[int, int]]:
@@ -471,11 +684,9 @@ def _write_all(fd: int | None, data: bytes) -> None:
         view = view[written:]
 
 
-def _fsync_directory(directory: Path) -> None:
-    # A new segment's directory entry must survive a crash too (POSIX only; a no-op where unsupported).
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)

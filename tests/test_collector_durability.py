@@ -1,17 +1,20 @@
 """A 2xx from `llmtap serve` means durable: real `llmtap serve` processes killed with SIGKILL, crashing between the
 insert and its checkpoint, and stopped with SIGTERM; after a restart every acknowledged span is stored exactly once.
-Also the writer's fallbacks: a damaged spool record, a store down at the first insert, a column type the Native
-writer cannot write."""
+A full spool disk and a failing fsync answer 503 and acknowledge nothing that is not durable; the writer drains a
+full disk. Also the writer's fallbacks: a damaged spool record, a store down at the first insert, a column type the
+Native writer cannot write."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +26,7 @@ from google.rpc import error_details_pb2
 from llmtap.clickhouse.connection import connect
 from llmtap.clickhouse.schema import bring_up_to_date
 from llmtap.collector.pipeline import Limits, Pipeline
-from llmtap.collector.spool import Spool
+from llmtap.collector.spool import Spool, SpoolError
 from llmtap.collector.stats import Stats
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -195,13 +198,16 @@ def test_a_full_spool_disk_answers_503_and_every_acknowledged_span_survives(tmp_
     assert stored == (acknowledged, acknowledged)
     assert refusals == [(503, "5")] * 3
     assert full_health[0] == 503 and full_health[1]["spool"]["writable"] is False
+    assert full_health[1]["status"].startswith("spool not writable") and full_health[1]["store_up"] is True
     assert freed_health[0] == 200 and freed_health[1]["spool"]["writable"] is True
     assert taken_again == [200] * 50
 
 
-def test_the_writer_and_grpc_ride_out_a_full_spool_disk(tmp_path):
-    """While the spool's disk is full gRPC answers UNAVAILABLE with a RetryInfo, and the writer, which cannot save
-    the checkpoint that must precede an insert, waits; once space returns it writes everything acknowledged."""
+def test_the_writer_drains_a_full_spool_disk_while_grpc_rides_it_out(tmp_path):
+    """While the spool's disk (a tmpfs; the store is on another disk) is full gRPC answers UNAVAILABLE with a
+    RetryInfo, and the writer goes on: the checkpoint it saves before each insert needs no new blocks. ClickHouse
+    never counts as down, and the drained segment's space is free again, so requests are taken with the disk's
+    filler still there."""
     spool, sent = tmp_path / "spool", 0
     with mounted_tmpfs(spool, "1m"), running_collector(tmp_path, spool_dir=spool) as collector:
         fill_leaving(spool / "filler", 64 << 10)
@@ -216,10 +222,15 @@ def test_the_writer_and_grpc_ride_out_a_full_spool_disk(tmp_path):
                 stub.Export(
                     trace_service_pb2.ExportTraceServiceRequest.FromString(span_request(good_span("g")))
                 )
+        wait_written(collector, "traces", sent, timeout=20)  # the disk still full
+        with urllib.request.urlopen(collector.http_url + "/health", timeout=5) as response:
+            health = json.loads(response.read())
+        assert post(url, span_request(good_span("after")))[0] == 200  # the filler still there
         (spool / "filler").unlink()
-        assert post(url, span_request(good_span("after")))[0] == 200
-        wait_written(collector, "traces", sent + 1, timeout=60)  # its retries back off up to 30 s
+        assert post(url, span_request(good_span("freed")))[0] == 200
+        wait_written(collector, "traces", sent + 2)
     assert 50 < sent < 1_000
+    assert health["store_up"] is True and health["write_errors"] == 0, health
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     retry = dict(info.value.trailing_metadata())["google.rpc.retryinfo-bin"]
     assert error_details_pb2.RetryInfo.FromString(retry).retry_delay.seconds == 5
@@ -341,8 +352,199 @@ def test_released_records_are_not_replayed_and_an_open_batch_keeps_its_token(tmp
     reopened.release([first.seq, second.seq, third.seq])
     assert reopened.open_batches() == [] and reopened.written == fourth.seq
     reopened.close()
-    (tmp_path / "spool" / "checkpoint.json").unlink()
+    (tmp_path / "spool" / "checkpoint.slots").unlink()
     anew = Spool(tmp_path / "spool")
     anew.recover()
     assert anew.begin([second.seq, third.seq]) != token
     anew.close()
+
+
+def _name_of(fd: int) -> str:
+    return os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds a descriptor's file in /proc")
+def test_a_checkpoint_that_cannot_be_saved_is_the_spools_failure_not_the_stores(tmp_path, monkeypatch):
+    """The checkpoint saved before an insert fails (ENOSPC from its fsync): the writer waits without counting
+    the store down, /health's spool is not writable meanwhile, and the batch is written once it can be saved."""
+    spool = Spool(tmp_path / "spool")
+    stats = Stats()
+    pipeline = Pipeline(lambda: None, spool, stats, Limits(flush_seconds=0.01))
+    inserted: list[bytes | None] = []
+
+    def insert(entries, token, landed):
+        inserted.extend(entry.payload for entry in entries)
+        pipeline._release(entries)
+
+    pipeline._insert = insert
+    pipeline._sleep = lambda seconds: time.sleep(0.01)
+    pipeline.start()
+    failing, fsync = threading.Event(), os.fsync
+
+    def fsync_failing_for_the_checkpoint(fd: int) -> None:
+        if failing.is_set() and _name_of(fd).startswith("checkpoint"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_failing_for_the_checkpoint)
+    failing.set()
+    pipeline.accept("traces", b"one", 1)
+    deadline = time.monotonic() + 10
+    while spool.writable() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        assert not spool.writable() and not inserted
+        assert stats.store_up and stats.write_errors == 0
+    finally:
+        failing.clear()
+    while not inserted and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert inserted == [b"one"] and spool.writable()
+    assert pipeline.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds a descriptor's file in /proc")
+def test_a_failed_fsync_refuses_every_record_it_covered_and_cuts_them_off(tmp_path, monkeypatch):
+    """Two appends share one fsync, which fails: both are refused (a later fsync could succeed without their
+    pages, which the kernel may have dropped), both are cut off the segment, and they do not hold the checkpoint
+    back."""
+    spool = Spool(tmp_path / "spool")
+    spool.recover()
+    kept = spool.append("traces", b"kept")
+    entered, go, fsync, failed = threading.Event(), threading.Event(), os.fsync, []
+
+    def fsync_failing_once(fd: int) -> None:
+        if _name_of(fd).endswith(".wal") and not failed:
+            failed.append(fd)
+            entered.set()
+            assert go.wait(10)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        fsync(fd)
+
+    errors: list[BaseException | None] = []
+
+    def append(payload: bytes) -> None:
+        try:
+            spool.append("traces", payload)
+            errors.append(None)
+        except BaseException as exc:
+            errors.append(exc)
+
+    monkeypatch.setattr(os, "fsync", fsync_failing_once)
+    first = threading.Thread(target=append, args=(b"refused-1",))
+    first.start()
+    assert entered.wait(10)
+    size = kept.segment.stat().st_size
+    second = threading.Thread(target=append, args=(b"refused-2",))
+    second.start()  # written, then waits for the fsync in progress
+    deadline = time.monotonic() + 10
+    while kept.segment.stat().st_size == size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.set()
+    first.join(10)
+    second.join(10)
+    assert len(errors) == 2 and all(isinstance(error, SpoolError) for error in errors), errors
+    after = spool.append("traces", b"after")
+    data = b"".join(path.read_bytes() for path in sorted((tmp_path / "spool").glob("segment-*.wal")))
+    assert b"kept" in data and b"after" in data and b"refused" not in data
+    spool.release([kept.seq, after.seq])
+    assert spool.written == after.seq  # past the refused records
+    spool.close()
+
+
+def test_a_failed_fsync_answers_503_with_retry_after_and_unavailable_with_retry_info(tmp_path, monkeypatch):
+    """The spool's fsync fails (EIO) for one HTTP and one gRPC export: each is refused as retryable, nothing of
+    them is stored, and the next export is taken."""
+    fail, fsync = [], os.fsync
+
+    def fsync_failing_on_demand(fd: int) -> None:
+        if fail and _name_of(fd).endswith(".wal"):
+            fail.clear()
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_failing_on_demand)
+    with running_collector(tmp_path) as collector:
+        url = collector.http_url + "/v1/traces"
+        assert post(url, span_request(good_span("before")))[0] == 200
+        fail.append(True)
+        status, headers, _ = post(url, span_request(good_span("refused")))
+        fail.append(True)
+        with grpc.insecure_channel(f"127.0.0.1:{collector.grpc_port}") as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Export(
+                    trace_service_pb2.ExportTraceServiceRequest.FromString(span_request(good_span("g")))
+                )
+        assert post(url, span_request(good_span("after")))[0] == 200
+        wait_written(collector, "traces", 2)
+        names = query(collector, "SELECT SpanName FROM otel.otel_traces ORDER BY SpanName")
+    assert (status, headers.get("Retry-After")) == (503, "5")
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    retry = dict(info.value.trailing_metadata())["google.rpc.retryinfo-bin"]
+    assert error_details_pb2.RetryInfo.FromString(retry).retry_delay.seconds == 5
+    assert names == [("after",), ("before",)]
+
+
+def test_every_name_the_spool_relies_on_is_fsynced_in_its_directory_at_once(tmp_path, monkeypatch):
+    """A file renamed into the spool directory (the checkpoint) is followed at once by an fsync of the directory:
+    after a power loss the rename could otherwise be gone while what follows relies on it."""
+    events: list[tuple[str, int]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(fd: int) -> None:
+        events.append(("fsync", os.fstat(fd).st_ino))
+        fsync(fd)
+
+    def recording_replace(source, target) -> None:
+        replace(source, target)
+        events.append(("rename", os.stat(os.path.dirname(target)).st_ino))
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    spool = Spool(tmp_path / "spool")
+    spool.recover()
+    spool.close()  # another checkpoint
+    renames = [index for index, (kind, _) in enumerate(events) if kind == "rename"]
+    assert renames
+    assert all(events[index + 1 : index + 2] == [("fsync", events[index][1])] for index in renames), events
+
+
+def test_a_torn_checkpoint_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    """A checkpoint write that tears (half its bytes, then the process dies) leaves the one before it."""
+    spool = Spool(tmp_path / "spool")
+    spool.recover()
+    first, second = spool.append("traces", b"1"), spool.append("traces", b"2")
+    spool.release([first.seq])
+    write = os.write
+
+    def torn_checkpoint_write(fd: int, data) -> int:
+        if _name_of(fd).startswith("checkpoint"):
+            write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return write(fd, data)
+
+    monkeypatch.setattr(os, "write", torn_checkpoint_write)
+    spool.release([second.seq])  # its checkpoint fails, logged
+    monkeypatch.undo()
+    spool._lock_file.close()  # the process dies: no close()
+    reopened = Spool(tmp_path / "spool")
+    assert reopened.written == first.seq
+    assert [reopened.read(record) for record in reopened.recover()] == [b"2"]
+    reopened.close()
+
+
+def test_a_checkpoint_of_an_earlier_llmtap_is_read_and_replaced(tmp_path):
+    """checkpoint.json, rewritten and renamed whole before the slots, carries over: its spool id (so the tokens
+    of its open batches) and what it says is written; it is removed once the slots hold the checkpoint."""
+    spool = Spool(tmp_path / "spool")
+    records = [spool.append("traces", bytes([i])) for i in range(4)]
+    spool.close()
+    (tmp_path / "spool" / "checkpoint.slots").unlink()
+    legacy = {"spool": "0123456789abcdef", "written": 1, "released": [[4, 4]], "open": [[[2, 3]]]}
+    (tmp_path / "spool" / "checkpoint.json").write_text(json.dumps(legacy))
+    reopened = Spool(tmp_path / "spool")
+    assert [record.seq for record in reopened.recover()] == [records[1].seq, records[2].seq]
+    assert reopened.id == legacy["spool"] and reopened.open_batches() == [(2, 3)]
+    assert not (tmp_path / "spool" / "checkpoint.json").exists()
+    reopened.close()

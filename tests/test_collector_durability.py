@@ -203,11 +203,13 @@ def test_a_full_spool_disk_answers_503_and_every_acknowledged_span_survives(tmp_
     assert taken_again == [200] * 50
 
 
-def test_the_writer_drains_a_full_spool_disk_while_grpc_rides_it_out(tmp_path):
-    """While the spool's disk (a tmpfs; the store is on another disk) is full gRPC answers UNAVAILABLE with a
-    RetryInfo, and the writer goes on: the checkpoint it saves before each insert needs no new blocks. ClickHouse
-    never counts as down, and the drained segment's space is free again, so requests are taken with the disk's
-    filler still there."""
+def test_the_writer_drains_a_full_spool_disk_while_grpc_rides_it_out(tmp_path, monkeypatch):
+    """The spool's disk (a tmpfs; the store is on another disk) fills while the writer is held back: gRPC answers
+    UNAVAILABLE with a RetryInfo and /health says the spool, not the store, is the trouble. Let go, the writer
+    drains the full disk (the checkpoint it saves before each insert needs no new blocks) without counting the
+    store down, and the drained segment's space is free again: requests are taken with the filler still there."""
+    held, begin = threading.Event(), Spool.begin
+    monkeypatch.setattr(Spool, "begin", lambda spool, seqs: held.wait(30) and begin(spool, seqs))
     spool, sent = tmp_path / "spool", 0
     with mounted_tmpfs(spool, "1m"), running_collector(tmp_path, spool_dir=spool) as collector:
         fill_leaving(spool / "filler", 64 << 10)
@@ -222,18 +224,30 @@ def test_the_writer_drains_a_full_spool_disk_while_grpc_rides_it_out(tmp_path):
                 stub.Export(
                     trace_service_pb2.ExportTraceServiceRequest.FromString(span_request(good_span("g")))
                 )
+        full_health = get_health(collector.http_url)
+        held.set()
         wait_written(collector, "traces", sent, timeout=20)  # the disk still full
-        with urllib.request.urlopen(collector.http_url + "/health", timeout=5) as response:
-            health = json.loads(response.read())
+        drained_health = get_health(collector.http_url)
         assert post(url, span_request(good_span("after")))[0] == 200  # the filler still there
         (spool / "filler").unlink()
         assert post(url, span_request(good_span("freed")))[0] == 200
         wait_written(collector, "traces", sent + 2)
     assert 50 < sent < 1_000
-    assert health["store_up"] is True and health["write_errors"] == 0, health
+    assert full_health[0] == 503 and full_health[1]["status"].startswith("spool not writable")
+    assert full_health[1]["store_up"] is True
+    assert drained_health[0] == 200, drained_health
+    assert drained_health[1]["store_up"] is True and drained_health[1]["write_errors"] == 0
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     retry = dict(info.value.trailing_metadata())["google.rpc.retryinfo-bin"]
     assert error_details_pb2.RetryInfo.FromString(retry).retry_delay.seconds == 5
+
+
+def get_health(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def test_replay_goes_on_past_a_torn_record_in_the_middle_of_a_segment(tmp_path, caplog):

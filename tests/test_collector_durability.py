@@ -562,3 +562,31 @@ def test_a_checkpoint_of_an_earlier_llmtap_is_read_and_replaced(tmp_path):
     assert reopened.id == legacy["spool"] and reopened.open_batches() == [(2, 3)]
     assert not (tmp_path / "spool" / "checkpoint.json").exists()
     reopened.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds a descriptor's file in /proc")
+def test_a_batch_whose_checkpoint_failed_is_noted_open_by_the_retry(tmp_path, monkeypatch):
+    """begin() fails to save the checkpoint once; its retry must save it, not hand out the token as if the batch
+    were open on disk: an insert after it, cut short by a crash, would be replayed as another batch."""
+    spool = Spool(tmp_path / "spool")
+    spool.recover()
+    record = spool.append("traces", b"one")
+    fsync, failed = os.fsync, []
+
+    def fsync_failing_once_for_the_checkpoint(fd: int) -> None:
+        if not failed and _name_of(fd).startswith("checkpoint"):
+            failed.append(fd)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_failing_once_for_the_checkpoint)
+    with pytest.raises((OSError, SpoolError)):
+        spool.begin([record.seq])
+    token = spool.begin([record.seq])  # the retry; then the insert, and a crash
+    monkeypatch.undo()
+    spool._lock_file.close()
+    reopened = Spool(tmp_path / "spool")
+    reopened.recover()
+    assert reopened.open_batches() == [(record.seq,)]
+    assert reopened.begin([record.seq]) == token
+    reopened.close()

@@ -265,6 +265,12 @@ def test_memory_fits_a_small_host():
     assert per_query < container * ratio, "one query cannot take the whole server"
 
 
+def test_a_retried_insert_is_dropped_from_the_views_too():
+    """otel_traces drops a repeated block (migration 0017); the views must, whatever the server's default."""
+    profile = ET.parse(USERS).getroot().find("profiles/default")
+    assert profile.findtext("deduplicate_blocks_in_dependent_materialized_views") == "1"
+
+
 def test_the_server_listens_where_the_collector_and_grafana_connect():
     root = ET.parse(CONFIG).getroot()
     assert root.find("tcp_port") is None and root.find("http_port") is None, "the image's 9000/8123 stay"

@@ -337,11 +337,9 @@ def test_spool_keeps_an_acknowledged_record_after_a_failed_append_it_could_not_c
 
 
 def test_spool_checkpoint_is_on_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
-    """The new checkpoint is fsynced before it is renamed over the old one: after a power loss the rename can
-    be on disk without the data, an empty checkpoint, and replay would start from the first record again."""
+    """The checkpoint file is fsynced before it is renamed into place: after a power loss the rename can be on
+    disk without the data, an empty checkpoint, and replay would start from the first record again."""
     spool = Spool(tmp_path)
-    spool.recover()
-    record = spool.append("traces", b"one")
     synced: set[int] = set()
     renamed_synced: list[bool] = []
     fsync, replace = os.fsync, os.replace
@@ -356,7 +354,7 @@ def test_spool_checkpoint_is_on_disk_before_it_replaces_the_old_one(tmp_path, mo
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     monkeypatch.setattr(os, "replace", recording_replace)
-    spool.release([record.seq], len(b"one"))
+    spool.recover()  # creates the checkpoint file, the one rename
     assert renamed_synced == [True]
     spool.close()
 

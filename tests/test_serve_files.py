@@ -107,7 +107,7 @@ def test_serve_never_writes_through_a_link_planted_where_it_creates_files(tmp_pa
     with closing(Spool(spool_dir)) as previous:
         previous.append("traces", b"\x0a\xff not an export request")  # seq 1: quarantined on replay
     links = {
-        spool_dir / "checkpoint.json.tmp": victim(outside, "checkpoint"),
+        spool_dir / "checkpoint.slots.tmp": victim(outside, "checkpoint"),
         spool_dir / "quarantine" / f"{1:020d}-traces.pb": victim(outside, "quarantined-payload"),
         spool_dir / "quarantine" / f"{1:020d}-traces.error.txt": victim(outside, "quarantined-error"),
         tmp_path / "chdb.serve.tmp": victim(outside, "discovery-tmp"),

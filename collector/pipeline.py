@@ -305,17 +305,19 @@ class Pipeline:
                 return
             try:
                 token = token or self._begin(entries)
+                self._insert(entries, token, landed)
+                self.spool.writer_stalled = False
+                return
             except SpoolError as exc:  # the spool's disk, not the store: /health says "spool not writable"
                 waits += 1
-                log.warning("cannot save the spool checkpoint before an insert (try %d): %s", waits, exc)
+                self.spool.writer_stalled = True
+                log.warning("the writer waits for the spool (try %d): %s", waits, exc)
                 if self._stopping:
                     return  # left in the spool, replayed on the next start
                 self._sleep(min(30.0, 0.5 * 2**waits))
                 continue
-            try:
-                self._insert(entries, token, landed)
-                return
             except Exception as exc:
+                self.spool.writer_stalled = False
                 attempt += 1
                 store_down = not _is_data_error(exc)
                 self.stats.write_failed(_describe(exc), store_down=store_down)
@@ -349,14 +351,31 @@ class Pipeline:
             log.warning("a split batch stays in the spool until serve starts again")
 
     def _insert(self, entries: list[_Entry], token: str, landed: set[str]) -> None:
+        """Convert the requests and insert them as one batch under ``token``; quarantine those that cannot be
+        converted.
+
+        Raises SpoolError, inserting nothing, when a payload cannot be read back from the spool (its disk's
+        trouble, not the request's) or a request can be neither converted nor quarantined: the rest of the batch
+        must not go in under ``token`` without it, since the next start replays that request alone as this batch,
+        with this token, and every table would drop its rows as already stored. The batch waits instead, as for a
+        checkpoint that cannot be saved (/health: spool not writable). On a full disk that means until space is
+        freed: a quarantine needs a little."""
         batch = rows.Batch()
         counts: Counter[str] = Counter()
         convertible = []
         for entry in entries:
+            signal, seq = entry.record.signal, entry.record.seq
             try:
-                items = rows.add_request(batch, entry.record.signal, self._payload(entry))
+                payload = self._payload(entry)
+            except (OSError, MemoryError) as exc:
+                raise SpoolError(f"cannot read {signal} request {seq} back from the spool: {exc!r}") from exc
+            try:
+                items = rows.add_request(batch, signal, payload)
             except Exception as exc:  # a request that cannot even be converted never will be
-                self._quarantine(entry, exc)
+                if not self._quarantine(entry, exc, payload):
+                    raise SpoolError(
+                        f"{signal} request {seq} can be neither converted nor quarantined"
+                    ) from exc
                 continue
             if entry.replayed and not entry.items:
                 self.stats.add(entry.record.signal, "received", items)  # counted by the previous process only
@@ -393,11 +412,11 @@ class Pipeline:
             [entry.record.seq for entry in entries], sum(entry.record.length for entry in entries)
         )
 
-    def _quarantine(self, entry: _Entry, exc: BaseException) -> None:
+    def _quarantine(self, entry: _Entry, exc: BaseException, payload: bytes | None = None) -> bool:
         """Move a request ClickHouse will never accept aside (spool/quarantine/) so the rest keeps flowing.
 
         Where that cannot be written (a full disk), the request stays in the spool, unreleased, and is tried
-        again at the next start: an error escaping here would end the writer thread while serve goes on
+        again at the next start (False): an error escaping here would end the writer thread while serve goes on
         acknowledging requests."""
         directory = self.spool.directory / "quarantine"
         name = f"{entry.record.seq:020d}-{entry.record.signal}"
@@ -405,18 +424,19 @@ class Pipeline:
             make_private_directory(directory, internal=True)
             # Quarantined payloads were 0644 before llmtap kept its files private.
             tighten_directory(directory)
-            write_private_file(directory / f"{name}.pb", self._payload(entry))
+            write_private_file(directory / f"{name}.pb", self._payload(entry) if payload is None else payload)
             write_private_file(directory / f"{name}.error.txt", (_describe(exc) + "\n").encode())
             # Their names, and the quarantine's own, must survive a power loss: the spool forgets the request next.
             fsync_directory(directory)
             fsync_directory(self.spool.directory)
         except OSError as error:
-            log.error("cannot quarantine %s request %d (%s): it stays in the spool until serve starts again; "
+            log.error("cannot quarantine %s request %d (%s): it stays in the spool, not inserted; "
                       "ClickHouse refused it: %s", entry.record.signal, entry.record.seq, error, _describe(exc))  # fmt: skip
-            return
+            return False
         log.error("quarantined %s request %d: %s", entry.record.signal, entry.record.seq, _describe(exc))
         self.stats.add(entry.record.signal, "dropped", entry.items)
         self._release([entry])
+        return True
 
     def _open(self) -> Any:
         self._client = self._connect()

@@ -186,6 +186,9 @@ class Spool:
         self._unreleased: list[int] = []  # heap of the seqs appended (or replayed) and not released yet
         self._released: set[int] = set()  # released seqs still behind an unreleased one
         self._full_need = 0  # bytes the last append could not write for a full disk (0: writable)
+        # Set by the writer while it waits on the spool for a reason of its own (a payload it cannot read back, a
+        # quarantine it cannot write): /health says the spool is not writable, not that the store is down.
+        self.writer_stalled = False
 
     # ---- replay -------------------------------------------------------------------------------------------
     def recover(self) -> list[Record]:
@@ -323,14 +326,15 @@ class Spool:
         self._full_need = 0
 
     def writable(self) -> bool:
-        """False from an append refused for a full disk until a record that size fits again, and while the
-        checkpoint cannot be saved. Space is checked here too, so /health recovers without traffic (a balancer
-        that stops sending on its 503 would never bring any)."""
+        """False from an append refused for a full disk until a record that size fits again, while the
+        checkpoint cannot be saved, and while the writer waits on the spool (``writer_stalled``). Space is checked
+        here too, so /health recovers without traffic (a balancer that stops sending on its 503 would never bring
+        any)."""
         need = self._full_need
         if need and shutil.disk_usage(self.directory).free >= need:
             with self._append_lock:
                 self._note_writable()
-        return not self._full_need and not self._checkpoint_failed
+        return not self._full_need and not self._checkpoint_failed and not self.writer_stalled
 
     def _sync(self, segment: _Segment, needed: int) -> None:
         """Return once the first ``needed`` bytes of ``segment`` are on disk; raise SpoolUnavailable (and cut

@@ -6,6 +6,7 @@ Native writer cannot write."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 
@@ -25,6 +27,7 @@ from collector_support import fill_leaving, mounted_tmpfs, post, query, running_
 from google.rpc import error_details_pb2
 from llmtap.clickhouse.connection import connect
 from llmtap.clickhouse.schema import bring_up_to_date
+from llmtap.collector import rows
 from llmtap.collector.pipeline import Limits, Pipeline
 from llmtap.collector.spool import Spool, SpoolError
 from llmtap.collector.stats import Stats
@@ -590,3 +593,116 @@ def test_a_batch_whose_checkpoint_failed_is_noted_open_by_the_retry(tmp_path, mo
     assert reopened.open_batches() == [(record.seq,)]
     assert reopened.begin([record.seq]) == token
     reopened.close()
+
+
+class FakeStore:
+    """ClickHouse as the writer sees it, for its failure paths: one block per insert and table, a block whose token
+    the table holds among its last ``window`` dropped (migration 0017's non_replicated_deduplication_window), a
+    span named ``bad`` refused as data, and an outage for good (a kill) from the insert ``down_when`` picks."""
+
+    def __init__(self, window: int = 1_000) -> None:
+        self.window = window
+        self.tokens: dict[str, collections.deque[str]] = {}
+        self.names: list[str] = []  # the SpanName of every row stored
+        self.blocks = 0  # blocks stored
+        self.down = False
+        self.down_when = lambda names: False
+
+    def connect(self):
+        return _FakeClient(self)
+
+
+class _FakeClient:
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+
+    def create_insert_context(self, table, names, column_oriented, settings):
+        return types.SimpleNamespace(table=table, names=names, token=settings["insert_deduplication_token"])
+
+    def insert(self, data, context) -> None:
+        store = self.store
+        names = list(data[context.names.index("SpanName")])
+        if store.down or store.down_when(names):
+            store.down = True
+            raise ConnectionRefusedError("ClickHouse is down")
+        if "bad" in names:
+            raise ValueError("Code: 53. Type mismatch")
+        seen = store.tokens.setdefault(context.table, collections.deque(maxlen=store.window))
+        if context.token not in seen:
+            seen.append(context.token)
+            store.names.extend(names)
+            store.blocks += 1
+
+    def close(self) -> None:
+        pass
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_a_payload_the_spool_cannot_read_back_is_retried_not_quarantined(tmp_path):
+    """Reading a request kept on disk back fails (EIO, twice): the spool's trouble, not the request's. The batch
+    waits, with /health's spool not writable and the store not counted down, and is then written whole; nothing is
+    quarantined (it used to be, or, where the quarantine could not read it either, left behind while the rest of
+    its batch went in under the batch's token)."""
+    store, spool, stats = FakeStore(), Spool(tmp_path / "spool"), Stats()
+    one, two = span_request(good_span("one")), span_request(good_span("two"))
+    # "one" kept in memory, "two" only on disk; a batch takes requests up to that many bytes: both.
+    pipeline = Pipeline(store.connect, spool, stats, Limits(memory_bytes=len(one) + 1, flush_seconds=0.3))
+    pipeline._sleep = lambda seconds: time.sleep(0.01)
+    read, failed, writable = spool.read, [], []
+
+    def read_failing_twice(record):
+        if record.seq == 2 and len(failed) < 2:
+            failed.append(record.seq)
+            writable.append(spool.writable())
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return read(record)
+
+    spool.read = read_failing_twice
+    pipeline.start()
+    pipeline.accept("traces", one, 1)
+    pipeline.accept("traces", two, 1)
+    assert wait_for(lambda: len(store.names) == 2)
+    assert sorted(store.names) == ["one", "two"] and store.blocks == 1  # one batch, one token
+    assert writable == [True, False] and spool.writable()
+    assert stats.store_up and stats.write_errors == 0
+    assert pipeline.close()
+    assert not (tmp_path / "spool" / "quarantine").exists()
+
+
+def test_a_request_neither_converted_nor_quarantined_holds_its_batch_back(tmp_path, monkeypatch):
+    """A request fails conversion (a converter bug, fixed by the next release) and its quarantine cannot be
+    written: the rest of its batch must not go in under the batch's token, since the next start replays that
+    request alone, as its batch, with that token, and the store would drop its rows as already stored. The batch
+    waits (spool not writable) and, after a restart with the bug fixed, is written whole."""
+    store = FakeStore()
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "quarantine").write_bytes(b"")  # the directory cannot be made: an OSError
+    add_request = rows.add_request
+
+    def converter_with_a_bug(batch, signal, payload):
+        if b"two" in payload:
+            raise ValueError("a converter bug")
+        return add_request(batch, signal, payload)
+
+    monkeypatch.setattr(rows, "add_request", converter_with_a_bug)
+    spool = Spool(tmp_path / "spool")
+    pipeline = Pipeline(store.connect, spool, Stats(), Limits(flush_seconds=0.3))
+    pipeline._sleep = lambda seconds: time.sleep(0.01)
+    pipeline.start()
+    pipeline.accept("traces", span_request(good_span("one")), 1)
+    pipeline.accept("traces", span_request(good_span("two")), 1)
+    assert wait_for(lambda: store.names or not spool.writable())
+    time.sleep(0.3)  # it keeps waiting
+    assert store.names == [] and not spool.writable()
+    pipeline.close()
+    monkeypatch.undo()  # the next release
+    restarted = Pipeline(store.connect, Spool(tmp_path / "spool"), Stats(), Limits(flush_seconds=0.05))
+    assert restarted.start() == 2
+    assert restarted.close()
+    assert sorted(store.names) == ["one", "two"]

@@ -292,11 +292,18 @@ class Pipeline:
         first = entries[0].batch
         return self.spool.begin(first if first is not None else [entry.record.seq for entry in entries])
 
-    def _write(self, entries: list[_Entry], token: str | None = None, landed: set[str] | None = None) -> None:
+    def _write(
+        self,
+        entries: list[_Entry],
+        token: str | None = None,
+        landed: set[str] | None = None,
+        split_of: str | None = None,
+    ) -> None:
         """Convert and insert in this process; retry, split and quarantine.
 
         ``token`` is the batch's de-duplication token (by default from the spool) and ``landed`` the tables that
-        already have the batch whole."""
+        already have the batch whole. With ``split_of`` (the token of the batch being split) the entries are a
+        part of it: refused as data, it is split again (or quarantined) at once, without retries."""
         landed = set() if landed is None else landed
         attempt = waits = 0
         while True:
@@ -321,10 +328,13 @@ class Pipeline:
                 attempt += 1
                 store_down = not _is_data_error(exc)
                 self.stats.write_failed(_describe(exc), store_down=store_down)
-                if not store_down and attempt >= _RETRIES_BEFORE_SPLIT and token is not None:
-                    if len(entries) > 1:
+                if not store_down and token is not None and (split_of or attempt >= _RETRIES_BEFORE_SPLIT):
+                    entries = [entry for entry in entries if not entry.released]
+                    if len(entries) > 1 and split_of:
+                        self._bisect(entries, split_of, landed)
+                    elif len(entries) > 1:
                         self._split(entries, token, landed)
-                    else:
+                    elif entries:
                         self._quarantine(entries[0], exc)
                     return
                 log.warning("write to ClickHouse failed (attempt %d): %s", attempt, _describe(exc))
@@ -333,22 +343,39 @@ class Pipeline:
                 self._sleep(min(30.0, 0.5 * 2**attempt))
 
     def _split(self, entries: list[_Entry], token: str, landed: set[str]) -> None:
-        """Insert a batch that ClickHouse refuses as data request by request, to quarantine the culprits.
+        """Insert a batch that ClickHouse refuses as data in parts, to quarantine the culprits.
 
-        Each request gets a token of its own, derived from the batch's, and skips the tables that took the
-        whole batch. The requests are released together at the end: until then the batch stays open in the
-        spool, and a restart replays all of it, fails the same way and splits it the same way, so the requests
-        inserted before the crash are de-duplicated by the same tokens."""
+        The batch is halved (:meth:`_bisect`), a half refused as data halved again, down to single requests,
+        which are quarantined. Each part gets a token of its own, derived from the batch's, and skips the tables
+        that took the whole batch. The requests are released together at the end: until then the batch stays
+        open in the spool, and a restart replays all of it, fails the same way and splits it the same way, so
+        the parts inserted before the crash are de-duplicated by the same tokens, as long as each table still
+        keeps their block ids: the last 1,000 blocks (migration 0017). Only parts with a culprit are halved, so a
+        batch of n requests with k culprits makes at most about k*log2(n) blocks per table (n is at most
+        ``batch_rows``: under 15 halvings); request by request it made n, and a batch of over 1,000 requests
+        killed mid-split had its first requests stored twice."""
         self._deferred = []
         try:
-            for entry in entries:
-                self._write([entry], f"{token}/{entry.record.seq}", set(landed))
+            self._bisect(entries, token, landed)
         finally:
             deferred, self._deferred = self._deferred, None
         if all(entry.released for entry in entries):
             self.spool.release([e.record.seq for e in deferred], sum(e.record.length for e in deferred))
         else:
             log.warning("a split batch stays in the spool until serve starts again")
+
+    def _bisect(self, entries: list[_Entry], token: str, landed: set[str]) -> None:
+        """Write ``entries``, a part of the batch whose token is ``token``, as two halves.
+
+        Halved in seq order, not queue order (a replay has the batch in seq order), so a restart halves it the
+        same way. A part's token is the batch's with the part's first and last seqs (a single request's:
+        ``<token>/<seq>``), unique among the parts of one batch."""
+        entries = sorted(entries, key=lambda entry: entry.record.seq)
+        middle = (len(entries) + 1) // 2
+        for part in (entries[:middle], entries[middle:]):
+            first, last = part[0].record.seq, part[-1].record.seq
+            name = f"{first}" if first == last else f"{first}-{last}"
+            self._write(part, f"{token}/{name}", set(landed), split_of=token)
 
     def _insert(self, entries: list[_Entry], token: str, landed: set[str]) -> None:
         """Convert the requests and insert them as one batch under ``token``; quarantine those that cannot be

@@ -706,3 +706,30 @@ def test_a_request_neither_converted_nor_quarantined_holds_its_batch_back(tmp_pa
     assert restarted.start() == 2
     assert restarted.close()
     assert sorted(store.names) == ["one", "two"]
+
+
+def test_a_split_killed_before_it_finds_the_culprit_is_replayed_within_the_deduplication_window(tmp_path):
+    """A batch of 40 requests with one ClickHouse refuses as data (the last) is split to find it, and serve is
+    killed just before it tries that request alone. The next start replays the batch and splits it the same way;
+    every part inserted before the kill must still be among the block ids the table keeps (here 10, in ClickHouse
+    non_replicated_deduplication_window = 1000). Inserting request by request made 39 blocks, and the replay's
+    own pushed the last ones out as it went: every request was stored twice. Halving makes a handful."""
+    names = [f"span-{index}" for index in range(1, 40)] + ["bad"]
+    previous = Spool(tmp_path / "spool")
+    for name in names:
+        previous.append("traces", span_request(good_span(name)))
+    previous.close()
+    store = FakeStore(window=10)
+    store.down_when = lambda inserted: inserted == ["bad"]  # the kill
+    for _ in range(2):  # the killed process, and the next start
+        pipeline = Pipeline(store.connect, Spool(tmp_path / "spool"), Stats(), Limits(flush_seconds=0.05))
+        pipeline._sleep = lambda seconds: time.sleep(0.01)
+        assert pipeline.start() == 40
+        assert wait_for(lambda: store.down or len(store.names) == 39)
+        pipeline.close()
+        store.down, store.down_when = False, lambda inserted: False
+    assert sorted(store.names) == sorted(names[:-1])  # each once
+    assert store.blocks <= 7
+    quarantined = [path.name for path in (tmp_path / "spool" / "quarantine").glob("*.pb")]
+    assert quarantined == [f"{40:020d}-traces.pb"]
+    assert Spool(tmp_path / "spool").recover() == []

@@ -669,7 +669,7 @@ def test_a_payload_the_spool_cannot_read_back_is_retried_not_quarantined(tmp_pat
     pipeline.accept("traces", two, 1)
     assert wait_for(lambda: len(store.names) == 2)
     assert sorted(store.names) == ["one", "two"] and store.blocks == 1  # one batch, one token
-    assert writable == [True, False] and spool.writable()
+    assert writable == [True, False] and wait_for(spool.writable)  # cleared once the insert returns
     assert stats.store_up and stats.write_errors == 0
     assert pipeline.close()
     assert not (tmp_path / "spool" / "quarantine").exists()

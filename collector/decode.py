@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
+_INFLATE_PIECE = 1 << 20  # bytes inflated at a time, each counted before the next
 _PROTOBUF_TYPES = {PROTOBUF, "application/protobuf", "application/vnd.google.protobuf"}
 
 # The sort key uses toDateTime(Timestamp) and metrics store DateTime: both end at 2106-02-07 06:28:15 UTC.
@@ -104,8 +106,11 @@ class Validation:
         return f"rejected {self.rejected} invalid {signal.item}(s): " + "; ".join(self.problems) + more
 
 
-def decompress(body: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
-    """Undo Content-Encoding (gzip, deflate or none), refusing to inflate beyond ``max_bytes`` (413)."""
+def decompress(
+    body: bytes, content_encoding: str | None, max_bytes: int, hold: Callable[[int], None] | None = None
+) -> bytes:
+    """Undo Content-Encoding (gzip, deflate or none), refusing to inflate beyond ``max_bytes`` (413). ``hold`` is
+    told the size of each inflated piece before it is kept (the HTTP receiver's byte budget, which may raise)."""
     encoding = (content_encoding or "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
@@ -113,15 +118,24 @@ def decompress(body: bytes, content_encoding: str | None, max_bytes: int) -> byt
         raise DecodeError(415, f"unsupported Content-Encoding {content_encoding!r} (use gzip or none)")
     wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
     inflater = zlib.decompressobj(wbits)
-    try:
-        data = inflater.decompress(body, max_bytes + 1)
-    except zlib.error as exc:
-        raise DecodeError(400, f"malformed {encoding} body: {exc}") from None
-    if len(data) > max_bytes:
-        raise DecodeError(413, f"decompressed body exceeds the {max_bytes} byte limit")
-    if not inflater.eof:
-        raise DecodeError(400, f"truncated {encoding} body")
-    return data
+    pieces: list[bytes] = []
+    size = 0
+    pending = body
+    while not inflater.eof:
+        try:
+            piece = inflater.decompress(pending, min(_INFLATE_PIECE, max_bytes + 1 - size))
+        except zlib.error as exc:
+            raise DecodeError(400, f"malformed {encoding} body: {exc}") from None
+        pending = inflater.unconsumed_tail
+        size += len(piece)
+        if size > max_bytes:
+            raise DecodeError(413, f"decompressed body exceeds the {max_bytes} byte limit")
+        if not piece and not pending:
+            raise DecodeError(400, f"truncated {encoding} body")
+        if hold is not None:
+            hold(len(piece))
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 def media_type(content_type: str | None) -> str:

@@ -5,8 +5,9 @@ the event loop.
 Follows the OTLP/HTTP specification: POST /v1/traces, /v1/metrics and /v1/logs with protobuf or JSON bodies,
 optionally gzip-compressed; 200 with an Export*ServiceResponse (carrying partial_success when invalid items were
 dropped); errors as google.rpc.Status in the request's encoding: 400 malformed, 401 missing/wrong token,
-411 no length, 413 too large, 415 unsupported type or encoding, 429 overloaded and 503 store down or too many
-connections, both with Retry-After. Framing errors are h11's (400 and close), read timeouts
+404 no such route, 405 wrong method (with Allow), 411 no length, 413 too large, 415 unsupported type or encoding,
+429 overloaded and 503 store down, too many connections or serve stopping, all three with Retry-After. Other
+routes answer errors as ``{"error": ...}`` JSON. Framing errors are h11's (400 and close), read timeouts
 :mod:`llmtap.collector.http_limits`'s (408 and close).
 """
 
@@ -48,9 +49,20 @@ log = logging.getLogger("llmtap.serve")
 
 OTLP_PATHS = {"/v1/traces": "traces", "/v1/metrics": "metrics", "/v1/logs": "logs"}
 # google.rpc.Code for the Status body of each HTTP error.
-_RPC_CODES = {400: 3, 401: 16, 404: 5, 411: 3, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
+_RPC_CODES = {400: 3, 401: 16, 404: 5, 405: 12, 411: 3, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
 _OVERLOADED = "llmtap serve is overloaded (too many requests in flight); retry later"
+_STOPPING = "llmtap serve is stopping; retry later"
+# The methods of each route; any other gets 405.
+_METHODS = {
+    **dict.fromkeys(OTLP_PATHS, "POST"),
+    "/api/query": "POST",
+    **dict.fromkeys(("/health", "/healthz", "/", "/metrics"), "GET, HEAD"),
+}
 _T = TypeVar("_T")
+
+
+class ServeStopping(Exception):
+    """Serve is stopping: the request has not reached its worker, and will not."""
 
 
 class Endpoints:
@@ -68,6 +80,7 @@ class Endpoints:
         inflight_body_bytes: int,
         work: Executor,
         queries: Executor,
+        status: Executor,
     ) -> None:
         self.receiver = receiver
         self.query_api = query_api
@@ -78,13 +91,19 @@ class Endpoints:
         self.bodies = ByteBudget(inflight_body_bytes)
         self._work = work
         self._queries = queries
+        self._status = status  # /health and /metrics, never behind exports
+        self.stopping = False  # set by HTTPServer.stop: what has not reached its worker yet gets 503
         self._router = Router(
             [
                 *(Route(path, self._export, methods=["POST"]) for path in OTLP_PATHS),
                 Route("/api/query", self._query, methods=["POST"]),
                 *(Route(path, self._health, methods=["GET"]) for path in ("/health", "/healthz", "/")),
                 Route("/metrics", self._metrics, methods=["GET"]),
-            ]
+                # After the routes above: their paths with any other method (Starlette's own 405 is plain text).
+                *(Route(path, _AnyMethod(self._wrong_method)) for path in _METHODS),
+            ],
+            redirect_slashes=False,  # /v1/traces/ is not found, not redirected to a Location built from Host
+            default=self._not_found,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,9 +122,27 @@ class Endpoints:
                 message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
-        problem = _ambiguity(Headers(scope=scope))
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            await send_answer(message)  # cancelled while it waits for the client to read: nothing was sent
+            started = True
+
+        problem = _ambiguity(Headers(scope=scope), scope.get("http_version", "1.1"))
         app = self.error(scope, 400, problem) if problem else self._router
-        await app(scope, receive_body, send_answer)
+        try:
+            await app(scope, receive_body, tracked_send)
+        except (ServeStopping, asyncio.CancelledError):
+            # Stopping: the request was queued (its future cancelled), or uvicorn cancels what still runs when its
+            # grace period ends. uvicorn would log the CancelledError's traceback and answer a bare 500, which OTLP
+            # exporters do not retry. Not raised again: the task ends here, answered.
+            if not self.stopping:
+                raise
+            if not started:
+                await self.error(scope, 503, _STOPPING, {"Retry-After": "1"})(
+                    scope, receive_body, tracked_send
+                )
 
     def error(
         self, scope: Scope, status: int, message: str, headers: dict[str, str] | None = None
@@ -128,8 +165,21 @@ class Endpoints:
             scope, receive, send
         )
 
+    async def _not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.error(scope, 404, f"no such route: {scope['path']}")(scope, receive, send)
+
+    async def _wrong_method(self, scope: Scope, receive: Receive, send: Send) -> None:
+        allowed = _METHODS[scope["path"]]
+        await self.error(scope, 405, f"use {allowed}", {"Allow": allowed})(scope, receive, send)
+
     async def _run(self, executor: Executor, function: Callable[..., _T], *args: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+        if self.stopping:
+            raise ServeStopping
+        try:
+            future = asyncio.get_running_loop().run_in_executor(executor, function, *args)
+        except RuntimeError:  # the pool is shut down: serve stopped between the check and here
+            raise ServeStopping from None
+        return await future
 
     # ---- OTLP ---------------------------------------------------------------------------------------------
     async def _export(self, request: Request) -> Response:
@@ -150,6 +200,8 @@ class Endpoints:
             return self.error(scope, status, str(exc), {"Retry-After": str(exc.retry_after)})
         except ClientDisconnect:
             return Response(status_code=400)  # nobody reads it: the read timed out, or the client left
+        except ServeStopping:
+            raise  # answered 503 by __call__
         except Exception:  # one broken request must not take the server down
             log.exception("unexpected error handling %s", scope["path"])
             return self.error(scope, 500, "internal error in llmtap serve (see its log)")
@@ -160,9 +212,8 @@ class Endpoints:
     def _decode_and_export(
         self, signal: Signal, raw: bytes, encoding: str | None, kind: str, body: _Body
     ) -> Any:
-        data = decompress(raw, encoding, self.max_body_bytes)
-        if data is not raw:
-            body.hold(len(data))  # the inflated copy is held too, until the request is answered
+        # The inflated copy is held too, until the request is answered: counted piece by piece as it inflates.
+        data = decompress(raw, encoding, self.max_body_bytes, body.hold)
         request = parse(signal, data, kind)
         return self.receiver.export(signal, request, data if kind == PROTOBUF else None)
 
@@ -199,7 +250,7 @@ class Endpoints:
     # ---- health and metrics -------------------------------------------------------------------------------
     async def _health(self, request: Request) -> Response:
         client = request.client.host if request.client else ""
-        health = await self._run(self._work, self.health_for, client, request.headers.get("authorization"))
+        health = await self._run(self._status, self.health_for, client, request.headers.get("authorization"))
         status = 200 if health.get("status") == "ok" else 503
         return Response(json.dumps(health).encode(), status, media_type="application/json")
 
@@ -218,8 +269,19 @@ class Endpoints:
             return Response(
                 b"missing or wrong bearer token\n", 401, {"WWW-Authenticate": "Bearer"}, "text/plain"
             )
-        text = await self._run(self._work, self.metrics_text)
+        text = await self._run(self._status, self.metrics_text)
         return Response(text.encode(), media_type="text/plain; version=0.0.4")
+
+
+class _AnyMethod:
+    """An ASGI application as a route's endpoint: Starlette routes every method to it (a function or a method
+    as endpoint gets GET alone)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Any]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 class _Body:
@@ -267,13 +329,16 @@ def _declared_length(headers: Headers) -> int | None:
     return None if length is None else int(length)
 
 
-def _ambiguity(headers: Headers) -> str | None:
+def _ambiguity(headers: Headers, http_version: str) -> str | None:
     """Why hops could read a request differently, or None. h11 refuses malformed lengths and chunks itself, but
-    reads a body with both Transfer-Encoding and Content-Length as chunked; RFC 9112 §6.1 then has the connection
-    closed: refused here with 400. Two Authorization fields are malformed, not a list (RFC 9110 §5.3, §11.6.2):
-    which one decides would depend on the hop, so a right token could carry a wrong one past a proxy."""
+    reads a body with both Transfer-Encoding and Content-Length as chunked, and reads chunks in an HTTP/1.0 request
+    (which has no Transfer-Encoding); RFC 9112 §6.1 has both treated as faulty framing and the connection closed:
+    refused here with 400. Two Authorization fields are malformed, not a list (RFC 9110 §5.3, §11.6.2): which one
+    decides would depend on the hop, so a right token could carry a wrong one past a proxy."""
     if "transfer-encoding" in headers and "content-length" in headers:
         return "both Transfer-Encoding and Content-Length given (RFC 9112 §6.1); send one of them"
+    if "transfer-encoding" in headers and http_version == "1.0":
+        return "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1); send Content-Length"
     count = len(headers.getlist("authorization"))
     return f"Authorization given {count} times; send one bearer token" if count > 1 else None
 

@@ -1,25 +1,34 @@
-"""The read limits of serve's HTTP port that uvicorn lacks, on its own h11 protocol, plus the body byte budget.
+"""The read and write limits of serve's HTTP port that uvicorn lacks, on its own h11 protocol, plus the body byte
+budget.
 
-uvicorn closes idle keep-alive connections, but only after a first response, and it has no header or body read
-timeout. This protocol subclass adds, per connection, the limits Apache's mod_reqtimeout is known for:
+uvicorn closes idle keep-alive connections, but only after a first response, and it has no header, body or write
+timeout. This protocol subclass adds, per connection, limits like those of Apache's mod_reqtimeout:
 
 - idle (connected or between requests, no byte of a request yet): uvicorn's keep-alive timeout, from the connect on;
 - request head: complete within ``header_seconds`` of its first byte, else the connection is closed;
 - body: complete within ``body_seconds`` plus one second per ``body_min_rate`` bytes received, else 408 and close
   (a trickle below the minimum rate runs out of time, however long it has been going);
-- more than ``max_connections`` open: each request gets 503 with Retry-After and the connection is closed;
-- every close is a lingering close (RFC 9112 §9.6): the write side first, then what the client still sends is read
-  and dropped for a moment, so that its TCP stack does not discard serve's answer on a reset (a request refused
-  before its body was read is answered while the body is still arriving).
+- writes: a connection with an answer waiting to go out that makes no progress for ``write_seconds`` (checked
+  every ``write_seconds``, so cut between one and two of them after the client stopped reading) is aborted;
+- connections accepted while more than ``max_connections`` are open are refused: each request on them gets 503
+  with Retry-After and the connection is closed (connections already open keep being served);
+- serve's own closes are lingering closes (RFC 9112 §9.6): the write side first, then what the client still sends
+  is read and dropped for a moment, so that its TCP stack does not discard serve's answer on a reset (a request
+  refused before its body was read is answered while the body is still arriving);
+- a client that half-closes after sending its request (SHUT_WR) still gets the answer, then the connection closes.
 
 Why a subclass: uvicorn's own ``limit_concurrency`` answers 503 without Retry-After (OTLP exporters retry only with
-it), and uvicorn offers no hook for read deadlines; the h11 connection state (``their_state``) says exactly which
-phase a request is in, so each timer follows it. Everything runs on the server's event loop: no thread per socket.
+it), and uvicorn offers no hook for these deadlines; the h11 connection state (``their_state``) says exactly which
+phase a request is in, so each timer follows it. It relies on uvicorn internals (``cycle``, ``connections``,
+``timeout_keep_alive_task``, ``eof_received``, ``conn.trailing_data``), hence the upper version bounds in pyproject.toml. Everything
+runs on the server's event loop: no thread per socket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -40,7 +49,8 @@ class HTTPLimits:
     body_seconds: float = 10.0  # for a body, plus one second per body_min_rate bytes received
     body_min_rate: int = 1024  # bytes per second
     idle_seconds: float = 30.0  # an open connection without a request (keep-alive)
-    max_connections: int = 1000  # open at once; more get 503 + Retry-After
+    write_seconds: float = 10.0  # an answer the client does not read: aborted after this without progress
+    max_connections: int = 1000  # open at once; more get 503 + Retry-After (lowered to fit open-file limit)
     backlog: int = 2048  # connections the kernel queues before serve accepts them (uvicorn's default)
 
 
@@ -69,32 +79,58 @@ class ByteBudget:
 _HEAD = "head"
 _BODY = "body"
 _LINGER_SECONDS = 2.0
+_UNSENT_BYTES = 128 << 10
+_REFUSED_WAIT_SECONDS = 1.0  # for the request on a connection above the cap, to be answered 503
 _LINGER_BYTES = 1 << 20  # then the connection is reset: an answer this far back has been read
 
 
 class _LingeringTransport(asyncio.Transport):
     """A connection's transport whose close() half-closes, then drops what arrives until the client closes too,
-    _LINGER_SECONDS pass or _LINGER_BYTES arrive."""
+    _LINGER_SECONDS pass or _LINGER_BYTES arrive; and whose writes must make progress (``write_seconds``)."""
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, write_seconds: float
+    ) -> None:
         super().__init__()
         self._transport = transport
         self._loop = loop
         self.lingering = False
+        self.eof_received = False  # the client half-closed: nothing more to read, nothing to linger for
         self._dropped = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._write_seconds = write_seconds
+        self._written = 0
+        self._flushed_at_check = 0
+        self._write_timer: asyncio.TimerHandle | None = None
 
     def close(self) -> None:
         if self.lingering or self._transport.is_closing():
             return
         self.lingering = True
+        if self.eof_received:  # the client sends nothing more: close once the answer is out (or aborted)
+            self._transport.close()
+            return
         try:
             self._transport.write_eof()  # after what is buffered: the answer goes out whole, then FIN
         except OSError:  # the client is gone already
             self._transport.close()
             return
         self._transport.resume_reading()
-        self._timer = self._loop.call_later(_LINGER_SECONDS, self._transport.close)
+        self._timer = self._loop.call_later(_LINGER_SECONDS, self._linger_over)
+
+    def close_now(self) -> None:
+        """Close without lingering: nothing was answered that the client could lose to a reset."""
+        self.lingering = True
+        self._transport.close()
+
+    def _linger_over(self) -> None:
+        """The client has had its moment. close() would wait for the write buffer to empty, and a client that does
+        not read would keep it for ever: with the buffer empty the socket goes now, else the write deadline (still
+        armed) aborts it unless the client reads."""
+        if not self._transport.get_write_buffer_size():
+            self._transport.abort()
+        else:
+            self._transport.close()
 
     def drop(self, size: int) -> None:
         """Data that arrived while lingering."""
@@ -103,14 +139,40 @@ class _LingeringTransport(asyncio.Transport):
             self._transport.close()
 
     def closed(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        for timer in (self._timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
 
     def is_closing(self) -> bool:
         return self.lingering or self._transport.is_closing()
 
     def write(self, data: Any) -> None:
         self._transport.write(data)
+        self._written += len(data)
+        self._watch_writes()
+
+    def _flushed(self) -> int:
+        """Bytes handed to the kernel so far (what asyncio no longer buffers)."""
+        return self._written - self._transport.get_write_buffer_size()
+
+    def _watch_writes(self) -> None:
+        if self._write_timer is None and self._transport.get_write_buffer_size():
+            self._flushed_at_check = self._flushed()
+            self._write_timer = self._loop.call_later(self._write_seconds, self._check_writes)
+
+    def _check_writes(self) -> None:
+        """Abort a connection whose buffered answer made no progress for a whole ``write_seconds``: uvicorn's
+        send() waits for the buffer to drain without a timeout, and close() waits for it to empty."""
+        self._write_timer = None
+        if not self._transport.get_write_buffer_size():
+            return
+        if self._flushed() == self._flushed_at_check:
+            self._transport.abort()
+            return
+        self._watch_writes()
+
+    def abort(self) -> None:
+        self._transport.abort()
 
     def pause_reading(self) -> None:
         if not self.lingering:
@@ -119,15 +181,31 @@ class _LingeringTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         self._transport.resume_reading()
 
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size()
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._transport.get_extra_info(name, default)
+
+
+def _bound_unsent(transport: asyncio.Transport) -> None:
+    """Let the kernel hold at most _UNSENT_BYTES of answers the client has not taken (Linux, macOS), instead of
+    the megabytes of its send buffer: past them asyncio buffers, and the write deadline sees a client that does
+    not read within seconds, however slowly serve answers it. What is in flight is not limited (throughput
+    stays)."""
+    option = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    sock = transport.get_extra_info("socket")
+    if option is not None and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, _UNSENT_BYTES)
 
 
 class LimitedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with read deadlines, a minimum body rate and a connection cap (see the module)."""
 
     limits: ClassVar[HTTPLimits]
-    over_capacity: ClassVar[ASGIApp]  # answers a request that came in above max_connections
+    over_capacity: ClassVar[ASGIApp]  # answers each request on a connection accepted above max_connections
+    open_files: ClassVar[int] = 1 << 20  # connections beyond it are reset at once
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -137,27 +215,60 @@ class LimitedH11Protocol(H11Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._phase_started = 0.0
         self._body_bytes = 0
+        self._over_cap = False
 
     @classmethod
-    def with_limits(cls, limits: HTTPLimits, over_capacity: ASGIApp) -> type[LimitedH11Protocol]:
-        """A protocol class for one server (uvicorn instantiates the class it is given)."""
-        return type(cls.__name__, (cls,), {"limits": limits, "over_capacity": over_capacity})
+    def with_limits(
+        cls, limits: HTTPLimits, over_capacity: ASGIApp, open_files: int = 1 << 20
+    ) -> type[LimitedH11Protocol]:
+        """A protocol class for one server (uvicorn instantiates the class it is given). Connections beyond
+        ``open_files`` are dropped without an answer: the rest of the process's file descriptors are not theirs."""
+        attributes = {"limits": limits, "over_capacity": over_capacity, "open_files": open_files}
+        return type(cls.__name__, (cls,), attributes)
 
     async def _capped_app(self, scope: Any, receive: Any, send: Any) -> None:
-        app = (
-            self.over_capacity
-            if len(self.connections) > self.limits.max_connections
-            else self._app_within_cap
-        )
+        app = self.over_capacity if self._over_cap else self._app_within_cap
         await app(scope, receive, send)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        self._lingering = _LingeringTransport(transport, self.loop)
+        self._lingering = _LingeringTransport(transport, self.loop, self.limits.write_seconds)
+        _bound_unsent(transport)
         super().connection_made(self._lingering)
+        # Decided once, on the connect: the connections already open keep being served, this one is refused.
+        self._over_cap = len(self.connections) > self.limits.max_connections
+        if len(self.connections) > self.open_files:
+            self._lingering.abort()
+            return
         # uvicorn arms its keep-alive timeout after a response only: a client that never sends would stay forever.
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
-        )
+        # A refused connection holds a file descriptor that others need: its request must come at once.
+        wait = self.timeout_keep_alive
+        if self._over_cap:
+            wait = min(wait, self.limits.header_seconds, _REFUSED_WAIT_SECONDS)
+        self.timeout_keep_alive_task = self.loop.call_later(wait, self.timeout_keep_alive_handler)
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed (shutdown(SHUT_WR) after its request, as some clients do). uvicorn returns None,
+        so asyncio closes the transport and the answer to a request read whole is lost (the client, answered
+        nothing, sends it again: stored twice). That request is answered, then the connection closed; in any
+        other phase (a request incomplete, none at all) the connection closes as before."""
+        self._lingering.eof_received = True
+        cycle = self.cycle
+        if (
+            not self._lingering.lingering
+            and cycle is not None
+            and not cycle.response_complete
+            and not cycle.more_body
+        ):
+            cycle.keep_alive = False  # uvicorn closes after the answer
+            return True
+        return None
+
+    def timeout_keep_alive_handler(self) -> None:
+        """An idle connection is owed no answer: closed at once, not lingering, so its file descriptor is free
+        (an attacker's idle connections above the cap would otherwise hold theirs a moment longer)."""
+        if not self.transport.is_closing():
+            self.conn.send(h11.ConnectionClosed())
+            self._lingering.close_now()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering.lingering:

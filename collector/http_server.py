@@ -4,15 +4,18 @@ serve's process with an event loop of its own.
 Serve binds the listening socket itself (its errors are serve's one-line messages, port 0 picks a free port, the
 backlog is deep enough for a burst of connects) and hands it to uvicorn. uvicorn brings keep-alive, HTTP/1.1 framing
 (h11, which refuses malformed lengths and chunks with 400) and thousands of idle connections without a thread each;
-:mod:`llmtap.collector.http_limits` adds the read deadlines and the connection cap.
+:mod:`llmtap.collector.http_limits` adds the read and write deadlines and the connection cap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,6 +29,13 @@ from llmtap.collector.http_limits import HTTPLimits, LimitedH11Protocol
 EXPORT_THREADS = 8
 QUERY_THREADS = 4
 _GRACE_SECONDS = 3  # for requests in progress when serve stops
+# Open files serve keeps for itself besides its HTTP connections: spool segments, chDB's parts and logs, gRPC,
+# threads' pipes. The connection cap is sized below the open-file limit minus these.
+_RESERVED_FILES = 256
+_ACCEPT_FAILED = "socket.accept() out of system resource"
+_ACCEPT_WARN_SECONDS = 60.0
+
+log = logging.getLogger("llmtap.serve")
 
 
 class HTTPServer:
@@ -35,13 +45,24 @@ class HTTPServer:
         """Bind (raising OSError as bind() does); ``endpoints`` are Endpoints' arguments but the executors."""
         self.socket = _bind(host, port, limits.backlog)
         self.port: int = self.socket.getsockname()[1]
+        # Connections beyond the cap take files too until they are answered 503: past ``open_files`` they are
+        # dropped at once, so that the spool and the store always find a file descriptor.
+        open_files = max(16, open_file_limit() - _RESERVED_FILES)
+        self.limits = dataclasses.replace(
+            limits, max_connections=min(limits.max_connections, open_files * 3 // 4)
+        )
         self._work = ThreadPoolExecutor(EXPORT_THREADS, thread_name_prefix="llmtap-http")
         self._queries = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="llmtap-query")
-        app = Endpoints(listen_host=host, work=self._work, queries=self._queries, **endpoints)
+        # /health and /metrics: never queued behind exports waiting on a stalled disk.
+        self._status = ThreadPoolExecutor(1, thread_name_prefix="llmtap-status")
+        self.app = app = Endpoints(
+            listen_host=host, work=self._work, queries=self._queries, status=self._status, **endpoints
+        )
         self.health_for = app.health_for  # what GET /health answers a client (host, Authorization header)
+        self._accept_warned = -_ACCEPT_WARN_SECONDS
         config = uvicorn.Config(
             app,
-            http=LimitedH11Protocol.with_limits(limits, app.over_capacity),
+            http=LimitedH11Protocol.with_limits(self.limits, app.over_capacity, open_files),
             interface="asgi3",
             lifespan="off",
             ws="none",
@@ -64,19 +85,68 @@ class HTTPServer:
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()
+        loop.set_exception_handler(self._loop_error)
         try:
             loop.run_until_complete(self._server.serve(sockets=[self.socket]))
+            # What uvicorn cancelled after its grace period may wait to write to a client that does not read:
+            # cut those connections, and let the requests end (answered, or their client gone) before the loop.
+            state = self._server.server_state
+            for connection in list(state.connections):
+                connection.transport.abort()
+            if state.tasks:
+                loop.run_until_complete(asyncio.wait(list(state.tasks), timeout=1))
         finally:
             loop.close()
 
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio logs a traceback for every failed accept (up to the backlog's worth per wake-up) when serve
+        runs out of file descriptors: one line a minute instead."""
+        if context.get("message") != _ACCEPT_FAILED:
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self._accept_warned >= _ACCEPT_WARN_SECONDS:
+            self._accept_warned = now
+            log.warning(
+                "cannot accept HTTP connections: %s (open-file limit %d); retrying each second",
+                context.get("exception"), open_file_limit(),
+            )  # fmt: skip
+
     def stop(self) -> None:
-        """Stop accepting, give requests in progress a moment, then release the port and the threads."""
+        """Stop taking requests, finish the exports in progress, then release the port and the threads.
+
+        Requests that have not reached a worker (their body still arriving, or queued for one) are answered 503
+        with Retry-After at once. Exports a worker runs are finished and answered (200 when stored) before the
+        port closes: they may be in the spool already, and an exporter told anything else would send them again.
+        (Serve waited for them before too, only after the port had closed.) Then uvicorn closes the port and gives
+        what is left (answers going out, queries) its grace period; a query still running after it gets 503."""
+        self.app.stopping = True
+        self._queries.shutdown(wait=False, cancel_futures=True)
+        self._work.shutdown(wait=True, cancel_futures=True)
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(_GRACE_SECONDS + 2)
         self.socket.close()
-        self._work.shutdown(wait=True, cancel_futures=True)  # an export in progress finishes its spool write
-        self._queries.shutdown(wait=False, cancel_futures=True)
+        self._status.shutdown(wait=False)
+
+
+def open_file_limit() -> int:
+    """The soft open-file limit, raised to the hard limit first where allowed (connections each take a file; a
+    soft limit of 1024 is common). Without the resource module (Windows) or a limit: a number large enough."""
+    try:
+        import resource
+    except ImportError:
+        return 1 << 20
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+            target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+            with contextlib.suppress(OSError, ValueError):  # e.g. macOS refuses more than OPEN_MAX
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        return 1 << 20
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
 
 
 def _bind(host: str, port: int, backlog: int) -> socket.socket:

@@ -15,6 +15,7 @@ import time
 
 import pytest
 from collector_support import running_collector
+from google.rpc import status_pb2
 from test_collector_receivers import TOKEN, good_span, span_request
 
 WAIT = 10.0  # seconds an answer may take; a serve stuck reading a body never answers
@@ -272,3 +273,46 @@ def test_a_chunked_otlp_request_with_extensions_and_trailers_is_stored(serve):
         response.begin()
         answer = response.read()
     assert response.status == 200, answer
+
+
+@pytest.mark.parametrize("path", POST_ROUTES)
+def test_transfer_encoding_in_an_http_1_0_request_is_refused_with_400(serve, path):
+    """RFC 9112 §6.1: faulty framing. Before: h11 read the chunks and the request was served."""
+    body = BODIES[path]
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    head = request_head("POST", path, JSON, AUTH, "Transfer-Encoding: chunked").replace(
+        b"HTTP/1.1", b"HTTP/1.0"
+    )
+    status, headers, text, closed = exchange(serve, head, chunked)
+    assert status == 400 and "HTTP/1.0" in text, text
+    assert headers["Connection"] == "close" and closed
+
+
+@pytest.mark.parametrize("path", ["/v1/traces/", "/api/query/", "/v1/trace", "/nothing"])
+def test_an_unknown_path_is_404_in_json_without_a_redirect(serve, path):
+    """Before: a trailing slash got 307 with a Location built from the Host header, others a text 404."""
+    body = BODIES["/v1/traces"]
+    head = request_head("POST", path, JSON, AUTH, f"Content-Length: {len(body)}", "Host: evil.example")
+    status, headers, text, _ = exchange(serve, head.replace(b"Host: 127.0.0.1\r\n", b""), body)
+    assert status == 404 and "Location" not in headers, (status, text)
+    assert headers["Content-Type"] == "application/json" and "no such route" in text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("GET", "/v1/traces", "POST"), ("PUT", "/api/query", "POST"), ("POST", "/health", "GET, HEAD")],
+)
+def test_a_wrong_method_is_405_with_allow_in_the_route_s_encoding(serve, method, path, allowed):
+    """OTLP routes answer google.rpc.Status (here in JSON, the request's encoding), others {"error": ...}. Before:
+    Starlette's plain-text "Method Not Allowed"."""
+    head = request_head(method, path, JSON, AUTH, "Content-Length: 0")
+    status, headers, text, _ = exchange(serve, head)
+    assert status == 405 and headers["Allow"] == allowed
+    assert headers["Content-Type"] == "application/json" and text == f"use {allowed}"
+    if path == "/v1/traces":
+        protobuf = request_head(method, path, AUTH, "Content-Length: 0")
+        with connect(serve) as sock:
+            sock.sendall(protobuf)
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert status_pb2.Status.FromString(response.read()).code == 12  # UNIMPLEMENTED

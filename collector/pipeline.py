@@ -361,7 +361,8 @@ class Pipeline:
             deferred, self._deferred = self._deferred, None
         if all(entry.released for entry in entries):
             self.spool.release([e.record.seq for e in deferred], sum(e.record.length for e in deferred))
-        else:
+        else:  # its records stay, but what was written (or quarantined) of it is no longer pending
+            self.spool.settle(sum(entry.record.length for entry in deferred))
             log.warning("a split batch stays in the spool until serve starts again")
 
     def _bisect(self, entries: list[_Entry], token: str, landed: set[str]) -> None:

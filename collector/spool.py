@@ -447,6 +447,12 @@ class Spool:
             self._pop_released()
         self._advance()
 
+    def settle(self, payload_bytes: int) -> None:
+        """Records written (or quarantined) that stay in the spool, unreleased, no longer count as pending: a split
+        batch is kept whole for the next start when one of its requests could not be quarantined."""
+        with self._append_lock:
+            self._pending_bytes -= payload_bytes
+
     def _pop_released(self) -> None:
         # Called with the append lock held.
         while self._unreleased and self._unreleased[0] in self._released:

@@ -306,7 +306,8 @@ def test_a_damaged_spool_record_is_quarantined_once_while_the_store_comes_back(t
 
 def test_a_request_that_cannot_be_quarantined_stays_in_the_spool_and_the_writer_goes_on(tmp_path, caplog):
     """When the quarantine cannot be written (a full disk, a file in the way), the writer thread lives on and
-    writes what follows; the rejected request stays in the spool for the next start instead of being lost."""
+    writes what follows; the rejected request stays in the spool for the next start instead of being lost. What
+    was written of its batch no longer counts against the spool's limit (it used to until serve stopped)."""
     spool = Spool(tmp_path / "spool")
     (tmp_path / "spool" / "quarantine").write_bytes(b"")  # the directory cannot be made: an OSError
     pipeline = Pipeline(lambda: None, spool, Stats(), Limits(flush_seconds=0.5))  # both in one batch
@@ -327,6 +328,7 @@ def test_a_request_that_cannot_be_quarantined_stays_in_the_spool_and_the_writer_
     while not inserted and time.monotonic() < deadline:
         time.sleep(0.01)
     assert inserted == [b"after"]
+    assert wait_for(lambda: spool.pending_bytes == len(b"rejected"), timeout=2), spool.pending_bytes
     assert pipeline.close()
     assert "cannot quarantine traces request 1" in caplog.text
     (tmp_path / "spool" / "quarantine").unlink()

@@ -55,6 +55,7 @@ holds only records the checkpoint says are written, which replay skips, and it i
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import hashlib
@@ -184,7 +185,7 @@ class Spool:
         self._next_seq = self.written + 1
         self._pending_bytes = 0
         self._unreleased: list[int] = []  # heap of the seqs appended (or replayed) and not released yet
-        self._released: set[int] = set()  # released seqs still behind an unreleased one
+        self._released = _SeqRanges()  # released seqs still behind an unreleased one
         self._full_need = 0  # bytes the last append could not write for a full disk (0: writable)
         # Set by the writer while it waits on the spool for a reason of its own (a payload it cannot read back, a
         # quarantine it cannot write): /health says the spool is not writable, not that the store is down.
@@ -207,7 +208,7 @@ class Spool:
         self._pending_bytes = sum(r.length for r in records)
         # The seqs released before count as unreleased ones released at once: `written` then moves past them.
         self._unreleased = sorted([r.seq for r in records] + list(self._released_before))
-        self._released = set(self._released_before)
+        self._released = _SeqRanges(sorted(self._released_before))
         replayed = {r.seq for r in records}
         self._open = {batch: None for batch in self._open if replayed.intersection(batch)}
         with self._append_lock:
@@ -456,17 +457,19 @@ class Spool:
     def _pop_released(self) -> None:
         # Called with the append lock held.
         while self._unreleased and self._unreleased[0] in self._released:
-            self._released.discard(heapq.heappop(self._unreleased))
+            heapq.heappop(self._unreleased)
+        self._released.discard_below(self._unreleased[0] if self._unreleased else self._next_seq)
 
     def _advance(self) -> None:
         with self._append_lock:
             # Every seq below the first unreleased one is written; with none, every seq appended so far.
             written = self._unreleased[0] - 1 if self._unreleased else self._next_seq - 1
+            released = self._released.copy()  # appends may change it meanwhile
         self.written = max(self.written, written)
         self._open = {
             batch: None
             for batch in self._open
-            if not all(seq <= self.written or seq in self._released for seq in batch)
+            if not all(seq <= self.written or seq in released for seq in batch)
         }
         try:
             self._write_checkpoint()
@@ -531,7 +534,7 @@ class Spool:
     def _write_checkpoint(self) -> None:
         """Save the checkpoint in the slot that does not hold the newest one (see the module docstring)."""
         with self._append_lock:
-            released = _ranges(sorted(self._released))
+            released = self._released.ranges()
         written = self.written
         state = {"spool": self.id, "written": written, "released": released,
                  "open": [_ranges(batch) for batch in self._open]}  # fmt: skip
@@ -588,6 +591,58 @@ class Spool:
             os.close(self._checkpoint_fd)
             self._checkpoint_fd = None
         self._lock_file.close()
+
+
+class _SeqRanges:
+    """A set of seqs as sorted, disjoint ranges of consecutive ones. The seqs released behind an unreleased one
+    are a few runs however many they are: the checkpoint lists them, with the append lock held, in time and space
+    that does not grow with them (a set, sorted for each checkpoint, did, for as long as a record stayed)."""
+
+    def __init__(self, seqs: Iterable[int] = ()) -> None:
+        self._firsts: list[int] = []
+        self._lasts: list[int] = []
+        self.update(seqs)
+
+    def __contains__(self, seq: int) -> bool:
+        index = bisect.bisect_right(self._firsts, seq)
+        return index > 0 and self._lasts[index - 1] >= seq
+
+    def update(self, seqs: Iterable[int]) -> None:
+        for seq in seqs:
+            self.add(seq)
+
+    def add(self, seq: int) -> None:
+        firsts, lasts = self._firsts, self._lasts
+        index = bisect.bisect_right(firsts, seq)  # the ranges before it start at or below seq
+        if index and lasts[index - 1] >= seq:
+            return
+        joins_before = index > 0 and lasts[index - 1] == seq - 1
+        joins_after = index < len(firsts) and firsts[index] == seq + 1
+        if joins_before and joins_after:
+            lasts[index - 1] = lasts[index]
+            del firsts[index], lasts[index]
+        elif joins_before:
+            lasts[index - 1] = seq
+        elif joins_after:
+            firsts[index] = seq
+        else:
+            firsts.insert(index, seq)
+            lasts.insert(index, seq)
+
+    def discard_below(self, seq: int) -> None:
+        """Forget every seq below ``seq``."""
+        index = bisect.bisect_left(self._lasts, seq)  # the ranges before it end below seq
+        del self._firsts[:index], self._lasts[:index]
+        if self._firsts and self._firsts[0] < seq:
+            self._firsts[0] = seq
+
+    def copy(self) -> _SeqRanges:
+        other = _SeqRanges()
+        other._firsts, other._lasts = list(self._firsts), list(self._lasts)
+        return other
+
+    def ranges(self) -> list[list[int]]:
+        return [[first, last] for first, last in zip(self._firsts, self._lasts, strict=True)]
 
 
 def _ranges(seqs: Sequence[int]) -> list[list[int]]:

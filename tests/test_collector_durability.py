@@ -735,3 +735,44 @@ def test_a_split_killed_before_it_finds_the_culprit_is_replayed_within_the_dedup
     quarantined = [path.name for path in (tmp_path / "spool" / "quarantine").glob("*.pb")]
     assert quarantined == [f"{40:020d}-traces.pb"]
     assert Spool(tmp_path / "spool").recover() == []
+
+
+class TimedLock:
+    """A lock that notes how long each hold lasted."""
+
+    def __init__(self, lock) -> None:
+        self.lock, self.holds, self.since = lock, [], 0.0
+
+    def __enter__(self):
+        self.lock.acquire()
+        self.since = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.holds.append(time.perf_counter() - self.since)
+        self.lock.release()
+
+
+def test_a_checkpoint_behind_a_stuck_record_holds_the_append_lock_briefly(tmp_path, monkeypatch):
+    """A record stays unreleased (a stuck batch) while 100,000 later ones are released: every checkpoint lists
+    them, and every append waits for the append lock meanwhile. Listing them must not cost a walk over each seq
+    (it sorted them all, under the lock, twice per batch, more with each batch for the life of the process)."""
+    monkeypatch.setattr(os, "fsync", lambda fd: None)  # 100,000 appends
+    spool = Spool(tmp_path / "spool")
+    spool.recover()
+    spool.append("traces", b"stuck")
+    later = [spool.append("traces", b"x").seq for _ in range(100_000)]
+    spool.release(later[1::2])
+    spool.release(later[::2])
+    assert spool.written == 0
+    lock = spool._append_lock = TimedLock(spool._append_lock)
+    longest = []
+    for _ in range(5):
+        lock.holds.clear()
+        spool._write_checkpoint()
+        longest.append(max(lock.holds))
+    assert min(longest) < 0.002, longest
+    spool.close()
+    reopened = Spool(tmp_path / "spool")
+    assert [reopened.read(record) for record in reopened.recover()] == [b"stuck"]
+    reopened.close()

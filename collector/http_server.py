@@ -29,6 +29,9 @@ from llmtap.collector.http_limits import HTTPLimits, LimitedH11Protocol
 EXPORT_THREADS = 8
 QUERY_THREADS = 4
 _GRACE_SECONDS = 3  # for requests in progress when serve stops
+_EXPORTS_FINISH_SECONDS = (
+    30  # for exports in a worker at stop: as long as serve waits for its writer to drain
+)
 # Open files serve keeps for itself besides its HTTP connections: spool segments, chDB's parts and logs, gRPC,
 # threads' pipes. The connection cap is sized below the open-file limit minus these.
 _RESERVED_FILES = 256
@@ -122,7 +125,12 @@ class HTTPServer:
         what is left (answers going out, queries) its grace period; a query still running after it gets 503."""
         self.app.stopping = True
         self._queries.shutdown(wait=False, cancel_futures=True)
-        self._work.shutdown(wait=True, cancel_futures=True)
+        # An export stuck in an fsync on a dead disk must not hang serve's stop: wait for them a bounded time.
+        finishing = threading.Thread(
+            target=self._work.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True
+        )
+        finishing.start()
+        finishing.join(_EXPORTS_FINISH_SECONDS)
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(_GRACE_SECONDS + 2)

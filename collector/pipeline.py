@@ -335,7 +335,7 @@ class Pipeline:
                     elif len(entries) > 1:
                         self._split(entries, token, landed)
                     elif entries:
-                        self._quarantine(entries[0], exc)
+                        self._quarantine_or_wait(entries[0], exc)
                     return
                 log.warning("write to ClickHouse failed (attempt %d): %s", attempt, _describe(exc))
                 if self._stopping and store_down:
@@ -443,9 +443,9 @@ class Pipeline:
     def _quarantine(self, entry: _Entry, exc: BaseException, payload: bytes | None = None) -> bool:
         """Move a request ClickHouse will never accept aside (spool/quarantine/) so the rest keeps flowing.
 
-        Where that cannot be written (a full disk), the request stays in the spool, unreleased, and is tried
-        again at the next start (False): an error escaping here would end the writer thread while serve goes on
-        acknowledging requests."""
+        Where that cannot be written (a full disk), the request stays in the spool, unreleased (False), for the
+        caller to try again: an error escaping here would end the writer thread while serve goes on acknowledging
+        requests."""
         directory = self.spool.directory / "quarantine"
         name = f"{entry.record.seq:020d}-{entry.record.signal}"
         try:
@@ -465,6 +465,20 @@ class Pipeline:
         self.stats.add(entry.record.signal, "dropped", entry.items)
         self._release([entry])
         return True
+
+    def _quarantine_or_wait(self, entry: _Entry, exc: BaseException) -> None:
+        """Quarantine a request ClickHouse refused as data, waiting while that cannot be written (a full disk),
+        with /health's spool not writable, until it can or serve stops (then it stays for the next start).
+        Going on without it would hold ``written`` at its seq: no later segment deleted, none counted pending, the
+        disk filling until a restart, with nobody trying the quarantine again once space returns."""
+        waits = 0
+        while not self._quarantine(entry, exc):
+            waits += 1
+            self.spool.writer_stalled = True
+            if self._stopping:
+                return
+            self._sleep(min(30.0, 0.5 * 2 ** min(waits, 6)))
+        self.spool.writer_stalled = False
 
     def _open(self) -> Any:
         self._client = self._connect()

@@ -304,12 +304,11 @@ def test_a_damaged_spool_record_is_quarantined_once_while_the_store_comes_back(t
     assert Spool(tmp_path / "spool").recover() == []  # nothing left to replay
 
 
-def test_a_request_that_cannot_be_quarantined_stays_in_the_spool_and_the_writer_goes_on(tmp_path, caplog):
-    """When the quarantine cannot be written (a full disk, a file in the way), the writer thread lives on and
-    writes what follows; the rejected request stays in the spool for the next start instead of being lost. What
-    was written of its batch no longer counts against the spool's limit (it used to until serve stopped)."""
+def _refusing_pipeline(tmp_path):
+    """A pipeline whose store refuses the request b"rejected" as data, with its quarantine unwritable (a file where
+    its directory goes: an OSError, as on a full disk); the payloads inserted."""
     spool = Spool(tmp_path / "spool")
-    (tmp_path / "spool" / "quarantine").write_bytes(b"")  # the directory cannot be made: an OSError
+    (tmp_path / "spool" / "quarantine").write_bytes(b"")
     pipeline = Pipeline(lambda: None, spool, Stats(), Limits(flush_seconds=0.5))  # both in one batch
     inserted: list[bytes] = []
 
@@ -320,21 +319,43 @@ def test_a_request_that_cannot_be_quarantined_stays_in_the_spool_and_the_writer_
         pipeline._release(entries)
 
     pipeline._insert = insert
-    pipeline._sleep = lambda seconds: None
+    pipeline._sleep = lambda seconds: time.sleep(0.01)
     pipeline.start()
     pipeline.accept("traces", b"rejected", 1)
     pipeline.accept("traces", b"after", 1)
-    deadline = time.monotonic() + 10
-    while not inserted and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert inserted == [b"after"]
-    assert wait_for(lambda: spool.pending_bytes == len(b"rejected"), timeout=2), spool.pending_bytes
+    return pipeline, inserted
+
+
+def test_a_request_refused_as_data_waits_for_its_quarantine_and_drains_once_space_returns(tmp_path, caplog):
+    """The quarantine of a request ClickHouse refuses cannot be written (a full disk): the writer holds its batch,
+    with /health's spool not writable, and tries again, so it drains once space returns. It used to go on without
+    it: `written` stuck at its seq, no later segment ever deleted nor counted pending, the disk filling until every
+    request got 503, with nobody trying the quarantine again."""
+    pipeline, inserted = _refusing_pipeline(tmp_path)
+    spool = pipeline.spool
+    try:
+        assert wait_for(lambda: "cannot quarantine traces request 1" in caplog.text)
+        time.sleep(0.2)  # it keeps waiting
+        assert inserted == [] and not spool.writable()
+        assert spool.pending_bytes == len(b"rejected") + len(b"after")
+        (tmp_path / "spool" / "quarantine").unlink()  # space is back
+        assert wait_for(lambda: spool.written == 2 and spool.writable())
+        assert inserted == [b"after"] and spool.pending_bytes == 0
+    finally:
+        assert pipeline.close()
+    assert sorted(path.suffix for path in (tmp_path / "spool" / "quarantine").iterdir()) == [".pb", ".txt"]
+    assert Spool(tmp_path / "spool").recover() == []
+
+
+def test_a_request_that_cannot_be_quarantined_stays_in_the_spool_when_serve_stops(tmp_path, caplog):
+    """Serve stops while the writer waits to quarantine a rejected request: the request stays in the spool for the
+    next start instead of being lost, and its batch, split to find it, stays open."""
+    pipeline, _ = _refusing_pipeline(tmp_path)
+    assert wait_for(lambda: "cannot quarantine traces request 1" in caplog.text)
     assert pipeline.close()
-    assert "cannot quarantine traces request 1" in caplog.text
     (tmp_path / "spool" / "quarantine").unlink()
     reopened = Spool(tmp_path / "spool")
-    # The batch split to find the rejected request stays open: replayed whole, with the token it had, so what
-    # was written of it is de-duplicated.
+    # Replayed whole, with the token it had, so what was written of it is de-duplicated.
     assert [reopened.read(record) for record in reopened.recover()] == [b"rejected", b"after"]
     assert reopened.open_batches() == [(1, 2)]
     reopened.close()

@@ -111,6 +111,7 @@ class Pipeline:
         self._stopping = False
         self._client: Any = None
         self._deferred: list[_Entry] | None = None
+        self._checkpoint_retries = 0  # failed tries to save the spool's checkpoint while idle, in a row
         self._thread = threading.Thread(target=self._run, name="llmtap-writer", daemon=True)
 
     # ---- lifecycle ----------------------------------------------------------------------------------------
@@ -202,6 +203,9 @@ class Pipeline:
                 self._finish(*inflight.popleft())
             elif not entries and self._stopping:
                 return
+            elif not entries:  # idle: a failed checkpoint is tried again, else only new traffic would
+                saved = self.spool.retry_checkpoint()
+                self._checkpoint_retries = 0 if saved else self._checkpoint_retries + 1
 
     def _submit(self, entries: list[_Entry]) -> Future[Encoded] | None:
         """Hand a batch to the encoder workers (None: it must take the careful path in this process)."""
@@ -227,6 +231,9 @@ class Pipeline:
         """
         with self._cond:
             while wait and not self._queue and not self._stopping:
+                if self.spool.checkpoint_failed:  # woken on time to try it again (see _run)
+                    self._cond.wait(min(30.0, 0.5 * 2 ** min(self._checkpoint_retries, 6)))
+                    break
                 self._cond.wait()
             if not self._queue:
                 return []

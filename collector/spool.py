@@ -448,6 +448,18 @@ class Spool:
             self._pop_released()
         self._advance()
 
+    @property
+    def checkpoint_failed(self) -> bool:
+        """The last checkpoint could not be saved: segments stay and /health says the spool is not writable."""
+        return self._checkpoint_failed
+
+    def retry_checkpoint(self) -> bool:
+        """Save the checkpoint again after a failed save, and delete the segments it then says are written; the
+        writer calls this while idle, since otherwise only new traffic would try again. Whether it is saved."""
+        if self._checkpoint_failed:
+            self._advance()
+        return not self._checkpoint_failed
+
     def settle(self, payload_bytes: int) -> None:
         """Records written (or quarantined) that stay in the spool, unreleased, no longer count as pending: a split
         batch is kept whole for the next start when one of its requests could not be quarantined."""

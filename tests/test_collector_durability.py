@@ -618,6 +618,36 @@ def test_a_batch_whose_checkpoint_failed_is_noted_open_by_the_retry(tmp_path, mo
     reopened.close()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds a descriptor's file in /proc")
+def test_a_checkpoint_that_failed_after_an_insert_is_saved_again_without_traffic(tmp_path, monkeypatch):
+    """The checkpoint saved as a batch is released fails once (EIO from its fsync) and no request follows: the
+    writer tries it again on its own, so /health's spool becomes writable again and the checkpoint on disk says the
+    batch is written (it waited for the next request, for ever behind a balancer that stops sending on a 503)."""
+    spool = Spool(tmp_path / "spool")
+    pipeline = Pipeline(lambda: None, spool, Stats(), Limits(flush_seconds=0.01))
+    fsync, failing = os.fsync, []
+
+    def fsync_failing_once_for_the_checkpoint(fd: int) -> None:
+        if failing and _name_of(fd).startswith("checkpoint"):
+            failing.pop()
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        fsync(fd)
+
+    def insert(entries, token, landed):
+        failing.append(True)  # the checkpoint of the release
+        pipeline._release(entries)
+
+    monkeypatch.setattr(os, "fsync", fsync_failing_once_for_the_checkpoint)
+    pipeline._insert = insert
+    pipeline.start()
+    pipeline.accept("traces", b"one", 1)
+    try:
+        assert wait_for(lambda: spool.written == 1)
+        assert wait_for(spool.writable, timeout=5) and spool._checkpointed == 1
+    finally:
+        assert pipeline.close()
+
+
 class FakeStore:
     """ClickHouse as the writer sees it, for its failure paths: one block per insert and table, a block whose token
     the table holds among its last ``window`` dropped (migration 0017's non_replicated_deduplication_window), a

@@ -169,8 +169,10 @@ class Spool:
         self._checkpointed: int = state.get("written", 0)  # `written` as the checkpoint on disk says
         self.id: str = state.get("spool") or secrets.token_hex(8)
         self.written: int = state.get("written", 0)
-        # Seqs released past `written`: in ClickHouse (or quarantined) already, so not to be replayed.
-        self._released_before = {seq for seq in _seqs(state.get("released", [])) if seq > self.written}
+        # Seqs released past `written`: in ClickHouse (or quarantined) already, so not to be replayed. Kept as the
+        # ranges stored, never expanded seq by seq: behind a stuck record they can be millions.
+        self._released = _SeqRanges.of_ranges(state.get("released", []))
+        self._released.discard_below(self.written + 1)
         # Batches that may be in ClickHouse, in part or whole, and are not released yet: seqs -> None (in order).
         self._open: dict[tuple[int, ...], None] = {
             tuple(_seqs(ranges)): None for ranges in state.get("open", [])
@@ -185,7 +187,6 @@ class Spool:
         self._next_seq = self.written + 1
         self._pending_bytes = 0
         self._unreleased: list[int] = []  # heap of the seqs appended (or replayed) and not released yet
-        self._released = _SeqRanges()  # released seqs still behind an unreleased one
         self._full_need = 0  # bytes the last append could not write for a full disk (0: writable)
         # Set by the writer while it waits on the spool for a reason of its own (a payload it cannot read back, a
         # quarantine it cannot write): /health says the spool is not writable, not that the store is down.
@@ -201,14 +202,13 @@ class Spool:
                 path.unlink(missing_ok=True)
                 continue
             self._segments.append(_Segment(path, segment_records[0].seq, segment_records[-1].seq, size))
-            released = self._released_before
+            released = self._released
             records.extend(r for r in segment_records if r.seq > self.written and r.seq not in released)
             self._next_seq = max(self._next_seq, segment_records[-1].seq + 1)
-        self._next_seq = max(self._next_seq, max(self._released_before, default=0) + 1)
+        self._next_seq = max(self._next_seq, self._released.last() + 1)
         self._pending_bytes = sum(r.length for r in records)
-        # The seqs released before count as unreleased ones released at once: `written` then moves past them.
-        self._unreleased = sorted([r.seq for r in records] + list(self._released_before))
-        self._released = _SeqRanges(sorted(self._released_before))
+        # Only the replayed seqs wait; `written` moves past the released ones up to the first of them.
+        self._unreleased = sorted(r.seq for r in records)
         replayed = {r.seq for r in records}
         self._open = {batch: None for batch in self._open if replayed.intersection(batch)}
         with self._append_lock:
@@ -614,6 +614,24 @@ class _SeqRanges:
         self._firsts: list[int] = []
         self._lasts: list[int] = []
         self.update(seqs)
+
+    @classmethod
+    def of_ranges(cls, ranges: Iterable[Sequence[int]]) -> _SeqRanges:
+        """From [first, last] ranges as a checkpoint stores them (in any order, overlapping or not), in time and
+        space that grow with the ranges, not with the seqs they hold."""
+        merged = cls()
+        firsts, lasts = merged._firsts, merged._lasts
+        for first, last in sorted((int(first), int(last)) for first, last in ranges):
+            if lasts and first <= lasts[-1] + 1:
+                lasts[-1] = max(lasts[-1], last)
+            else:
+                firsts.append(first)
+                lasts.append(last)
+        return merged
+
+    def last(self) -> int:
+        """The highest seq held (0 for none)."""
+        return self._lasts[-1] if self._lasts else 0
 
     def __contains__(self, seq: int) -> bool:
         index = bisect.bisect_right(self._firsts, seq)

@@ -155,6 +155,9 @@ class Spool:
         self._generation = 0  # of the newest checkpoint on disk
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_failed = False  # the last checkpoint could not be saved
+        # The checkpoint file was renamed into place and the directory not fsynced since: until it is, the
+        # checkpoint may not survive a power loss, so it counts as not saved (no segment is deleted on its word).
+        self._directory_sync_owed = False
         self._legacy_checkpoint = False
         if fcntl is not None:
             try:
@@ -557,11 +560,14 @@ class Spool:
             slot = _SLOT.pack(_SLOT_MAGIC, generation, len(payload), crc) + payload
             try:
                 if self._checkpoint_fd is None or len(slot) > self._slot_bytes:
-                    self._new_checkpoint_file(slot)
+                    self._new_checkpoint_file(slot, generation)
                 else:
                     os.lseek(self._checkpoint_fd, generation % 2 * self._slot_bytes, os.SEEK_SET)
                     _write_all(self._checkpoint_fd, slot)
                     os.fsync(self._checkpoint_fd)
+                if self._directory_sync_owed:  # till then the file's name may not survive a power loss
+                    fsync_directory(self.directory)
+                    self._directory_sync_owed = False
             except OSError:
                 self._checkpoint_failed = True
                 raise
@@ -573,9 +579,10 @@ class Spool:
                     (self.directory / name).unlink(missing_ok=True)
                 self._legacy_checkpoint = False
 
-    def _new_checkpoint_file(self, slot: bytes) -> None:
-        """The slots file with ``slot`` in both slots (whichever the next write overwrites, the other holds it),
-        written whole, fsynced and renamed into place; the only checkpoint write that needs free space."""
+    def _new_checkpoint_file(self, slot: bytes, generation: int) -> None:
+        """The slots file with ``slot`` (of ``generation``) in both slots (whichever the next write overwrites, the
+        other holds it), written whole, fsynced and renamed into place; the only checkpoint write that needs free
+        space. The caller fsyncs the directory next (owed until that succeeds)."""
         slot_bytes = max(_SLOT_BYTES, -(-2 * len(slot) // _PAGE) * _PAGE)
         padded = slot + bytes(slot_bytes - len(slot))
         path = self.directory / _CHECKPOINT
@@ -593,7 +600,10 @@ class Spool:
         if self._checkpoint_fd is not None:
             os.close(self._checkpoint_fd)
         self._checkpoint_fd, self._slot_bytes = fd, slot_bytes
-        fsync_directory(self.directory)
+        # Both slots hold this generation now: a retry must write the next one, never a second, different state
+        # under this one (on start a tie picks slot 0, which could be the older).
+        self._generation = generation
+        self._directory_sync_owed = True
 
     def close(self) -> None:
         with self._append_lock, contextlib.suppress(SpoolUnavailable):

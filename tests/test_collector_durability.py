@@ -675,6 +675,98 @@ def test_the_stored_ranges_of_released_seqs_are_read_in_any_order():
     assert 4 in ranges and 7 not in ranges and 10**9 in ranges
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds a descriptor's file in /proc")
+def test_a_checkpoint_that_failed_after_an_insert_is_saved_again_without_traffic(tmp_path, monkeypatch):
+    """The checkpoint saved as a batch is released fails once (EIO from its fsync) and no request follows: the
+    writer tries it again on its own, so /health's spool becomes writable again and the checkpoint on disk says the
+    batch is written (it waited for the next request, for ever behind a balancer that stops sending on a 503)."""
+    spool = Spool(tmp_path / "spool")
+    pipeline = Pipeline(lambda: None, spool, Stats(), Limits(flush_seconds=0.01))
+    fsync, failing = os.fsync, []
+
+    def fsync_failing_once_for_the_checkpoint(fd: int) -> None:
+        if failing and _name_of(fd).startswith("checkpoint"):
+            failing.pop()
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        fsync(fd)
+
+    def insert(entries, token, landed):
+        failing.append(True)  # the checkpoint of the release
+        pipeline._release(entries)
+
+    monkeypatch.setattr(os, "fsync", fsync_failing_once_for_the_checkpoint)
+    pipeline._insert = insert
+    pipeline.start()
+    pipeline.accept("traces", b"one", 1)
+    try:
+        assert wait_for(lambda: spool.written == 1)
+        assert wait_for(spool.writable, timeout=5) and spool._checkpointed == 1
+    finally:
+        assert pipeline.close()
+
+
+def test_a_restart_does_not_expand_the_seqs_released_behind_a_stuck_one(tmp_path):
+    """A million seqs released behind one that stays are one range in the checkpoint; a restart must keep them as
+    that range (it expanded them into a set, a sorted list and a heap: 10 million took 5 s and 789 MB)."""
+    spool = Spool(tmp_path / "spool")
+    spool.recover()
+    stuck = spool.append("traces", b"stuck")
+    spool.release(range(stuck.seq + 1, 1_000_001))  # as if appended and written
+    spool._next_seq = 1_000_001
+    spool.close()
+    reopened = Spool(tmp_path / "spool")
+    assert [reopened.read(record) for record in reopened.recover()] == [b"stuck"]
+    assert reopened._unreleased == [stuck.seq] and reopened._released.ranges() == [[2, 1_000_000]]
+    assert reopened.append("traces", b"next").seq == 1_000_001
+    reopened.release([stuck.seq])
+    assert reopened.written == 1_000_000
+    reopened.close()
+
+
+def test_the_stored_ranges_of_released_seqs_are_read_in_any_order():
+    """A checkpoint's ranges (an earlier llmtap's too) are merged as they are read, never expanded."""
+    from llmtap.collector.spool import _SeqRanges
+
+    ranges = _SeqRanges.of_ranges([(5, 6), (1, 2), (3, 4), (9, 10), (8, 9), (20, 10**12)])
+    assert ranges.ranges() == [[1, 6], [8, 10], [20, 10**12]] and ranges.last() == 10**12
+    assert 4 in ranges and 7 not in ranges and 10**9 in ranges
+
+
+def test_a_checkpoint_whose_directory_fsync_failed_keeps_its_generations_apart_and_fsyncs_it_again(
+    tmp_path, monkeypatch
+):
+    """The checkpoint file is renamed into place and the directory fsync after it fails. The retry must write the
+    next generation (it wrote the same one again, in one slot, the other slot holding another state under it,
+    and a restart's tie took slot 0, possibly the older), and fsync the directory again before the checkpoint
+    counts as saved (it never did, and segments were deleted on its word)."""
+    from llmtap.collector import spool as spool_module
+
+    fsync_directory, failing, calls = spool_module.fsync_directory, [True], []
+
+    def fsync_directory_failing(path) -> None:
+        calls.append(path)
+        if failing[0]:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        fsync_directory(path)
+
+    monkeypatch.setattr(spool_module, "fsync_directory", fsync_directory_failing)
+    spool = Spool(tmp_path / "spool")
+    spool.recover()  # its first checkpoint makes the file
+    assert calls and not spool.writable()
+    failing[0] = False
+    first = spool.append("traces", b"1")
+    failing[0] = True
+    calls.clear()
+    spool.release([first.seq])  # written in its slot, but the directory still fails
+    assert calls and spool._checkpointed == 0 and not spool.writable()
+    failing[0] = False
+    assert spool.retry_checkpoint() and spool._checkpointed == first.seq and spool.writable()
+    spool._lock_file.close()  # the process dies: no close()
+    reopened = Spool(tmp_path / "spool")
+    assert reopened.written == first.seq and reopened.recover() == []
+    reopened.close()
+
+
 class FakeStore:
     """ClickHouse as the writer sees it, for its failure paths: one block per insert and table, a block whose token
     the table holds among its last ``window`` dropped (migration 0017's non_replicated_deduplication_window), a

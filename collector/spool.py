@@ -376,7 +376,7 @@ class Spool:
                 try:
                     os.ftruncate(segment.fd, kept_bytes)
                     os.fsync(segment.fd)
-                except OSError as exc:  # they were refused: replayed, they could at worst be stored twice
+                except OSError as exc:  # left on disk but released: not replayed once a checkpoint says so
                     log.error("cannot cut them off %s either: %s", segment.path, exc)
                 os.close(segment.fd)
                 segment.fd = None
@@ -535,6 +535,12 @@ class Spool:
         except OSError as exc:
             self._lock_file.close()
             raise SpoolError(f"cannot open the spool checkpoint: {exc}") from exc
+        # A kill between the slots' rename and the removal of the checkpoint before them left that one: it goes
+        # at the next checkpoint, once the directory is fsynced (the rename then survives a power loss as well).
+        stale = any(
+            (self.directory / name).exists() for name in (_LEGACY_CHECKPOINT, _LEGACY_CHECKPOINT + ".tmp")
+        )
+        self._legacy_checkpoint = self._directory_sync_owed = stale
         data = _read_all(self._checkpoint_fd)
         self._slot_bytes = len(data) // 2
         slots = [_slot_at(data, index * self._slot_bytes, self._slot_bytes) for index in (0, 1)]

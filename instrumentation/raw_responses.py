@@ -37,7 +37,8 @@ def finish_from_raw(call: LLMCall, raw: Any) -> None:
         return
     try:
         body = _decoded_body(raw)
-        if isinstance(body, dict) and "error" not in body:
+        # A Responses body always carries "error": null; only a non-null "error" makes an error body.
+        if isinstance(body, dict) and body.get("error") is None:
             call.succeed(body)
             return
         attrs: dict[str, Any] = {}

@@ -1,0 +1,72 @@
+"""What is recorded in edge cases found by external checks (issue 19): raw Responses bodies, streams that open with
+an empty chunk, app errors inside a stream, interrupted streams, error type names, usage details, ``extra_body``.
+
+Each test runs the real SDK over HTTP against the fake server, first plain then instrumented (``compare``), so the
+app must see no difference, and then checks the one span.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from fake_openai_helpers import resolve
+from instrumentation_helpers import AttributeWarnings, Pipeline, check_span, compare
+from llmtap.fake_openai import FakeOpenAIServer
+
+pytestmark = pytest.mark.anyio
+MODEL = "gpt-4o-mini"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with FakeOpenAIServer() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def pipeline():
+    return Pipeline()
+
+
+@pytest.fixture(autouse=True)
+def no_attribute_warnings(pipeline: Pipeline):
+    pipeline.uninstrument()
+    handler = AttributeWarnings()
+    logger = logging.getLogger("opentelemetry")
+    logger.addHandler(handler)
+    yield
+    logger.removeHandler(handler)
+    pipeline.uninstrument()
+    assert not handler.messages
+
+
+@pytest.fixture(params=["sync", "async"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+# ---- raw responses ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["create", "parse"])
+async def test_raw_responses_body_is_read(pipeline, server, kind, method) -> None:
+    """A Responses body always carries ``"error": null``; it is a success, not an error body."""
+
+    async def scenario(client, _):
+        call = getattr(client.responses.with_raw_response, method)
+        raw = await resolve(call(model=MODEL, input="What is the weather like in Paris today?"))
+        parsed = await resolve(raw.parse())
+        return raw.status_code, parsed.output_text
+
+    await compare(pipeline, kind, server.base_url, scenario)
+    attrs = check_span(pipeline.one_span(), "chat", MODEL)
+    assert attrs["gen_ai.response.id"].startswith("resp_")
+    assert attrs["gen_ai.response.model"] == MODEL
+    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
+    assert attrs["gen_ai.usage.input_tokens"] > 0 and attrs["gen_ai.usage.output_tokens"] > 0

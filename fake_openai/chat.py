@@ -117,6 +117,25 @@ def _choice(call: Call, index: int, answer: Answer) -> dict:
     return {"index": index, "message": message, "logprobs": None, "finish_reason": answer.finish_reason}
 
 
+# Azure OpenAI's first chunk of a stream: the prompt's content-filter verdict, with no id, model or choices.
+_PROMPT_FILTER_CHUNK = {
+    "choices": [],
+    "created": 0,
+    "id": "",
+    "model": "",
+    "object": "",
+    "prompt_filter_results": [
+        {
+            "prompt_index": 0,
+            "content_filter_results": {
+                kind: {"filtered": False, "severity": "safe"}
+                for kind in ("hate", "self_harm", "sexual", "violence")
+            },
+        }
+    ],
+}
+
+
 def _stream(call: Call, head: dict, answers: list[Answer], usage: Usage | None) -> list[Event]:
     """Chunks of all choices interleaved, as the real API sends them; usage last when asked for."""
 
@@ -145,6 +164,8 @@ def _stream(call: Call, head: dict, answers: list[Answer], usage: Usage | None) 
         chunks.append(chunk(index, {}, answer.finish_reason))
         per_choice.append(chunks)
     events = [Event(item) for group in zip_longest(*per_choice) for item in group if item is not None]
+    if call.knobs.prompt_filter:
+        events.insert(0, Event(_PROMPT_FILTER_CHUNK))
     if usage is not None:
         events.append(
             Event({"object": "chat.completion.chunk", **head, "choices": [], "usage": usage.chat()})

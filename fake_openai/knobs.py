@@ -93,6 +93,8 @@ class Knobs:
     """Report this many cached prompt tokens (capped at the prompt size) instead of the automatic rule."""
     reasoning_tokens: int | None = None
     """Report this many reasoning tokens instead of the automatic rule (0 for non-reasoning models)."""
+    prompt_filter: bool = False
+    """Open a chat stream as Azure OpenAI does: a ``prompt_filter_results`` chunk with an empty id and model."""
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> Knobs:
@@ -138,5 +140,6 @@ KNOBS: dict[str, Callable[[str], Any]] = {
     "malformed": _flag,
     "cached_tokens": _count,
     "reasoning_tokens": _count,
+    "prompt_filter": _flag,
 }
 assert set(KNOBS) == {field.name for field in dataclasses.fields(Knobs)}

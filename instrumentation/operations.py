@@ -106,6 +106,29 @@ def _response_identity(attrs: Attributes, response: Any) -> Callable[[str], Any]
     return field
 
 
+class _StreamIdentity:
+    """id, model, service tier and fingerprint of a stream: the first non-empty value of each.
+
+    Azure (and a filtered stream) opens with a ``prompt_filter_results`` chunk whose id and model are ``""``, so the
+    first chunk alone is not enough. Chunks are read until one has brought both an id and a model; after that,
+    ``pending`` is False and a chunk costs nothing here."""
+
+    __slots__ = ("attrs", "pending")
+
+    def __init__(self) -> None:
+        self.attrs: Attributes = {}
+        self.pending = True
+
+    def add(self, chunk: Any) -> None:
+        found: Attributes = {}
+        _response_identity(found, chunk)
+        attrs = self.attrs
+        for key, value in found.items():
+            if value and key not in attrs:
+                attrs[key] = value
+        self.pending = sc.RESPONSE_ID not in attrs or sc.RESPONSE_MODEL not in attrs
+
+
 @dataclass
 class RequestContent:
     system: list[dict[str, Any]] | None = None
@@ -131,12 +154,9 @@ def chat_request(kw: dict[str, Any]) -> Attributes:
 def chat_request_content(kw: dict[str, Any], scrub: Scrub) -> RequestContent:
     tools = kw.get("tools")
     functions = kw.get("functions")
-    definitions = msg.tool_definitions(tools) if given(tools) else None
+    definitions = msg.tool_definitions(tools, scrub) if given(tools) else None
     if given(functions):
-        definitions = (definitions or []) + [
-            {"type": "function", **{k: get(f, k) for k in ("name", "description", "parameters") if get(f, k)}}
-            for f in functions
-        ]
+        definitions = (definitions or []) + msg.function_definitions(functions, scrub)
     return RequestContent(input=msg.chat_input(kw.get("messages"), scrub), tools=definitions)
 
 
@@ -174,17 +194,17 @@ class _ChoiceAccumulator:
 class ChatStreamAccumulator:
     """Rebuilds the answer from ``ChatCompletionChunk``s; kept minimal because it runs once per chunk."""
 
-    __slots__ = ("capture", "choices", "head", "usage")
+    __slots__ = ("capture", "choices", "identity", "usage")
 
     def __init__(self, capture: bool) -> None:
         self.capture = capture
-        self.head: Any = None
+        self.identity = _StreamIdentity()
         self.usage: Any = None
         self.choices: dict[int, _ChoiceAccumulator] = {}
 
     def add(self, chunk: Any) -> None:
-        if self.head is None:
-            self.head = chunk
+        if self.identity.pending:
+            self.identity.add(chunk)
         usage = getattr(chunk, "usage", None)
         if usage is not None:
             self.usage = usage
@@ -227,9 +247,7 @@ class ChatStreamAccumulator:
                     call["arguments"].append(function.arguments)
 
     def attributes(self) -> Attributes:
-        attrs: Attributes = {}
-        if self.head is not None:
-            _response_identity(attrs, self.head)
+        attrs: Attributes = dict(self.identity.attrs)
         if self.choices:
             attrs[sc.RESPONSE_FINISH_REASONS] = tuple(
                 self.choices[i].finish_reason or "" for i in sorted(self.choices)
@@ -293,7 +311,7 @@ def responses_request_content(kw: dict[str, Any], scrub: Scrub) -> RequestConten
     return RequestContent(
         system=msg.system_instructions(instructions, scrub) if given(instructions) else None,
         input=msg.responses_input(kw.get("input") if given(kw.get("input")) else None, scrub),
-        tools=msg.tool_definitions(tools) if given(tools) else None,
+        tools=msg.tool_definitions(tools, scrub) if given(tools) else None,
     )
 
 
@@ -418,18 +436,18 @@ def completion_response_content(response: Any, scrub: Scrub) -> list[Message]:
 
 
 class CompletionStreamAccumulator:
-    __slots__ = ("capture", "finish", "head", "text", "usage")
+    __slots__ = ("capture", "finish", "identity", "text", "usage")
 
     def __init__(self, capture: bool) -> None:
         self.capture = capture
-        self.head: Any = None
+        self.identity = _StreamIdentity()
         self.usage: Any = None
         self.text: dict[int, list[str]] = {}
         self.finish: dict[int, str] = {}
 
     def add(self, chunk: Any) -> None:
-        if self.head is None:
-            self.head = chunk
+        if self.identity.pending:
+            self.identity.add(chunk)
         if chunk.usage is not None:
             self.usage = chunk.usage
         for choice in chunk.choices:
@@ -439,9 +457,7 @@ class CompletionStreamAccumulator:
                 self.text.setdefault(choice.index, []).append(choice.text)
 
     def attributes(self) -> Attributes:
-        attrs: Attributes = {}
-        if self.head is not None:
-            _response_identity(attrs, self.head)
+        attrs: Attributes = dict(self.identity.attrs)
         indexes = sorted(set(self.text) | set(self.finish))
         if indexes:
             attrs[sc.RESPONSE_FINISH_REASONS] = tuple(self.finish.get(i, "") for i in indexes)

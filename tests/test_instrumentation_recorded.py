@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from fake_openai_helpers import resolve
+from fake_openai_helpers import USER, collect, resolve
 from instrumentation_helpers import AttributeWarnings, Pipeline, check_span, compare
 from llmtap.fake_openai import FakeOpenAIServer
 
@@ -70,3 +70,25 @@ async def test_raw_responses_body_is_read(pipeline, server, kind, method) -> Non
     assert attrs["gen_ai.response.model"] == MODEL
     assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
     assert attrs["gen_ai.usage.input_tokens"] > 0 and attrs["gen_ai.usage.output_tokens"] > 0
+
+
+# ---- streams ------------------------------------------------------------------------------------------------------
+
+
+async def test_stream_identity_skips_an_empty_prompt_filter_chunk(pipeline, server, kind) -> None:
+    """Azure opens a stream with a ``prompt_filter_results`` chunk whose id and model are empty."""
+
+    async def scenario(client, partial):
+        stream = client.chat.completions.create(
+            model=MODEL, messages=USER, stream=True, extra_headers={"x-fake-prompt-filter": "1"}
+        )
+        return await collect(stream, partial)
+
+    result = await compare(pipeline, kind, server.base_url, scenario)
+    assert result[1][0]["model"] == ""  # the knob did send the empty chunk first
+    attrs = check_span(pipeline.one_span(), "chat", MODEL, stream=True)
+    assert attrs["gen_ai.response.id"].startswith("chatcmpl-")
+    assert attrs["gen_ai.response.model"] == MODEL
+    assert attrs["openai.response.service_tier"] == "default"
+    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
+

@@ -95,6 +95,8 @@ class LLMCall:
         system_json = ct.to_json(request.system) if request.system else ""
         input_json = ct.to_json(request.input) if request.input is not None else ""
         attrs[sc.PROMPT_HASH] = ct.prompt_hash(system_json, input_json)
+        if self.scrubber.skipped:  # single-pass iterables the app passed, left for the SDK to read
+            attrs[sc.CONTENT_SKIPPED] = self.scrubber.skipped
         if settings.capture:
             if request.system:
                 attrs[sc.SYSTEM_INSTRUCTIONS] = self._fit(request.system, system_json)

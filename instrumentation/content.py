@@ -66,13 +66,19 @@ def max_length_from_env(environ: Mapping[str, str] = os.environ) -> int:
 
 
 class Scrubber:
-    """Redacts the strings of one call and counts the replacements, for ``llmtap.redaction.count``."""
+    """Redacts the strings of one call and counts the replacements, for ``llmtap.redaction.count``; notes the
+    arguments left unread because reading them would consume them, for ``llmtap.content.skipped``."""
 
-    __slots__ = ("count", "redactor")
+    __slots__ = ("count", "redactor", "skipped")
 
     def __init__(self, redactor: Redactor) -> None:
         self.redactor = redactor
         self.count = 0
+        self.skipped: tuple[str, ...] = ()
+
+    def skip(self, argument: str) -> None:
+        if argument not in self.skipped:
+            self.skipped += (argument,)
 
     def __call__(self, text: Any) -> Any:
         if not text or not isinstance(text, str) or not self.redactor.active:

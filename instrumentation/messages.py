@@ -6,13 +6,17 @@ open-telemetry/semantic-conventions-genai: ``{"role", "parts": [{"type": "text",
 Everything here accepts both what the app passed (dicts, or SDK models handed back) and what came back (SDK models,
 or the decoded JSON of a raw response), hence ``get`` instead of attribute access. Every string that may carry
 user content goes through ``scrub`` (redaction) on its way in.
+
+Nothing here consumes, mutates or re-orders what the app passed: the SDK reads the same arguments after us. An
+iterable that cannot be read twice without side effects (an iterator, a generator, ``map``...) is left alone and
+its argument's name is noted on the scrubber (``skip``), which the span reports as ``llmtap.content.skipped``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 Scrub = Callable[[Any], Any]
@@ -98,6 +102,34 @@ def _stores_fields_in_dict(cls: type) -> bool:
     return known
 
 
+_REREADABLE = (list, tuple, dict, str, bytes, bytearray)
+
+
+def readable(value: Any) -> bool:
+    """Whether iterating ``value`` leaves it as it was: lists, tuples, dicts, strings and other collections (sets,
+    dict views, ``range``, deques, arrays: they hold their items, and the SDK iterates them in the same order we
+    do). Iterators, generators and iterables that are not collections may be single-pass: never read."""
+    return isinstance(value, _REREADABLE) or (
+        isinstance(value, Collection) and not isinstance(value, Iterator)
+    )
+
+
+def _items(value: Any, scrub: Scrub, argument: str) -> Any:
+    """``value`` to iterate over if that has no side effects; else nothing, and a single-pass iterable's
+    ``argument`` is noted as skipped (None, openai's NotGiven and other non-iterables are just nothing)."""
+    if isinstance(value, _REREADABLE) or readable(value):
+        return value
+    if isinstance(value, Iterable):
+        _skip(scrub, argument)
+    return ()
+
+
+def _skip(scrub: Scrub | None, argument: str) -> None:
+    skip = getattr(scrub, "skip", None)  # a ``content.Scrubber``; a plain callable keeps no notes
+    if skip is not None:
+        skip(argument)
+
+
 def _text(content: Any, scrub: Scrub) -> dict[str, Any]:
     return {"type": "text", "content": scrub(content if isinstance(content, str) else str(content))}
 
@@ -122,13 +154,13 @@ def _data_url_blob(url: str, modality: str, scrub: Scrub) -> dict[str, Any]:
     return part
 
 
-def _chat_content_parts(content: Any, scrub: Scrub) -> list[dict[str, Any]]:
+def _chat_content_parts(content: Any, scrub: Scrub, argument: str) -> list[dict[str, Any]]:
     if content is None:
         return []
     if isinstance(content, str):
         return [_text(content, scrub)]
     parts = []
-    for item in content:
+    for item in _items(content, scrub, argument):
         kind = get(item, "type")
         if kind == "text":
             parts.append(_text(get(item, "text", ""), scrub))
@@ -162,9 +194,9 @@ def _chat_content_parts(content: Any, scrub: Scrub) -> list[dict[str, Any]]:
     return parts
 
 
-def _tool_call_parts(tool_calls: Any, scrub: Scrub) -> list[dict[str, Any]]:
+def _tool_call_parts(tool_calls: Any, scrub: Scrub, argument: str = "") -> list[dict[str, Any]]:
     parts = []
-    for call in tool_calls or ():
+    for call in _items(tool_calls, scrub, argument):
         field = reader(call)
         function = field("function")
         if function is None:  # custom tools carry `custom: {name, input}`
@@ -197,10 +229,10 @@ def _reasoning_part(field: Callable[[str], Any], scrub: Scrub) -> list[dict[str,
     return []
 
 
-def chat_input(messages: Any, scrub: Scrub) -> list[Message]:
+def chat_input(messages: Any, scrub: Scrub, argument: str = "messages") -> list[Message]:
     """Chat Completions ``messages=`` → input messages (system/developer messages stay in the history)."""
     result = []
-    for message in messages or ():
+    for message in _items(messages, scrub, argument):
         field = reader(message)
         role = field("role")
         if role is None:
@@ -209,17 +241,17 @@ def chat_input(messages: Any, scrub: Scrub) -> list[Message]:
             part = {
                 "type": "tool_call_response",
                 "id": field("tool_call_id"),
-                "response": scrub(_plain_text(field("content"))),
+                "response": scrub(_plain_text(field("content"), scrub, argument)),
             }
             entry: Message = {"role": "tool", "parts": [part]}
         else:
-            parts = _reasoning_part(field, scrub) + _chat_content_parts(field("content"), scrub)
+            parts = _reasoning_part(field, scrub) + _chat_content_parts(field("content"), scrub, argument)
             refusal = field("refusal")
             if refusal:
                 parts.append({"type": "refusal", "content": scrub(refusal)})
             tool_calls = field("tool_calls")
             if tool_calls:
-                parts += _tool_call_parts(tool_calls, scrub)
+                parts += _tool_call_parts(tool_calls, scrub, argument)
             function_call = field("function_call")
             if function_call is not None:
                 parts.append(
@@ -237,9 +269,12 @@ def chat_input(messages: Any, scrub: Scrub) -> list[Message]:
     return result
 
 
-def _plain_text(content: Any) -> Any:
-    if isinstance(content, list):
+def _plain_text(content: Any, scrub: Scrub, argument: str) -> Any:
+    if isinstance(content, (list, tuple)):
         return "".join(get(item, "text", "") for item in content)
+    if isinstance(content, Iterator):  # parts given as a generator: not read
+        _skip(scrub, argument)
+        return ""
     return content
 
 
@@ -296,10 +331,10 @@ def chat_output(choices: Any, scrub: Scrub) -> list[Message]:
     return result
 
 
-def tool_definitions(tools: Any) -> list[dict[str, Any]]:
+def tool_definitions(tools: Any, scrub: Scrub | None = None) -> list[dict[str, Any]]:
     """Chat (``{"type": "function", "function": {...}}``) and Responses (flat) tool definitions."""
     result = []
-    for tool in tools or ():
+    for tool in _items(tools, scrub, "tools"):
         kind = get(tool, "type", "function")
         function = get(tool, "function")
         source = function if function is not None else tool
@@ -315,22 +350,30 @@ def tool_definitions(tools: Any) -> list[dict[str, Any]]:
     return result
 
 
+def function_definitions(functions: Any, scrub: Scrub | None = None) -> list[dict[str, Any]]:
+    """Chat ``functions=`` (deprecated) as tool definitions."""
+    return [
+        {"type": "function", **{k: get(f, k) for k in ("name", "description", "parameters") if get(f, k)}}
+        for f in _items(functions, scrub, "functions")
+    ]
+
+
 # --- Responses API -------------------------------------------------------------------------------------------
 
 
 def system_instructions(instructions: Any, scrub: Scrub) -> list[dict[str, Any]]:
     if isinstance(instructions, str):
         return [_text(instructions, scrub)] if instructions else []
-    return _responses_content_parts(instructions, scrub)
+    return _responses_content_parts(instructions, scrub, "instructions")
 
 
-def _responses_content_parts(content: Any, scrub: Scrub) -> list[dict[str, Any]]:
+def _responses_content_parts(content: Any, scrub: Scrub, argument: str) -> list[dict[str, Any]]:
     if content is None:
         return []
     if isinstance(content, str):
         return [_text(content, scrub)]
     parts = []
-    for item in content:
+    for item in _items(content, scrub, argument):
         kind = get(item, "type")
         if kind in ("input_text", "output_text", "text", "summary_text", "reasoning_text"):
             parts.append(_text(get(item, "text", ""), scrub))
@@ -366,11 +409,13 @@ def _responses_content_parts(content: Any, scrub: Scrub) -> list[dict[str, Any]]
     return parts
 
 
-def _responses_item_parts(item: Any, scrub: Scrub) -> tuple[str, list[dict[str, Any]]]:
+def _responses_item_parts(
+    item: Any, scrub: Scrub, argument: str = "input"
+) -> tuple[str, list[dict[str, Any]]]:
     """One Responses input/output item → (role, parts)."""
     kind = get(item, "type", "message")
     if kind == "message" or (kind is None and get(item, "role")):
-        return get(item, "role", "user"), _responses_content_parts(get(item, "content"), scrub)
+        return get(item, "role", "user"), _responses_content_parts(get(item, "content"), scrub, argument)
     if kind in ("function_call", "custom_tool_call"):
         arguments = get(item, "arguments") if kind == "function_call" else get(item, "input")
         return "assistant", [
@@ -386,11 +431,13 @@ def _responses_item_parts(item: Any, scrub: Scrub) -> tuple[str, list[dict[str, 
             {
                 "type": "tool_call_response",
                 "id": get(item, "call_id"),
-                "response": scrub(_plain_text(get(item, "output"))),
+                "response": scrub(_plain_text(get(item, "output"), scrub, argument)),
             }
         ]
     if kind == "reasoning":
-        texts = [get(s, "text", "") for s in get(item, "content", ()) or get(item, "summary", ())]
+        texts = [
+            get(s, "text", "") for s in _items(get(item, "content") or get(item, "summary"), scrub, argument)
+        ]
         return "assistant", [{"type": "reasoning", "content": scrub("\n".join(texts))}]
     # Built-in tools (web_search_call, file_search_call, code_interpreter_call, ...) run on OpenAI's side.
     return "assistant", [
@@ -409,7 +456,7 @@ def responses_input(input_value: Any, scrub: Scrub) -> list[Message]:
     if isinstance(input_value, str):
         return [{"role": "user", "parts": [_text(input_value, scrub)]}]
     result: list[Message] = []
-    for item in input_value:
+    for item in _items(input_value, scrub, "input"):
         role, parts = _responses_item_parts(item, scrub)
         if result and result[-1]["role"] == role and role != "user" and get(item, "type") != "message":
             result[-1]["parts"].extend(parts)  # consecutive tool calls belong to one assistant turn
@@ -448,8 +495,11 @@ def responses_finish_reason(response: Any) -> str | None:
 def completion_input(prompt: Any, scrub: Scrub) -> list[Message]:
     if prompt is None:
         return []
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    prompts = [prompt] if isinstance(prompt, str) else list(_items(prompt, scrub, "prompt"))
     if prompts and not isinstance(prompts[0], str):  # token arrays
+        if not all(isinstance(p, int) or readable(p) for p in prompts):
+            _skip(scrub, "prompt")  # a token array given as an iterator: not read
+            return []
         return [{"role": "user", "parts": [{"type": "tokens", "content": to_token_text(prompts)}]}]
     return [{"role": "user", "parts": [_text(p, scrub)]} for p in prompts]
 

@@ -55,6 +55,7 @@ METADATA_PREFIX = "llmtap.metadata."
 PROMPT_HASH = "llmtap.prompt.hash"
 REDACTION_COUNT = "llmtap.redaction.count"
 CONTENT_TRUNCATED = "llmtap.content.truncated"
+CONTENT_SKIPPED = "llmtap.content.skipped"
 
 # Operation names.
 OP_CHAT = "chat"

@@ -4,6 +4,14 @@
 we only override iteration, ``close``/``aclose`` and the context-manager methods so the span ends exactly once:
 on exhaustion, on an error, on close, when the app breaks out of a loop, or when the stream is garbage collected
 without any of those (``__del__``). Per-chunk work is one accumulator call.
+
+An exception raised by the app's own code inside ``with stream:`` before the stream was read to its end ends the
+stream early: it is recorded as an error of the call's consumer, ``error.type`` its class and the span status
+ERROR, as the official instrumentation does, and it reaches the app unchanged (one raised after the end leaves the
+completed call a success). Inside a ``with`` block, a loop the app leaves
+(by ``break`` or an exception) does not end the span; the block's exit does, and it is the only place that sees the
+exception. A bare ``for`` loop that raises cannot be told from one that breaks (Python closes the iterator without
+showing the exception to it), so that span ends without an error.
 """
 
 from __future__ import annotations
@@ -19,12 +27,18 @@ from llmtap.instrumentation.telemetry import internal_error
 class StreamState:
     """Accumulates chunks for one streamed call and closes its span once."""
 
-    __slots__ = ("accumulator", "call", "done")
+    __slots__ = ("accumulator", "call", "done", "entered")
 
     def __init__(self, call: LLMCall) -> None:
         self.call = call
         self.accumulator = call.operation.stream_accumulator(call.capturing)  # type: ignore[misc]
         self.done = False
+        self.entered = False  # inside the app's ``with stream:`` block, whose exit ends the span
+
+    def left_loop(self) -> None:
+        """The app broke out of a loop (or raised in it) and dropped the iterator."""
+        if not self.entered:
+            self.finish()
 
     def on_chunk(self, chunk: Any) -> None:
         try:
@@ -88,8 +102,8 @@ class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
             for item in self.__wrapped__:
                 state.on_chunk(item)
                 yield item
-        except GeneratorExit:  # the app broke out of its loop and dropped the iterator
-            state.finish()
+        except GeneratorExit:  # the app broke out of its loop (or raised in it) and dropped the iterator
+            state.left_loop()
             raise
         except BaseException as exc:
             state.finish(exc)
@@ -104,13 +118,14 @@ class StreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 
     def __enter__(self) -> StreamProxy:
         self.__wrapped__.__enter__()
+        self._self_state.entered = True
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
         try:
             return self.__wrapped__.__exit__(exc_type, exc, tb)
         finally:
-            self._self_state.finish()
+            self._self_state.finish(exc)
 
     def __del__(self) -> None:
         state = getattr(self, "_self_state", None)
@@ -147,7 +162,7 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
                 state.on_chunk(item)
                 yield item
         except GeneratorExit:
-            state.finish()
+            state.left_loop()
             raise
         except BaseException as exc:
             state.finish(exc)
@@ -168,13 +183,14 @@ class AsyncStreamProxy(wrapt.ObjectProxy):  # type: ignore[misc]
 
     async def __aenter__(self) -> AsyncStreamProxy:
         await self.__wrapped__.__aenter__()
+        self._self_state.entered = True
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
         try:
             return await self.__wrapped__.__aexit__(exc_type, exc, tb)
         finally:
-            self._self_state.finish()
+            self._self_state.finish(exc)
 
     def __del__(self) -> None:
         state = getattr(self, "_self_state", None)

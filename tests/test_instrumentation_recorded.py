@@ -92,3 +92,40 @@ async def test_stream_identity_skips_an_empty_prompt_filter_chunk(pipeline, serv
     assert attrs["openai.response.service_tier"] == "default"
     assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
 
+
+class AppError(Exception):
+    """Raised by the app's own code while it reads a stream."""
+
+
+@pytest.mark.parametrize("inside_loop", [True, False])
+async def test_app_error_inside_a_stream_block_is_recorded(pipeline, server, kind, inside_loop) -> None:
+    """An exception that ends the stream early is an error of the call's consumer: ERROR, with its type; one raised
+    after the stream was read to its end leaves the call a success."""
+
+    async def scenario(client, partial):
+        stream = await resolve(client.chat.completions.create(model=MODEL, messages=USER, stream=True))
+        if kind == "sync":
+            with stream:
+                for chunk in stream:
+                    partial.append(chunk)
+                    if inside_loop:
+                        raise AppError("the app failed on the first chunk")
+                raise AppError("the app failed after the stream")
+        async with stream:
+            async for chunk in stream:
+                partial.append(chunk)
+                if inside_loop:
+                    raise AppError("the app failed on the first chunk")
+            raise AppError("the app failed after the stream")
+
+    result = await compare(pipeline, kind, server.base_url, scenario)
+    assert result[1] is AppError  # the app sees its own exception, unchanged
+    span = pipeline.one_span()
+    if not inside_loop:  # the whole answer had arrived: the call itself succeeded
+        attrs = check_span(span, "chat", MODEL, stream=True)
+        assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
+        return
+    attrs = check_span(span, "chat", MODEL, stream=True, error=AppError.__qualname__)
+    assert attrs["gen_ai.response.id"].startswith("chatcmpl-")
+    assert span.events and span.events[0].name == "exception"
+

@@ -95,6 +95,8 @@ class Knobs:
     """Report this many reasoning tokens instead of the automatic rule (0 for non-reasoning models)."""
     prompt_filter: bool = False
     """Open a chat stream as Azure OpenAI does: a ``prompt_filter_results`` chunk with an empty id and model."""
+    computer_call: bool = False
+    """Answer a Responses request with a ``computer_call`` item (a click) instead of a message."""
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> Knobs:
@@ -141,5 +143,6 @@ KNOBS: dict[str, Callable[[str], Any]] = {
     "cached_tokens": _count,
     "reasoning_tokens": _count,
     "prompt_filter": _flag,
+    "computer_call": _flag,
 }
 assert set(KNOBS) == {field.name for field in dataclasses.fields(Knobs)}

@@ -89,7 +89,18 @@ def _output(call: Call, model: str, answer: Answer, usage: Usage) -> list[dict]:
     output: list[dict] = []
     if is_reasoning_model(model) and usage.reasoning_tokens:
         output.append({"id": call.new_id("rs_"), "type": "reasoning", "summary": []})
-    if answer.tool_call is not None:
+    if call.knobs.computer_call:
+        output.append(
+            {
+                "id": call.new_id("cu_"),
+                "type": "computer_call",
+                "status": "completed",
+                "call_id": call.new_id("call_"),
+                "action": {"type": "click", "button": "left", "x": 10, "y": 20},
+                "pending_safety_checks": [],
+            }
+        )
+    elif answer.tool_call is not None:
         output.append(
             {
                 "id": call.new_id("fc_"),

@@ -17,6 +17,9 @@ from llmtap.instrumentation.messages import Message, Scrub, get
 
 Attributes = dict[str, Any]
 
+# The finish reason of an answer that did not finish (a cut stream), as the official instrumentation records it.
+UNFINISHED = "error"
+
 # openai's "argument not given" sentinels (NotGiven, Omit); filled in by the instrumentor once openai is imported.
 SENTINEL_TYPES: tuple[type, ...] = ()
 
@@ -250,7 +253,7 @@ class ChatStreamAccumulator:
         attrs: Attributes = dict(self.identity.attrs)
         if self.choices:
             attrs[sc.RESPONSE_FINISH_REASONS] = tuple(
-                self.choices[i].finish_reason or "" for i in sorted(self.choices)
+                self.choices[i].finish_reason or UNFINISHED for i in sorted(self.choices)
             )
         _usage(
             attrs,
@@ -315,10 +318,42 @@ def responses_request_content(kw: dict[str, Any], scrub: Scrub) -> RequestConten
     )
 
 
+# Output items that ask the app to act and call back, as a function call does.
+_CLIENT_TOOL_CALLS = frozenset(
+    {
+        "function_call",
+        "custom_tool_call",
+        "computer_call",
+        "local_shell_call",
+        "shell_call",
+        "apply_patch_call",
+    }
+)
+
+
+def responses_finish_reason(response: Any) -> str | None:
+    """Responses have a status, not a finish reason: map it onto the Chat Completions vocabulary.
+
+    A response that never reached a final status (``in_progress``, ``queued``: a stream cut before its last event)
+    has ``error``, as a cut chat stream has."""
+    status = get(response, "status")
+    if status == "completed":
+        for item in get(response, "output", ()) or ():
+            if get(item, "type") in _CLIENT_TOOL_CALLS:
+                return "tool_calls"
+        return "stop"
+    if status == "incomplete":
+        reason = get(get(response, "incomplete_details"), "reason")
+        return "length" if reason == "max_output_tokens" else (reason or "incomplete")
+    if status in ("failed", "in_progress", "queued"):
+        return UNFINISHED
+    return status
+
+
 def responses_response(response: Any) -> Attributes:
     attrs: Attributes = {}
     _response_identity(attrs, response)
-    reason = msg.responses_finish_reason(response)
+    reason = responses_finish_reason(response)
     if reason:
         attrs[sc.RESPONSE_FINISH_REASONS] = (reason,)
     _usage(
@@ -335,7 +370,7 @@ def responses_response(response: Any) -> Attributes:
 
 
 def responses_response_content(response: Any, scrub: Scrub) -> list[Message]:
-    return msg.responses_output(response, msg.responses_finish_reason(response), scrub)
+    return msg.responses_output(response, responses_finish_reason(response), scrub)
 
 
 _TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -460,7 +495,7 @@ class CompletionStreamAccumulator:
         attrs: Attributes = dict(self.identity.attrs)
         indexes = sorted(set(self.text) | set(self.finish))
         if indexes:
-            attrs[sc.RESPONSE_FINISH_REASONS] = tuple(self.finish.get(i, "") for i in indexes)
+            attrs[sc.RESPONSE_FINISH_REASONS] = tuple(self.finish.get(i, UNFINISHED) for i in indexes)
         _usage(attrs, self.usage, "prompt_tokens", "completion_tokens", "", "completion_tokens_details")
         return attrs
 

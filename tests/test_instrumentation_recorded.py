@@ -129,3 +129,53 @@ async def test_app_error_inside_a_stream_block_is_recorded(pipeline, server, kin
     assert attrs["gen_ai.response.id"].startswith("chatcmpl-")
     assert span.events and span.events[0].name == "exception"
 
+
+# ---- finish reasons -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "completions"])
+async def test_interrupted_stream_finish_reason_is_error(pipeline, server, kind, api) -> None:
+    """A stream cut before its end has no finish reason of its own: ``error``, as the official instrumentation says."""
+    cut = {"x-fake-break-after": "3"}
+
+    async def scenario(client, partial):
+        if api == "chat":
+            stream = client.chat.completions.create(
+                model=MODEL, messages=USER, stream=True, extra_headers=cut
+            )
+        elif api == "responses":
+            stream = client.responses.create(model=MODEL, input="Hello there", stream=True, extra_headers=cut)
+        else:
+            stream = client.completions.create(
+                model=MODEL, prompt="Hello there", stream=True, extra_headers=cut
+            )
+        return await collect(stream, partial)
+
+    result = await compare(pipeline, kind, server.base_url, scenario)
+    assert result[0] == "error"
+    attrs = check_span(
+        pipeline.one_span(),
+        "chat" if api != "completions" else "text_completion",
+        MODEL,
+        stream=True,
+        error=result[1].__qualname__,
+    )
+    assert attrs["gen_ai.response.finish_reasons"] == ("error",)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_responses_computer_call_finish_reason_is_tool_calls(pipeline, server, kind, stream) -> None:
+    async def scenario(client, partial):
+        call = client.responses.create(
+            model=MODEL, input="Click OK", stream=stream, extra_headers={"x-fake-computer-call": "1"}
+        )
+        if stream:
+            return await collect(call, partial)
+        return await resolve(call)
+
+    result = await compare(pipeline, kind, server.base_url, scenario)
+    final = result[1][-1]["response"] if stream else result[1]
+    assert final["output"][0]["type"] == "computer_call"
+    attrs = check_span(pipeline.one_span(), "chat", MODEL, stream=stream)
+    assert attrs["gen_ai.response.finish_reasons"] == ("tool_calls",)
+

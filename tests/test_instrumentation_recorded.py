@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from fake_openai_helpers import USER, collect, resolve
+from fake_openai_helpers import USER, collect, open_client, resolve
 from instrumentation_helpers import AttributeWarnings, Pipeline, check_span, compare
 from llmtap.fake_openai import FakeOpenAIServer
 
@@ -179,3 +179,61 @@ async def test_responses_computer_call_finish_reason_is_tool_calls(pipeline, ser
     attrs = check_span(pipeline.one_span(), "chat", MODEL, stream=stream)
     assert attrs["gen_ai.response.finish_reasons"] == ("tool_calls",)
 
+
+# ---- raw streamed bodies ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["exhausted", "closed"])
+async def test_raw_stream_read_as_bytes_ends_its_span(pipeline, server, kind, how) -> None:
+    """``with_raw_response(stream=True)`` read through ``http_response``: the span ends with the body, not at GC."""
+    pipeline.instrument()
+    async with open_client(kind, server.base_url) as client:
+        raw = await resolve(
+            client.chat.completions.with_raw_response.create(model=MODEL, messages=USER, stream=True)
+        )
+        body = raw.http_response
+        received = []
+        if kind == "sync":
+            for piece in body.iter_bytes():
+                received.append(piece)
+                if how == "closed":
+                    break
+            if how == "closed":
+                body.close()
+        else:
+            async for piece in body.aiter_bytes():
+                received.append(piece)
+                if how == "closed":
+                    break
+            if how == "closed":
+                await body.aclose()
+        assert b"".join(received).startswith(b"data: ")
+        attrs = check_span(pipeline.one_span(), "chat", MODEL, stream=True)  # ended while ``raw`` is alive
+        assert attrs["http.response.status_code"] == 200
+        del raw
+
+
+async def test_streaming_response_loop_left_after_first_chunk(pipeline, server, kind) -> None:
+    """``with_streaming_response``: the stream ``parse()`` gave ends the span, even when the block closes first."""
+
+    async def scenario(client, partial):
+        manager = client.chat.completions.with_streaming_response.create(
+            model=MODEL, messages=USER, stream=True
+        )
+        if kind == "sync":
+            with manager as response:
+                for chunk in response.parse():
+                    partial.append(chunk)
+                    break
+        else:
+            async with manager as response:
+                async for chunk in await response.parse():
+                    partial.append(chunk)
+                    break
+        return partial
+
+    await compare(pipeline, kind, server.base_url, scenario)
+    attrs = check_span(pipeline.one_span(), "chat", MODEL, stream=True)
+    assert attrs["gen_ai.response.id"].startswith("chatcmpl-")
+    assert attrs["gen_ai.response.model"] == MODEL
+    assert "gen_ai.response.time_to_first_chunk" in attrs

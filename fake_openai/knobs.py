@@ -97,6 +97,10 @@ class Knobs:
     """Open a chat stream as Azure OpenAI does: a ``prompt_filter_results`` chunk with an empty id and model."""
     computer_call: bool = False
     """Answer a Responses request with a ``computer_call`` item (a click) instead of a message."""
+    cache_write_tokens: int | None = None
+    """Report this many prompt tokens written to the cache (capped at the uncached rest of the prompt)."""
+    bare_usage: bool = False
+    """Send usage totals only, without the token details objects (as compatible servers and older APIs do)."""
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> Knobs:
@@ -144,5 +148,7 @@ KNOBS: dict[str, Callable[[str], Any]] = {
     "reasoning_tokens": _count,
     "prompt_filter": _flag,
     "computer_call": _flag,
+    "cache_write_tokens": _count,
+    "bare_usage": _flag,
 }
 assert set(KNOBS) == {field.name for field in dataclasses.fields(Knobs)}

@@ -23,6 +23,9 @@ class Usage:
     completion_tokens: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int | None = None
+    bare: bool = False
+    """Totals only, no details objects."""
 
     @classmethod
     def compute(cls, model: str, prompt_tokens: int, output_words: int, seed: int, knobs: Knobs) -> Usage:
@@ -42,7 +45,10 @@ class Usage:
             reasoning = knobs.reasoning_tokens
         else:
             reasoning = 64 * (1 + seed % 4) if is_reasoning_model(model) else 0
-        return cls(prompt_tokens, output_words + reasoning, cached, reasoning)
+        cache_write = knobs.cache_write_tokens
+        if cache_write is not None:
+            cache_write = min(cache_write, prompt_tokens - cached)
+        return cls(prompt_tokens, output_words + reasoning, cached, reasoning, cache_write, knobs.bare_usage)
 
     @property
     def total_tokens(self) -> int:
@@ -50,11 +56,19 @@ class Usage:
 
     def chat(self) -> dict:
         """The ``usage`` object of chat completions and legacy completions."""
-        return {
+        totals = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "audio_tokens": 0},
+        }
+        if self.bare:
+            return totals
+        prompt_details = {"cached_tokens": self.cached_tokens, "audio_tokens": 0}
+        if self.cache_write_tokens is not None:
+            prompt_details["cache_write_tokens"] = self.cache_write_tokens
+        return {
+            **totals,
+            "prompt_tokens_details": prompt_details,
             "completion_tokens_details": {
                 "reasoning_tokens": self.reasoning_tokens,
                 "audio_tokens": 0,
@@ -65,9 +79,18 @@ class Usage:
 
     def responses(self) -> dict:
         """The ``usage`` object of the Responses API."""
+        if self.bare:
+            return {
+                "input_tokens": self.prompt_tokens,
+                "output_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens,
+            }
         return {
             "input_tokens": self.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": self.cached_tokens, "cache_write_tokens": 0},
+            "input_tokens_details": {
+                "cached_tokens": self.cached_tokens,
+                "cache_write_tokens": self.cache_write_tokens or 0,
+            },
             "output_tokens": self.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
             "total_tokens": self.total_tokens,

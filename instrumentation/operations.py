@@ -83,6 +83,18 @@ def _common_request(kw: dict[str, Any], attrs: Attributes) -> None:
         attrs[sc.USER_ID] = user
 
 
+# (field of the details object, attribute): the usage details recorded when, and only when, the API sent them.
+_INPUT_DETAILS = (
+    ("cached_tokens", sc.USAGE_CACHE_READ_INPUT_TOKENS),
+    ("cache_write_tokens", sc.USAGE_CACHE_CREATION_INPUT_TOKENS),
+    ("audio_tokens", sc.USAGE_AUDIO_INPUT_TOKENS),
+)
+_OUTPUT_DETAILS = (
+    ("reasoning_tokens", sc.USAGE_REASONING_OUTPUT_TOKENS),
+    ("audio_tokens", sc.USAGE_AUDIO_OUTPUT_TOKENS),
+)
+
+
 def _usage(
     attrs: Attributes, usage: Any, input_key: str, output_key: str, input_details: str, output_details: str
 ):
@@ -91,12 +103,12 @@ def _usage(
     field = msg.reader(usage)
     _set_int(attrs, sc.USAGE_INPUT_TOKENS, field(input_key))
     _set_int(attrs, sc.USAGE_OUTPUT_TOKENS, field(output_key))
-    details = field(input_details) if input_details else None
-    if details is not None:
-        _set_int(attrs, sc.USAGE_CACHE_READ_INPUT_TOKENS, get(details, "cached_tokens"))
-    details = field(output_details)
-    if details is not None:
-        _set_int(attrs, sc.USAGE_REASONING_OUTPUT_TOKENS, get(details, "reasoning_tokens"))
+    for details, names in ((input_details, _INPUT_DETAILS), (output_details, _OUTPUT_DETAILS)):
+        value = field(details) if details else None
+        if value is not None:
+            detail = msg.reader(value)
+            for key, name in names:
+                _set_int(attrs, name, detail(key))  # a field the API left out is None: not recorded
 
 
 def _response_identity(attrs: Attributes, response: Any) -> Callable[[str], Any]:

@@ -31,6 +31,7 @@ RESPONSE_TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"
 USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+USAGE_CACHE_CREATION_INPUT_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
 USAGE_REASONING_OUTPUT_TOKENS = "gen_ai.usage.reasoning.output_tokens"
 TOKEN_TYPE = "gen_ai.token.type"
 INPUT_MESSAGES = "gen_ai.input.messages"
@@ -55,6 +56,9 @@ METADATA_PREFIX = "llmtap.metadata."
 PROMPT_HASH = "llmtap.prompt.hash"
 REDACTION_COUNT = "llmtap.redaction.count"
 CONTENT_TRUNCATED = "llmtap.content.truncated"
+# Audio token counts of Chat Completions usage: the conventions have no name for them yet.
+USAGE_AUDIO_INPUT_TOKENS = "llmtap.usage.audio.input_tokens"
+USAGE_AUDIO_OUTPUT_TOKENS = "llmtap.usage.audio.output_tokens"
 CONTENT_SKIPPED = "llmtap.content.skipped"
 
 # Operation names.

@@ -237,3 +237,51 @@ async def test_streaming_response_loop_left_after_first_chunk(pipeline, server, 
     assert attrs["gen_ai.response.id"].startswith("chatcmpl-")
     assert attrs["gen_ai.response.model"] == MODEL
     assert "gen_ai.response.time_to_first_chunk" in attrs
+
+
+# ---- usage --------------------------------------------------------------------------------------------------------
+
+DETAILS = (
+    "gen_ai.usage.cache_read.input_tokens",
+    "gen_ai.usage.cache_creation.input_tokens",
+    "gen_ai.usage.reasoning.output_tokens",
+    "llmtap.usage.audio.input_tokens",
+    "llmtap.usage.audio.output_tokens",
+)
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+@pytest.mark.parametrize("usage", ["bare", "details", "cache_write"])
+async def test_usage_details_are_what_the_api_sent(pipeline, server, kind, api, usage) -> None:
+    """No detail the API did not send (not even a 0), and every one it did, cache writes and audio included."""
+    headers = {"bare": {"x-fake-bare-usage": "1"}, "cache_write": {"x-fake-cache-write-tokens": "3"}}
+    headers = {**headers.get(usage, {}), "x-fake-cached-tokens": "0"}
+
+    async def scenario(client, _):
+        if api == "chat":
+            return await resolve(
+                client.chat.completions.create(model=MODEL, messages=USER, extra_headers=headers)
+            )
+        return await resolve(client.responses.create(model=MODEL, input="Hello there", extra_headers=headers))
+
+    result = await compare(pipeline, kind, server.base_url, scenario)
+    sent = result[1]["usage"]
+    attrs = check_span(pipeline.one_span(), "chat", MODEL)
+    recorded = {key: attrs[key] for key in DETAILS if key in attrs}
+    if usage == "bare":
+        assert recorded == {}
+        return
+    prompt = sent["prompt_tokens_details" if api == "chat" else "input_tokens_details"]
+    output = sent["completion_tokens_details" if api == "chat" else "output_tokens_details"]
+    expected = {
+        "gen_ai.usage.cache_read.input_tokens": prompt["cached_tokens"],
+        "gen_ai.usage.reasoning.output_tokens": output["reasoning_tokens"],
+    }
+    if prompt.get("cache_write_tokens") is not None:
+        expected["gen_ai.usage.cache_creation.input_tokens"] = prompt["cache_write_tokens"]
+    if api == "chat":
+        expected["llmtap.usage.audio.input_tokens"] = prompt["audio_tokens"]
+        expected["llmtap.usage.audio.output_tokens"] = output["audio_tokens"]
+    assert recorded == expected
+    if usage == "cache_write":
+        assert recorded["gen_ai.usage.cache_creation.input_tokens"] == 3

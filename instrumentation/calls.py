@@ -182,6 +182,16 @@ class LLMCall:
         )
 
 
+def _sent_parameters(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The request parameters as the SDK sends them: ``extra_body``, merged into the body last, wins."""
+    extra = kwargs.get("extra_body")
+    if not isinstance(extra, dict) or not extra:
+        return kwargs
+    merged = dict(kwargs)
+    merged.update(extra)
+    return merged
+
+
 def start_call(
     telemetry: Telemetry,
     operation: Operation,
@@ -202,7 +212,7 @@ def start_call(
     if port:
         attrs[sc.SERVER_PORT] = port
     metric_attributes = {k: attrs[k] for k in _METRIC_KEYS if k in attrs}
-    attrs.update(operation.request_attributes(kwargs))
+    attrs.update(operation.request_attributes(_sent_parameters(kwargs)))
     custom = custom_context.current()
     if custom:
         attrs.update(custom)

@@ -285,3 +285,33 @@ async def test_usage_details_are_what_the_api_sent(pipeline, server, kind, api, 
     assert recorded == expected
     if usage == "cache_write":
         assert recorded["gen_ai.usage.cache_creation.input_tokens"] == 3
+
+
+# ---- extra_body ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api", ["chat", "responses"])
+async def test_request_parameters_given_through_extra_body(pipeline, server, kind, api) -> None:
+    """The SDK merges ``extra_body`` into the request body: what it sends is what is recorded."""
+    limit = "max_tokens" if api == "chat" else "max_output_tokens"
+    extra = {limit: 5, "service_tier": "flex", "temperature": 0.5}
+
+    async def scenario(client, _):
+        if api == "chat":
+            call = client.chat.completions.create(
+                model=MODEL, messages=USER, temperature=1.0, extra_body=extra
+            )
+        else:
+            call = client.responses.create(
+                model=MODEL, input="Hello there", temperature=1.0, extra_body=extra
+            )
+        return await resolve(call)
+
+    await compare(pipeline, kind, server.base_url, scenario)
+    assert server.requests[-1].json["temperature"] == 0.5  # the SDK did send extra_body's value
+    attrs = check_span(pipeline.one_span(), "chat", MODEL)
+    assert attrs["gen_ai.request.max_tokens"] == 5
+    assert attrs["openai.request.service_tier"] == "flex"
+    assert (
+        attrs["gen_ai.request.temperature"] == 0.5
+    )  # extra_body wins over the argument, as in the body sent

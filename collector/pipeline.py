@@ -204,7 +204,11 @@ class Pipeline:
             elif not entries and self._stopping:
                 return
             elif not entries:  # idle: a failed checkpoint is tried again, else only new traffic would
-                saved = self.spool.retry_checkpoint()
+                try:
+                    saved = self.spool.retry_checkpoint()
+                except OSError as exc:  # e.g. deleting a written segment: the writer must live on
+                    log.warning("cannot tidy the spool while idle: %s", exc)
+                    saved = False
                 self._checkpoint_retries = 0 if saved else self._checkpoint_retries + 1
 
     def _submit(self, entries: list[_Entry]) -> Future[Encoded] | None:
@@ -328,7 +332,7 @@ class Pipeline:
                 log.warning("the writer waits for the spool (try %d): %s", waits, exc)
                 if self._stopping:
                     return  # left in the spool, replayed on the next start
-                self._sleep(min(30.0, 0.5 * 2**waits))
+                self._sleep(min(30.0, 0.5 * 2 ** min(waits, 6)))  # 2**1024 overflows a float
                 continue
             except Exception as exc:
                 self.spool.writer_stalled = False
@@ -347,7 +351,7 @@ class Pipeline:
                 log.warning("write to ClickHouse failed (attempt %d): %s", attempt, _describe(exc))
                 if self._stopping and store_down:
                     return  # leave it in the spool: replayed (and de-duplicated) on the next start
-                self._sleep(min(30.0, 0.5 * 2**attempt))
+                self._sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
 
     def _split(self, entries: list[_Entry], token: str, landed: set[str]) -> None:
         """Insert a batch that ClickHouse refuses as data in parts, to quarantine the culprits.

@@ -18,6 +18,7 @@ from instrumentation_helpers import Pipeline, normalize
 from llmtap.fake_openai import FakeOpenAIServer
 from llmtap.instrumentation import messages
 
+pytest_plugins = ["instrumentation_fixtures"]  # the SDK-against-fake-server fixtures
 pytestmark = pytest.mark.anyio
 MODEL = "gpt-4o-mini"
 SKIPPED = "llmtap.content.skipped"
@@ -115,22 +116,6 @@ SCENARIOS: dict[str, tuple[Callable[[Any], Any], str]] = {
         "prompt",
     ),
 }
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeOpenAIServer() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def pipeline():
-    return Pipeline()
 
 
 @pytest.fixture(autouse=True)

@@ -7,48 +7,13 @@ app must see no difference, and then checks the one span.
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 from fake_openai_helpers import USER, collect, open_client, resolve
-from instrumentation_helpers import AttributeWarnings, Pipeline, check_span, compare
-from llmtap.fake_openai import FakeOpenAIServer
+from instrumentation_helpers import check_span, compare
 
-pytestmark = pytest.mark.anyio
+pytest_plugins = ["instrumentation_fixtures"]  # the SDK-against-fake-server fixtures
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("no_attribute_warnings")]
 MODEL = "gpt-4o-mini"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeOpenAIServer() as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def pipeline():
-    return Pipeline()
-
-
-@pytest.fixture(autouse=True)
-def no_attribute_warnings(pipeline: Pipeline):
-    pipeline.uninstrument()
-    handler = AttributeWarnings()
-    logger = logging.getLogger("opentelemetry")
-    logger.addHandler(handler)
-    yield
-    logger.removeHandler(handler)
-    pipeline.uninstrument()
-    assert not handler.messages
-
-
-@pytest.fixture(params=["sync", "async"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return request.param
 
 
 # ---- raw responses ------------------------------------------------------------------------------------------------

@@ -109,7 +109,9 @@ class Endpoints:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route a request; any answer given before its body was read closes the connection (the rest of the body
         is not worth reading, nor where the next request would start)."""
-        complete = _declared_length(Headers(scope=scope)) in (0, None)  # None: no body (RFC 9112 §6.3)
+        headers = Headers(scope=scope)
+        complete = _declared_length(headers) in (0, None)  # None: no body (RFC 9112 §6.3)
+        started = False
 
         async def receive_body() -> Message:
             nonlocal complete
@@ -118,21 +120,16 @@ class Endpoints:
             return message
 
         async def send_answer(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start" and (not complete or message["status"] >= 500):
                 message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
-            await send(message)
-
-        started = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            await send_answer(message)  # cancelled while it waits for the client to read: nothing was sent
+            await send(message)  # cancelled while it waits for the client to read: nothing was sent
             started = True
 
-        problem = _ambiguity(Headers(scope=scope), scope.get("http_version", "1.1"))
+        problem = _ambiguity(headers, scope.get("http_version", "1.1"))
         app = self.error(scope, 400, problem) if problem else self._router
         try:
-            await app(scope, receive_body, tracked_send)
+            await app(scope, receive_body, send_answer)
         except (ServeStopping, asyncio.CancelledError):
             # Stopping: the request was queued (its future cancelled), or uvicorn cancels what still runs when its
             # grace period ends. uvicorn would log the CancelledError's traceback and answer a bare 500, which OTLP
@@ -141,7 +138,7 @@ class Endpoints:
                 raise
             if not started:
                 await self.error(scope, 503, _STOPPING, {"Retry-After": "1"})(
-                    scope, receive_body, tracked_send
+                    scope, receive_body, send_answer
                 )
 
     def error(

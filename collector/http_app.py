@@ -18,7 +18,7 @@ import contextlib
 import ipaddress
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -52,12 +52,6 @@ OTLP_PATHS = {"/v1/traces": "traces", "/v1/metrics": "metrics", "/v1/logs": "log
 _RPC_CODES = {400: 3, 401: 16, 404: 5, 405: 12, 411: 3, 413: 8, 415: 3, 429: 8, 500: 13, 503: 14}
 _OVERLOADED = "llmtap serve is overloaded (too many requests in flight); retry later"
 _STOPPING = "llmtap serve is stopping; retry later"
-# The methods of each route; any other gets 405.
-_METHODS = {
-    **dict.fromkeys(OTLP_PATHS, "POST"),
-    "/api/query": "POST",
-    **dict.fromkeys(("/health", "/healthz", "/", "/metrics"), "GET, HEAD"),
-}
 _T = TypeVar("_T")
 
 
@@ -93,14 +87,18 @@ class Endpoints:
         self._queries = queries
         self._status = status  # /health and /metrics, never behind exports
         self.stopping = False  # set by HTTPServer.stop: what has not reached its worker yet gets 503
+        routes = [
+            *(Route(path, self._export, methods=["POST"]) for path in OTLP_PATHS),
+            Route("/api/query", self._query, methods=["POST"]),
+            *(Route(path, self._health, methods=["GET"]) for path in ("/health", "/healthz", "/")),
+            Route("/metrics", self._metrics, methods=["GET"]),
+        ]
         self._router = Router(
             [
-                *(Route(path, self._export, methods=["POST"]) for path in OTLP_PATHS),
-                Route("/api/query", self._query, methods=["POST"]),
-                *(Route(path, self._health, methods=["GET"]) for path in ("/health", "/healthz", "/")),
-                Route("/metrics", self._metrics, methods=["GET"]),
-                # After the routes above: their paths with any other method (Starlette's own 405 is plain text).
-                *(Route(path, _AnyMethod(self._wrong_method)) for path in _METHODS),
+                *routes,
+                # After the routes above: their paths with any other method get 405 with Allow, in the route's
+                # error encoding (Starlette's own 405 is plain text).
+                *(Route(route.path, _WrongMethod(self.error, route.methods or ())) for route in routes),
             ],
             redirect_slashes=False,  # /v1/traces/ is not found, not redirected to a Location built from Host
             default=self._not_found,
@@ -164,10 +162,6 @@ class Endpoints:
 
     async def _not_found(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.error(scope, 404, f"no such route: {scope['path']}")(scope, receive, send)
-
-    async def _wrong_method(self, scope: Scope, receive: Receive, send: Send) -> None:
-        allowed = _METHODS[scope["path"]]
-        await self.error(scope, 405, f"use {allowed}", {"Allow": allowed})(scope, receive, send)
 
     async def _run(self, executor: Executor, function: Callable[..., _T], *args: Any) -> _T:
         if self.stopping:
@@ -270,15 +264,16 @@ class Endpoints:
         return Response(text.encode(), media_type="text/plain; version=0.0.4")
 
 
-class _AnyMethod:
-    """An ASGI application as a route's endpoint: Starlette routes every method to it (a function or a method
-    as endpoint gets GET alone)."""
+class _WrongMethod:
+    """405 with Allow listing a route's methods. An ASGI application (an instance, not a function or a method) as a
+    route's endpoint: Starlette routes every method to it."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Any]) -> None:
-        self.app = app
+    def __init__(self, error: Callable[..., Response], methods: Iterable[str]) -> None:
+        self.error = error
+        self.allowed = ", ".join(sorted(methods))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
+        await self.error(scope, 405, f"use {self.allowed}", {"Allow": self.allowed})(scope, receive, send)
 
 
 class _Body:

@@ -29,9 +29,8 @@ from llmtap.collector.http_limits import HTTPLimits, LimitedH11Protocol
 EXPORT_THREADS = 8
 QUERY_THREADS = 4
 _GRACE_SECONDS = 3  # for requests in progress when serve stops
-_EXPORTS_FINISH_SECONDS = (
-    30  # for exports in a worker at stop: as long as serve waits for its writer to drain
-)
+# For exports in a worker at stop: as long as serve waits for its writer to drain.
+_EXPORTS_FINISH_SECONDS = 30
 # Open files serve keeps for itself besides its HTTP connections: spool segments, chDB's parts and logs, gRPC,
 # threads' pipes. The connection cap is sized below the open-file limit minus these.
 _RESERVED_FILES = 256
@@ -50,7 +49,8 @@ class HTTPServer:
         self.port: int = self.socket.getsockname()[1]
         # Connections beyond the cap take files too until they are answered 503: past ``open_files`` they are
         # dropped at once, so that the spool and the store always find a file descriptor.
-        open_files = max(16, open_file_limit() - _RESERVED_FILES)
+        self._file_limit = open_file_limit()  # raises the soft limit: once, here
+        open_files = max(16, self._file_limit - _RESERVED_FILES)
         self.limits = dataclasses.replace(
             limits, max_connections=min(limits.max_connections, open_files * 3 // 4)
         )
@@ -112,7 +112,7 @@ class HTTPServer:
             self._accept_warned = now
             log.warning(
                 "cannot accept HTTP connections: %s (open-file limit %d); retrying each second",
-                context.get("exception"), open_file_limit(),
+                context.get("exception"), self._file_limit,
             )  # fmt: skip
 
     def stop(self) -> None:
